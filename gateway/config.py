@@ -1,0 +1,104 @@
+"""Settings: the TOML config file's schema, defaults and loading.
+
+Every section forbids unknown fields, so a typo is an error naming the key rather than a
+silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from backends import toolchain
+
+Backend = Literal["server", "cli"]
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class LlmParams(_Section, frozen=True):
+    """The eight parameters applied to every task in both modes."""
+
+    ctx_size: Annotated[int, Meta(gt=0)] = 12192
+    temp: Annotated[float, Meta(ge=0)] = 0.35
+    top_p: Annotated[float, Meta(gt=0, le=1)] = 0.9
+    top_k: Annotated[int, Meta(ge=0)] = 40
+    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] = 0.2
+    mirostat: Literal[0, 1, 2] = 0
+    batch_size: Annotated[int, Meta(gt=0)] = 8192
+    ubatch_size: Annotated[int, Meta(gt=0)] = 1024
+
+    def __post_init__(self) -> None:
+        if self.ubatch_size > self.batch_size:
+            raise ValueError("`ubatch_size` must not exceed `batch_size`")
+
+
+class Models(_Section, frozen=True):
+    """GGUF paths per role; unset means the default model from the cache."""
+
+    chat: str | None = None
+    embedding: str | None = None
+    vision: str | None = None
+    mmproj: str | None = None
+    # Built-in llama.cpp template, applied with --no-jinja (see README: chat template).
+    chat_template: str = "gemma"
+
+
+class LlamaServer(_Section, frozen=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8080
+
+
+class Binaries(_Section, frozen=True):
+    """Explicit binary paths; unset means the build cache, then PATH."""
+
+    llama_server: str | None = None
+    llama_completion: str | None = None
+    llama_cli: str | None = None
+    llama_mtmd_cli: str | None = None
+    llama_embedding: str | None = None
+
+    def get(self, name: str) -> str | None:
+        value: str | None = getattr(self, name.replace("-", "_"))
+        return value
+
+
+class Settings(_Section, frozen=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8000
+    backend: Backend = "server"
+    state_dir: str = "~/.local/state/ai-server"
+    cache_dir: str | None = None
+    llm_params: LlmParams = LlmParams()
+    models: Models = Models()
+    llama_server: LlamaServer = LlamaServer()
+    binaries: Binaries = Binaries()
+
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else toolchain.cache_dir()
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid; the message says which and where."""
+
+
+def load_settings(path: str | Path | None, env: Mapping[str, str] = os.environ) -> Settings:
+    """Load `path`, else ``$AI_SERVER_CONFIG``, else the defaults."""
+    chosen = path or env.get("AI_SERVER_CONFIG")
+    if not chosen:
+        return Settings()
+    try:
+        data = Path(chosen).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {chosen}: {exc.strerror}") from exc
+    try:
+        return msgspec.toml.decode(data, type=Settings)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"invalid config {chosen}: {exc}") from exc

@@ -1,0 +1,101 @@
+"""`ai-server doctor`: what this machine has for the configured server, and what is missing.
+
+Prints each llama.cpp binary with its resolved path and version, each configured model with
+its size and GGUF header, and whether the configured ports are free. Exits non-zero when a
+binary or model is missing or unreadable; a busy port is reported, not fatal (it may be us).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from backends import toolchain
+from backends.gguf_header import NotGguf, read_gguf
+from gateway.config import Settings
+from gateway.errors import MissingComponent
+
+Print = Callable[[str], None]
+
+
+def binary_version(path: Path) -> tuple[bool, str]:
+    """Whether `path --version` runs, and its `version:` line (llama.cpp prints it on stderr)."""
+    try:
+        done = subprocess.run(  # noqa: S603 - argv list, resolved binary
+            [str(path), "--version"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"cannot run: {exc}"
+    lines = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
+    if done.returncode != 0:
+        return False, f"`--version` exits {done.returncode}: {lines[-1]}"
+    return True, next((ln for ln in lines if ln.startswith("version:")), lines[0])
+
+
+def port_state(host: str, port: int) -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return "in use" if exc.errno == errno.EADDRINUSE else f"unusable ({exc.strerror})"
+    return "free"
+
+
+def check_binaries(settings: Settings, say: Print) -> bool:
+    ok = True
+    cache = settings.cache_path()
+    for name in toolchain.BINARIES:
+        try:
+            path = toolchain.resolve_binary(name, settings.binaries.get(name), cache)
+        except MissingComponent as exc:
+            say(f"  MISSING  {exc.message}")
+            ok = False
+            continue
+        runs, version = binary_version(path)
+        say(f"  {'ok' if runs else 'BROKEN':<8} {name:<17} {path}  {version}")
+        ok = ok and runs
+    return ok
+
+
+def model_paths(settings: Settings) -> dict[str, str | None]:
+    m = settings.models
+    roles = {"chat": m.chat, "embedding": m.embedding, "vision": m.vision}
+    if m.mmproj:
+        roles["mmproj"] = m.mmproj
+    return roles
+
+
+def check_models(settings: Settings, say: Print) -> bool:
+    ok = True
+    for role, explicit in model_paths(settings).items():
+        try:
+            path = toolchain.resolve_model(role, explicit, settings.cache_path())
+            info = read_gguf(path)
+        except (MissingComponent, NotGguf) as exc:
+            say(f"  MISSING  {exc}")
+            ok = False
+            continue
+        arch = info.metadata.get("general.architecture", "?")
+        size = path.stat().st_size / 2**20
+        say(
+            f"  ok       {role:<10} {path}  {size:.0f} MiB, GGUF v{info.version}, {arch}, "
+            f"{info.tensor_count} tensors"
+        )
+    return ok
+
+
+def run_doctor(settings: Settings, say: Print = print) -> int:
+    say("llama.cpp binaries:")
+    binaries_ok = check_binaries(settings, say)
+    say("models:")
+    models_ok = check_models(settings, say)
+    say("ports:")
+    for what, host, port in (
+        ("gateway", settings.host, settings.port),
+        ("llama-server", settings.llama_server.host, settings.llama_server.port),
+    ):
+        say(f"  {port_state(host, port):<8} {what:<17} {host}:{port}")
+    return 0 if binaries_ok and models_ok else 1

@@ -1,0 +1,76 @@
+"""One child process in its own process group, with its output drained into a `LogTail`.
+
+Stopping is SIGTERM to the group → grace → SIGKILL to the group → reap, shielded from
+cancellation so a cancelled caller never leaves a child behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+
+import anyio
+import anyio.abc
+from anyio.streams.text import TextReceiveStream
+
+from supervisor.logtail import LogTail
+
+
+class ChildProcess:
+    def __init__(self, process: anyio.abc.Process, tail: LogTail) -> None:
+        self.process = process
+        self.tail = tail
+        self.pid = process.pid
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass  # the whole group is already gone
+
+    async def stop(self, grace: float = 5.0) -> int:
+        """Stop the group and reap the child; returns its exit status."""
+        with anyio.CancelScope(shield=True):
+            if self.returncode is None:
+                self._signal_group(signal.SIGTERM)
+                with anyio.move_on_after(grace):
+                    await self.wait()
+                if self.returncode is None:
+                    self._signal_group(signal.SIGKILL)
+            code = await self.wait()
+            # The leader may be gone while others in its group still run.
+            self._signal_group(signal.SIGKILL)
+        return code
+
+
+async def _drain(stream: anyio.abc.ByteReceiveStream | None, tail: LogTail) -> None:
+    if stream is None:
+        return
+    async for text in TextReceiveStream(stream, errors="replace"):
+        tail.feed(text)
+
+
+async def spawn(
+    argv: Sequence[str], task_group: anyio.abc.TaskGroup, tail: LogTail | None = None
+) -> ChildProcess:
+    """Start `argv` in a new session; `task_group` owns the tasks that drain its output."""
+    tail = tail or LogTail()
+    process = await anyio.open_process(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    task_group.start_soon(_drain, process.stdout, tail)
+    task_group.start_soon(_drain, process.stderr, tail)
+    return ChildProcess(process, tail)

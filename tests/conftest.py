@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import socket
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from backends import toolchain
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_script(path: Path, body: str) -> Path:
+    """An executable Python script: the fake binaries that inject faults."""
+    path.write_text(f"#!/usr/bin/env python3\n{body}")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache() -> Path:
+    return toolchain.cache_dir()
+
+
+@pytest.fixture(scope="session")
+def default_model(cache: Path) -> Path:
+    return toolchain.resolve_model("chat", None, cache)
+
+
+@pytest.fixture(scope="session")
+def llama_bin(cache: Path) -> Path:
+    """The directory of the real, built llama.cpp binaries."""
+    return toolchain.resolve_binary("llama-server", None, cache).parent
+
+
+async def wait_until(predicate: Callable[[], bool], within: float, interval: float = 0.02) -> None:
+    """Poll `predicate` until it holds; fail the test after `within` seconds."""
+    with anyio.fail_after(within):
+        while True:
+            if predicate():
+                return
+            await anyio.sleep(interval)
