@@ -1,0 +1,141 @@
+"""What goes into the supervisor's inbox: requests from callers (with a `Reply` to await) and
+observations from the helper tasks it started (each tagged with the `Generation` it is about,
+so news about a process that has since been replaced is recognised and dropped)."""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+import anyio
+import msgspec
+
+from supervisor.command import ServerSpec
+from supervisor.health import Health
+
+T = TypeVar("T")
+
+
+class Reply(Generic[T]):
+    """A one-shot answer from the actor to a waiting caller."""
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        # Set by a caller that stopped waiting: the actor must not count it as a lease holder.
+        self.abandoned = False
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def succeeded(self) -> bool:
+        return self._done.is_set() and self._error is None
+
+    def set(self, value: T) -> None:
+        self._value = value
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> T:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+class Generation:
+    """One spawn of one process. Helper tasks loop while `alive`; the actor clears it when
+    that process is gone."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.alive = True
+
+
+class _Msg(msgspec.Struct, frozen=True):
+    pass
+
+
+# Requests.
+class Acquire(_Msg, frozen=True):
+    spec: ServerSpec
+    reply: Reply[Endpoint]
+
+
+class Release(_Msg, frozen=True):
+    spec: ServerSpec
+
+
+class Apply(_Msg, frozen=True):
+    specs: frozenset[ServerSpec]
+    reply: Reply[None]
+
+
+class Restart(_Msg, frozen=True):
+    spec: ServerSpec | None
+    reply: Reply[None]
+
+
+class StopAll(_Msg, frozen=True):
+    reply: Reply[None]
+
+
+class SuspectWedge(_Msg, frozen=True):
+    spec: ServerSpec
+
+
+# Observations.
+class BecameReady(_Msg, frozen=True):
+    spec: ServerSpec
+    gen: Generation
+
+
+class StartTimedOut(_Msg, frozen=True):
+    spec: ServerSpec
+    gen: Generation
+    reason: str
+
+
+class ChildExited(_Msg, frozen=True):
+    spec: ServerSpec
+    gen: Generation
+    code: int
+
+
+class HealthResult(_Msg, frozen=True):
+    spec: ServerSpec
+    gen: Generation
+    health: Health
+
+
+class ProbeResult(_Msg, frozen=True):
+    spec: ServerSpec
+    gen: Generation
+    ok: bool
+
+
+class BackoffElapsed(_Msg, frozen=True):
+    spec: ServerSpec
+    gen: Generation
+
+
+class DrainExpired(_Msg, frozen=True):
+    spec: ServerSpec
+
+
+class Tick(_Msg, frozen=True):
+    pass
+
+
+class Endpoint(msgspec.Struct, frozen=True):
+    """Where a READY llama-server for `spec` listens."""
+
+    spec: ServerSpec
+    url: str
+    port: int
+    pid: int

@@ -1,0 +1,51 @@
+"""The lifecycle of one managed llama-server, as data: states and the edges allowed between them.
+
+- STOPPED -> STARTING: a request needs it, a config applies it, or an explicit restart.
+- STARTING -> READY when `GET /health` answers 200; -> BACKOFF when it exits or loads with
+  no progress; -> FAILED when it cannot start at all (port held, binary missing).
+- READY -> UNHEALTHY after N failed health checks or a failed wedge probe; the process is
+  then killed, and its exit moves it to BACKOFF. READY -> BACKOFF when it exits by itself.
+- BACKOFF -> STARTING when the delay has passed; -> FAILED when the restart budget is spent.
+- FAILED is left by an explicit restart or a config change (STARTING), or a stop.
+- STARTING, READY and UNHEALTHY go to STOPPING when stopped on purpose (stop, reconfigure,
+  cli mode, idle unload), then STOPPED when the process has exited; BACKOFF and FAILED, which
+  have no process, go straight to STOPPED.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class State(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+_S = State
+TRANSITIONS: dict[State, frozenset[State]] = {
+    _S.STOPPED: frozenset({_S.STARTING}),
+    _S.STARTING: frozenset({_S.READY, _S.BACKOFF, _S.FAILED, _S.STOPPING}),
+    _S.READY: frozenset({_S.UNHEALTHY, _S.BACKOFF, _S.STOPPING}),
+    _S.UNHEALTHY: frozenset({_S.BACKOFF, _S.STOPPING}),
+    _S.BACKOFF: frozenset({_S.STARTING, _S.FAILED, _S.STOPPED}),
+    _S.STOPPING: frozenset({_S.STOPPED}),
+    _S.FAILED: frozenset({_S.STARTING, _S.STOPPED}),
+}
+
+# States in which a process of ours may be running.
+LIVE = frozenset({_S.STARTING, _S.READY, _S.UNHEALTHY, _S.STOPPING})
+
+
+class InvalidTransition(RuntimeError):
+    pass
+
+
+def check_transition(old: State, new: State) -> None:
+    if new not in TRANSITIONS[old]:
+        raise InvalidTransition(f"{old} -> {new} is not an allowed transition")

@@ -1,0 +1,215 @@
+"""The supervisor actor against the fake llama-server: every lifecycle edge with a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import BackendUnavailable
+from supervisor import pidfile
+from supervisor.states import State
+from tests.conftest import wait_until
+from tests.supervisor.conftest import (
+    FAKE,
+    OTHER,
+    SPEC,
+    at_port,
+    behave,
+    fast_config,
+    history,
+    running,
+    wait_state,
+)
+from tests.unit.test_process import alive
+
+S = State
+
+
+async def test_supervisor_starts_on_demand_and_reports_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, load_delay=0.3)
+    config = fast_config(tmp_path)
+    async with running(config) as sup:
+        endpoint = await sup.ensure_ready(SPEC)
+        assert endpoint.port == config.base_port
+        assert endpoint.url == f"http://127.0.0.1:{config.base_port}"
+        assert alive(endpoint.pid)
+        assert history(sup, endpoint.port) == [S.STARTING, S.READY]
+        assert pidfile.pidfile_path(Path(config.state_dir), endpoint.port).read_text() == str(
+            endpoint.pid
+        )
+    assert not alive(endpoint.pid)
+
+
+async def test_supervisor_restarts_a_killed_child_with_backoff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    async with running(fast_config(tmp_path)) as sup:
+        first = await sup.ensure_ready(SPEC)
+        os.kill(first.pid, signal.SIGKILL)
+        await wait_until(lambda: history(sup, first.port).count(S.READY) == 2, within=10)
+        second = await sup.ensure_ready(SPEC)
+        assert second.pid != first.pid
+        assert history(sup, first.port) == [S.STARTING, S.READY, S.BACKOFF, S.STARTING, S.READY]
+        process = at_port(sup, first.port)
+        assert process.restarts == 1
+        assert process.last_error is not None and "exited with status -9" in process.last_error
+
+
+async def test_supervisor_gives_up_after_the_restart_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, exit_at_start=3)
+    config = fast_config(tmp_path, restart_limit=2)
+    async with running(config) as sup:
+        with pytest.raises(BackendUnavailable):
+            await sup.ensure_ready(SPEC)
+        failed = await wait_state(sup, S.FAILED)
+        # The first start and two restarts, then no more.
+        assert history(sup, failed.port) == [S.STARTING, S.BACKOFF] * 2 + [S.STARTING, S.FAILED]
+        assert failed.last_error is not None
+        assert "exited with status 3" in failed.last_error
+        assert "failed to load model" in failed.last_error  # the log tail
+        with pytest.raises(BackendUnavailable, match="has failed") as caught:
+            await sup.ensure_ready(SPEC)
+        assert caught.value.retry_after > 0
+        # An explicit restart re-arms it.
+        behave(monkeypatch)
+        await sup.restart(SPEC)
+        assert (await sup.ensure_ready(SPEC)).port == failed.port
+
+
+async def test_supervisor_kills_a_child_that_ignores_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, ignore_sigterm=True)
+    async with running(fast_config(tmp_path, stop_grace=0.3)) as sup:
+        endpoint = await sup.ensure_ready(SPEC)
+        await sup.stop_all()
+        assert at_port(sup, endpoint.port).state is S.STOPPED
+        assert not alive(endpoint.pid)
+        assert history(sup, endpoint.port)[-2:] == [S.STOPPING, S.STOPPED]
+
+
+async def test_supervisor_restarts_a_wedged_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, hang_completion=True)
+    async with running(fast_config(tmp_path)) as sup:
+        first = await sup.ensure_ready(SPEC)
+        sup.report_failure(SPEC)  # what the dispatcher says after upstream errors
+        await wait_until(lambda: history(sup, first.port).count(S.READY) == 2, within=10)
+        assert history(sup, first.port)[1:4] == [S.READY, S.UNHEALTHY, S.BACKOFF]
+        last_error = at_port(sup, first.port).last_error
+        assert last_error is not None and "completion probe failed" in last_error
+        assert not alive(first.pid)
+
+
+async def test_supervisor_restarts_after_failed_health_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, health_fail_after=3)
+    async with running(fast_config(tmp_path)) as sup:
+        first = await sup.ensure_ready(SPEC)
+        await wait_until(lambda: S.UNHEALTHY in history(sup, first.port), within=10)
+        await wait_until(lambda: history(sup, first.port).count(S.READY) == 2, within=10)
+        last_error = at_port(sup, first.port).last_error
+        assert last_error is not None and "/health error 2 times in a row" in last_error
+
+
+async def test_supervisor_stops_a_child_that_is_still_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, load_delay=60)
+    async with running(fast_config(tmp_path)) as sup:
+        await sup.apply(frozenset({SPEC}))
+        starting = await wait_state(sup, S.STARTING)
+        assert starting.pid is not None
+        await sup.stop_all()
+        assert history(sup, starting.port) == [S.STARTING, S.STOPPING, S.STOPPED]
+        assert not alive(starting.pid)
+
+
+async def test_supervisor_gives_up_a_silent_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, silent=True)
+    async with running(fast_config(tmp_path, load_timeout=0.5, restart_limit=0)) as sup:
+        with pytest.raises(BackendUnavailable, match="without progress in its log"):
+            await sup.ensure_ready(SPEC)
+
+
+async def test_supervisor_names_a_port_held_by_a_foreign_process(tmp_path: Path) -> None:
+    config = fast_config(tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", config.base_port))
+        holder.listen()
+        async with running(config) as sup:
+            with pytest.raises(BackendUnavailable, match=f"port {config.base_port} .* held by"):
+                await sup.ensure_ready(SPEC)
+            assert at_port(sup, config.base_port).state is S.FAILED
+
+
+async def test_supervisor_reclaims_an_orphan_from_a_killed_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    config = fast_config(tmp_path)
+    state_dir = Path(config.state_dir)
+    state_dir.mkdir()
+    # What a SIGKILLed gateway leaves: our llama-server running, its pidfile.
+    orphan = subprocess.Popen([str(FAKE), "--port", str(config.base_port)], start_new_session=True)
+    pidfile.write_pidfile(state_dir, config.base_port, orphan.pid)
+    # A stale pidfile naming a process that is not ours must not be killed.
+    pidfile.write_pidfile(state_dir, config.base_port + 1, os.getpid())
+    try:
+        async with running(config) as sup:
+            assert orphan.wait(timeout=5) == -signal.SIGTERM
+            endpoint = await sup.ensure_ready(SPEC)
+            assert endpoint.port == config.base_port
+        assert not list(state_dir.glob("*.pid"))
+    finally:
+        orphan.kill()
+        orphan.wait()
+
+
+async def test_supervisor_reconfigure_replaces_the_process_on_its_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    config = fast_config(tmp_path)
+    async with running(config) as sup:
+        old = await sup.ensure_ready(SPEC)
+        async with sup.lease(SPEC):
+            await sup.apply(frozenset({OTHER}))
+            # The old process keeps serving the lease it handed out.
+            assert alive(old.pid)
+            [serving] = [p for p in sup.snapshot() if p.pid == old.pid]
+            assert serving.state is S.READY
+        new = await sup.ensure_ready(OTHER)
+        assert new.port == config.base_port and new.pid != old.pid
+        assert not alive(old.pid)
+        await sup.apply(frozenset())  # cli mode: nothing resident
+        await wait_until(lambda: not alive(new.pid), within=5)
+
+
+async def test_supervisor_unloads_an_idle_process_and_restarts_on_demand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    async with running(fast_config(tmp_path, idle_unload_s=0.2)) as sup:
+        first = await sup.ensure_ready(SPEC)
+        await wait_until(lambda: at_port(sup, first.port).state is S.STOPPED, within=5)
+        assert not alive(first.pid)
+        second = await sup.ensure_ready(SPEC)
+        assert second.pid != first.pid
+        assert history(sup, first.port) == [
+            S.STARTING, S.READY, S.STOPPING, S.STOPPED, S.STARTING, S.READY
+        ]  # fmt: skip
