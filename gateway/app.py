@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from gateway.config import Settings
-
-
-async def health(request: Request) -> JSONResponse:
-    """Liveness: answers while the event loop runs; never touches llama."""
-    return JSONResponse({"status": "ok"})
+from gateway.error_handlers import EXCEPTION_HANDLERS
+from gateway.lifespan import make_lifespan
+from gateway.routes import api, probes
 
 
 def create_app(settings: Settings) -> Starlette:
-    app = Starlette(routes=[Route("/health", health, methods=["GET"])])
-    app.state.settings = settings
-    return app
+    return Starlette(
+        routes=[*probes.routes, *api.routes],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=make_lifespan(settings),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import uvicorn
@@ -13,6 +14,7 @@ from gateway.doctor import run_doctor
 
 
 def serve(settings: Settings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, lifespan="on"
     )

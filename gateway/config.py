@@ -23,17 +23,27 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     pass
 
 
+# Constraints shared by the config file, /api/config and per-request overrides.
+CtxSize = Annotated[int, Meta(gt=0, le=1 << 20)]
+Temp = Annotated[float, Meta(ge=0, le=100)]
+TopP = Annotated[float, Meta(gt=0, le=1)]
+TopK = Annotated[int, Meta(ge=0, le=1 << 20)]
+PresencePenalty = Annotated[float, Meta(ge=-2, le=2)]
+Mirostat = Literal[0, 1, 2]
+BatchSize = Annotated[int, Meta(gt=0, le=1 << 20)]
+
+
 class LlmParams(_Section, frozen=True):
     """The eight parameters applied to every task in both modes."""
 
-    ctx_size: Annotated[int, Meta(gt=0)] = 12192
-    temp: Annotated[float, Meta(ge=0)] = 0.35
-    top_p: Annotated[float, Meta(gt=0, le=1)] = 0.9
-    top_k: Annotated[int, Meta(ge=0)] = 40
-    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] = 0.2
-    mirostat: Literal[0, 1, 2] = 0
-    batch_size: Annotated[int, Meta(gt=0)] = 8192
-    ubatch_size: Annotated[int, Meta(gt=0)] = 1024
+    ctx_size: CtxSize = 12192
+    temp: Temp = 0.35
+    top_p: TopP = 0.9
+    top_k: TopK = 40
+    presence_penalty: PresencePenalty = 0.2
+    mirostat: Mirostat = 0
+    batch_size: BatchSize = 8192
+    ubatch_size: BatchSize = 1024
 
     def __post_init__(self) -> None:
         if self.ubatch_size > self.batch_size:
@@ -53,7 +63,9 @@ class Models(_Section, frozen=True):
 
 class LlamaServer(_Section, frozen=True):
     host: str = "127.0.0.1"
-    port: Annotated[int, Meta(ge=1, le=65535)] = 8080
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8080  # the first process; more take the next
+    # Stop a process idle this long; the next request starts it again. Off when unset.
+    idle_unload_s: Annotated[float, Meta(gt=0)] | None = None
 
 
 class Binaries(_Section, frozen=True):
@@ -70,6 +82,13 @@ class Binaries(_Section, frozen=True):
         return value
 
 
+class Limits(_Section, frozen=True):
+    request_timeout_s: Annotated[float, Meta(gt=0)] = 300.0
+    cli_concurrency: Annotated[int, Meta(ge=1)] = 1  # llama.cpp processes at once in cli mode
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 16 * 2**20
+    default_max_tokens: Annotated[int, Meta(ge=1)] = 512
+
+
 class Settings(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000
@@ -80,6 +99,10 @@ class Settings(_Section, frozen=True):
     models: Models = Models()
     llama_server: LlamaServer = LlamaServer()
     binaries: Binaries = Binaries()
+    limits: Limits = Limits()
+
+    def state_path(self) -> Path:
+        return Path(self.state_dir).expanduser()
 
     def cache_path(self) -> Path:
         return Path(self.cache_dir).expanduser() if self.cache_dir else toolchain.cache_dir()

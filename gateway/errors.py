@@ -1,11 +1,18 @@
 """The one exception tree of AI Server; each class carries the HTTP status it maps to.
 
     GatewayError                500  base; never raised bare
-    ├── BadRequest              400  the request is malformed or out of range
+    ├── BadRequest              400  malformed or out-of-range input (names the field)
+    ├── NotFound                404
+    ├── PayloadTooLarge         413
+    ├── UnsupportedMedia        415
+    ├── StateError              500  the state directory cannot be written (names the cause)
+    ├── UpstreamError           502  llama-server or a llama.cpp process failed (its message)
+    ├── BackendUnavailable      503  cannot serve now (restarting, failed); has retry_after
     ├── MissingComponent        503  a binary or model is not installed (names the fix)
-    └── BackendUnavailable      503  the backend cannot serve now; carries retry_after
+    └── BackendTimeout          504  the backend did not answer in time
 
-Routes never catch these: one handler renders ``{"error": {"type", "message"}}``.
+Routes never catch these: `gateway.error_handlers` renders every one as
+``{"error": {"type", "message"}}`` with its status (and ``Retry-After`` where known).
 """
 
 from __future__ import annotations
@@ -22,12 +29,32 @@ class GatewayError(Exception):
 
 class BadRequest(GatewayError):
     status = 400
-    type = "bad_request"
+    type = "invalid_request"
 
 
-class MissingComponent(GatewayError):
-    status = 503
-    type = "missing_component"
+class NotFound(GatewayError):
+    status = 404
+    type = "not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "payload_too_large"
+
+
+class UnsupportedMedia(GatewayError):
+    status = 415
+    type = "unsupported_media_type"
+
+
+class StateError(GatewayError):
+    status = 500
+    type = "state_error"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
 
 
 class BackendUnavailable(GatewayError):
@@ -37,3 +64,13 @@ class BackendUnavailable(GatewayError):
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class MissingComponent(GatewayError):
+    status = 503
+    type = "missing_component"
+
+
+class BackendTimeout(GatewayError):
+    status = 504
+    type = "timeout"

@@ -15,6 +15,7 @@ change state either: they report observations into the same inbox, tagged with t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -175,7 +176,7 @@ class Supervisor:
         try:
             yield endpoint
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), contextlib.suppress(anyio.ClosedResourceError):
                 await self._send.send(Release(spec))
 
     async def ensure_ready(self, spec: ServerSpec) -> Endpoint:
@@ -193,7 +194,8 @@ class Supervisor:
 
     def report_failure(self, spec: ServerSpec) -> None:
         """A real request to `spec` failed upstream: probe it with a tiny completion."""
-        self._send.send_nowait(SuspectWedge(spec))
+        with contextlib.suppress(anyio.ClosedResourceError):
+            self._send.send_nowait(SuspectWedge(spec))
 
     def snapshot(self) -> list[ProcessInfo]:
         return [
@@ -210,12 +212,18 @@ class Supervisor:
 
     async def _ask(self, make: Callable[[Reply[None]], object]) -> None:
         reply: Reply[None] = Reply()
-        await self._send.send(make(reply))
+        try:
+            await self._send.send(make(reply))
+        except anyio.ClosedResourceError:
+            return  # the actor has ended, and stopped every child on its way out
         await reply.wait()
 
     async def _acquire(self, spec: ServerSpec) -> Endpoint:
         reply: Reply[Endpoint] = Reply()
-        await self._send.send(Acquire(spec, reply))
+        try:
+            await self._send.send(Acquire(spec, reply))
+        except anyio.ClosedResourceError:
+            raise BackendUnavailable("the gateway is shutting down") from None
         granted = False
         try:
             with anyio.fail_after(self.config.start_wait):

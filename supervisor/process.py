@@ -59,10 +59,23 @@ async def _drain(stream: anyio.abc.ByteReceiveStream | None, tail: LogTail) -> N
         tail.feed(text)
 
 
+async def _collect(stream: anyio.abc.ByteReceiveStream | None, sink: bytearray) -> None:
+    if stream is None:
+        return
+    async for chunk in stream:
+        sink += chunk
+
+
 async def spawn(
-    argv: Sequence[str], task_group: anyio.abc.TaskGroup, tail: LogTail | None = None
+    argv: Sequence[str],
+    task_group: anyio.abc.TaskGroup,
+    tail: LogTail | None = None,
+    *,
+    stdout: bytearray | None = None,
 ) -> ChildProcess:
-    """Start `argv` in a new session; `task_group` owns the tasks that drain its output."""
+    """Start `argv` in a new session (so its whole group can be signalled); `task_group` owns
+    the tasks that drain its output into `tail`, or its stdout into `stdout` when given. Both
+    pipes are always drained, so a chatty child never blocks on a full pipe."""
     tail = tail or LogTail()
     process = await anyio.open_process(
         list(argv),
@@ -71,6 +84,9 @@ async def spawn(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    task_group.start_soon(_drain, process.stdout, tail)
+    if stdout is None:
+        task_group.start_soon(_drain, process.stdout, tail)
+    else:
+        task_group.start_soon(_collect, process.stdout, stdout)
     task_group.start_soon(_drain, process.stderr, tail)
     return ChildProcess(process, tail)

@@ -10,6 +10,8 @@ JSON in $FAKE_LLAMA, e.g. {"load_delay": 1, "ignore_sigterm": true}:
   health_fail_after  /health answers 500 after this many probes
   hang_completion    /completion and /v1/* never answer while /health stays 200 (wedged)
   ignore_sigterm     ignore SIGTERM (only SIGKILL stops it)
+  fail_status        answer /v1/* with this HTTP status and an error body
+  record             append {"argv"} at start and {"path", "body"} per request to this JSONL file
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 BEHAVIOUR = json.loads(os.environ.get("FAKE_LLAMA", "{}"))
 STARTED = time.monotonic()
 HEALTH_PROBES = 0
+
+
+def record(entry: dict[str, object]) -> None:
+    if path := BEHAVIOUR.get("record"):
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
 
 
 def arg(name: str, default: str) -> str:
@@ -56,15 +64,28 @@ class Handler(BaseHTTPRequestHandler):
         return self.reply(200, {"status": "ok"})
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        record({"path": self.path, "body": body})
         if BEHAVIOUR.get("hang_completion"):
             threading.Event().wait()
+        if status := BEHAVIOUR.get("fail_status"):
+            return self.reply(status, {"error": {"code": status, "message": "fake failure"}})
         if self.path == "/completion":
             return self.reply(200, {"content": "x", "tokens_predicted": 1})
+        if self.path == "/v1/chat/completions":
+            message = {"role": "assistant", "content": "fake answer"}
+            usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            return self.reply(200, {"choices": [choice], "usage": usage})
+        if self.path == "/v1/embeddings":
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            data = [{"index": i, "embedding": [0.5, float(i)]} for i in range(len(inputs))]
+            return self.reply(200, {"data": data[::-1]})  # llama-server's order is not promised
         return self.reply(404, {"error": "not found"})
 
 
 def main() -> None:
+    record({"argv": sys.argv[1:]})
     if BEHAVIOUR.get("ignore_sigterm"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if "exit_at_start" in BEHAVIOUR:

@@ -43,14 +43,19 @@ async def wait_healthy(http: aiohttp.ClientSession, url: str, child: ChildProces
 
 @asynccontextmanager
 async def running_llama_server(
-    llama_bin: Path, model: Path, *, embeddings: bool = True
+    llama_bin: Path, model: Path, *, embeddings: bool = True, chat_template: str = "gemma"
 ) -> AsyncIterator[RunningServer]:
     """The real llama-server on `model` on a free port, stopped (group and all) on exit.
 
     A context manager rather than a fixture: its task group must open and close in the
     test's own task."""
     spec = ServerSpec(
-        model=str(model), ctx_size=2048, batch_size=512, ubatch_size=512, embeddings=embeddings
+        model=str(model),
+        ctx_size=2048,
+        batch_size=512,
+        ubatch_size=512,
+        embeddings=embeddings,
+        chat_template=chat_template,
     )
     port = free_port()
     argv = build_server_argv(str(llama_bin / "llama-server"), spec, host="127.0.0.1", port=port)

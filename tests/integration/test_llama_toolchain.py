@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from backends import toolchain
+from backends.prompt import render_chat
+from gateway.schemas import ChatMessage
 from tests.integration.conftest import running_llama_server
 from tests.unit.test_process import alive
 
@@ -76,3 +79,26 @@ def test_doctor_lists_the_real_binaries_and_model() -> None:
             for line in done.stdout.splitlines()
         ), done.stdout
     assert toolchain.DEFAULT_MODEL_FILE in done.stdout
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "hi"}],
+    [
+        {"role": "system", "content": "  Be brief.\n"},
+        {"role": "user", "content": "What is 2+2?  "},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "\tAnd 3+3?"},
+    ],
+    [{"role": "system", "content": "sys"}, {"role": "assistant", "content": "a"}],
+]
+
+
+@pytest.mark.parametrize("template", ["gemma", "chatml"])
+async def test_cli_rendering_matches_llama_server_apply_template(
+    llama_bin: Path, default_model: Path, template: str
+) -> None:
+    async with running_llama_server(llama_bin, default_model, chat_template=template) as server:
+        for messages in CONVERSATIONS:
+            rendered = await server.post("/apply-template", {"messages": messages})
+            parsed = [msgspec.convert(m, ChatMessage) for m in messages]
+            assert render_chat(template, parsed) == rendered["prompt"], messages

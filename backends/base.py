@@ -1,0 +1,33 @@
+"""What every backend does, and the typed values that cross the dispatcher."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import msgspec
+
+from gateway.config import LlmParams
+from gateway.schemas import ChatMessage
+
+
+class ChatTask(msgspec.Struct, frozen=True, kw_only=True):
+    messages: Sequence[ChatMessage]
+    max_tokens: int
+    params: LlmParams  # the config's eight parameters with this request's overrides
+
+
+class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+
+
+class Backend(Protocol):
+    @property
+    def name(self) -> Literal["server", "cli"]: ...
+
+    async def chat(self, task: ChatTask) -> ChatResult: ...
+
+    async def embed(self, texts: Sequence[str], params: LlmParams) -> list[list[float]]: ...

@@ -1,0 +1,144 @@
+"""Cli mode: one llama.cpp process per request, nothing resident in between.
+
+Each run is an anyio subprocess from an argv list in its own process group, bounded by
+`limits.cli_concurrency` (callers queue beyond it) and `limits.request_timeout_s`; timeout,
+cancellation (a client that went away) and errors all stop the whole group and remove the
+private temp files."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import msgspec
+
+from backends import toolchain
+from backends.base import ChatResult, ChatTask
+from backends.cli_args import completion_argv, embedding_argv
+from backends.prompt import render_chat
+from backends.specs import model_path
+from gateway.config import LlmParams, Settings
+from gateway.errors import BackendTimeout, BadRequest, UpstreamError
+from supervisor.logtail import LogTail
+from supervisor.process import spawn
+
+_PROMPT_TOKENS = re.compile(r"prompt eval time =.*?/\s*(\d+) tokens")
+_SAMPLED_TOKENS = re.compile(r"samplers time =.*?/\s*(\d+) tokens")
+
+
+@contextmanager
+def private_dir() -> Iterator[Path]:
+    """A directory only we can read (0700), removed with its contents in every outcome."""
+    path = Path(tempfile.mkdtemp(prefix="ai-server-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_private(path: Path, data: bytes) -> str:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return str(path)
+
+
+def token_counts(log: str) -> tuple[int, int]:
+    """(prompt, generated) tokens from llama-completion's closing perf lines on stderr; the
+    sampler sees the prompt and every generated token."""
+    prompt = _PROMPT_TOKENS.findall(log)
+    sampled = _SAMPLED_TOKENS.findall(log)
+    if not prompt or not sampled:
+        return 0, 0
+    return int(prompt[-1]), max(int(sampled[-1]) - int(prompt[-1]), 0)
+
+
+class _Embeddings(msgspec.Struct):
+    data: list[dict[str, Any]]
+
+
+class CliBackend:
+    name: Literal["cli"] = "cli"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._slots = anyio.Semaphore(settings.limits.cli_concurrency)
+        self._timeout = settings.limits.request_timeout_s
+
+    def _binary(self, name: str) -> str:
+        explicit = self._settings.binaries.get(name)
+        return str(toolchain.resolve_binary(name, explicit, self._settings.cache_path()))
+
+    async def chat(self, task: ChatTask) -> ChatResult:
+        prompt = render_chat(self._settings.models.chat_template, task.messages)
+        data = _text_bytes(prompt)
+        model = str(model_path(self._settings, "chat"))
+        with private_dir() as tmp:
+            # llama.cpp's --file drops one trailing newline; the template's own must stay.
+            prompt_file = write_private(tmp / "prompt.txt", data + b"\n")
+            argv = completion_argv(
+                self._binary("llama-completion"), model, prompt_file, task.params, task.max_tokens
+            )
+            stdout, tail = await self._run(argv)
+        prompt_tokens, completion_tokens = token_counts(tail.text(last=200))
+        return ChatResult(
+            content=stdout.decode(errors="replace"),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason="length" if completion_tokens >= task.max_tokens else "stop",
+        )
+
+    async def embed(self, texts: Sequence[str], params: LlmParams) -> list[list[float]]:
+        # A separator no input contains: inputs may hold newlines (the default separator).
+        separator = f"<|ai-server-{secrets.token_hex(8)}|>"
+        data = _text_bytes(separator.join(texts))
+        model = str(model_path(self._settings, "embedding"))
+        with private_dir() as tmp:
+            input_file = write_private(tmp / "input.txt", data)
+            argv = embedding_argv(
+                self._binary("llama-embedding"), model, input_file, separator, params
+            )
+            stdout, _ = await self._run(argv)
+        try:
+            rows = msgspec.json.decode(stdout, type=_Embeddings).data
+        except msgspec.DecodeError as exc:
+            raise UpstreamError(f"llama-embedding printed no JSON: {exc}") from None
+        if len(rows) != len(texts):
+            raise UpstreamError(f"llama-embedding returned {len(rows)} vectors for {len(texts)}")
+        return [row["embedding"] for row in rows]
+
+    async def _run(self, argv: list[str]) -> tuple[bytes, LogTail]:
+        """Run `argv` to completion; its stdout, and its stderr's tail for errors."""
+        name = Path(argv[0]).name
+        stdout = bytearray()
+        tail = LogTail(max_lines=200)
+        async with self._slots:
+            try:
+                with anyio.fail_after(self._timeout):
+                    async with anyio.create_task_group() as tg:
+                        child = await spawn(argv, tg, tail, stdout=stdout)
+                        try:
+                            code = await child.wait()
+                        finally:
+                            await child.stop(grace=1)
+            except TimeoutError:
+                raise BackendTimeout(
+                    f"{name} did not finish within {self._timeout:.0f} s"
+                ) from None
+        if code != 0:
+            raise UpstreamError(f"{name} exited with status {code}: {tail.text(last=5)}")
+        return bytes(stdout), tail
+
+
+def _text_bytes(text: str) -> bytes:
+    if "\0" in text:
+        raise BadRequest("text with NUL characters cannot be passed to llama.cpp in cli mode")
+    return text.encode()

@@ -1,0 +1,61 @@
+"""Pure argv builders for the per-request llama.cpp binaries. Prompts never go in argv
+(anyone on the host can read /proc/*/cmdline): they are passed as private files."""
+
+from __future__ import annotations
+
+from gateway.config import LlmParams
+
+
+def _sampling(p: LlmParams) -> list[str]:
+    return [
+        "--temp", str(p.temp),
+        "--top-p", str(p.top_p),
+        "--top-k", str(p.top_k),
+        "--presence-penalty", str(p.presence_penalty),
+        "--mirostat", str(p.mirostat),
+    ]  # fmt: skip
+
+
+def completion_argv(
+    binary: str, model: str, prompt_file: str, params: LlmParams, max_tokens: int
+) -> list[str]:
+    """`llama-completion` on an already rendered prompt, printing only the generated text.
+    (`llama-cli -p` turned interactive upstream and waits for input.)"""
+    return [
+        binary,
+        "--model", model,
+        "--file", prompt_file,
+        "--n-predict", str(max_tokens),
+        "--ctx-size", str(params.ctx_size),
+        "--batch-size", str(params.batch_size),
+        "--ubatch-size", str(params.ubatch_size),
+        *_sampling(params),
+        "--no-conversation",
+        "--no-display-prompt",
+    ]  # fmt: skip
+
+
+def padded_ctx(ctx_size: int) -> int:
+    """`ctx_size` rounded up to a multiple of 256, as llama-server and llama-completion do
+    themselves (12192 -> 12288). llama-embedding does not, sets its batch to the unpadded
+    value and aborts (GGML_ASSERT ggml_can_mul_mat) for 12192."""
+    return -(-ctx_size // 256) * 256
+
+
+def embedding_argv(
+    binary: str, model: str, input_file: str, separator: str, params: LlmParams
+) -> list[str]:
+    """`llama-embedding` over every input in one run: the file holds them joined by
+    `separator`; mean pooling and L2 normalisation, as llama-server's /v1/embeddings."""
+    return [
+        binary,
+        "--model", model,
+        "--file", input_file,
+        "--embd-separator", separator,
+        "--ctx-size", str(padded_ctx(params.ctx_size)),
+        "--batch-size", str(params.batch_size),
+        "--ubatch-size", str(params.ubatch_size),
+        "--pooling", "mean",
+        "--embd-normalize", "2",
+        "--embd-output-format", "json",
+    ]  # fmt: skip

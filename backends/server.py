@@ -1,0 +1,115 @@
+"""Server mode: requests go to the supervisor's llama-server through its shared aiohttp client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import aiohttp
+import anyio
+import msgspec
+
+from backends.base import ChatResult, ChatTask
+from gateway.config import LlmParams
+from gateway.errors import BackendTimeout, BadRequest, UpstreamError
+from supervisor.actor import Supervisor
+from supervisor.command import ServerSpec
+
+
+def chat_payload(task: ChatTask) -> dict[str, Any]:
+    """The /v1/chat/completions body: messages plus the five sampling parameters (the three
+    startup parameters are llama-server flags; see supervisor.command)."""
+    p = task.params
+    return {
+        "messages": [msgspec.to_builtins(m) for m in task.messages],
+        "max_tokens": task.max_tokens,
+        "temperature": p.temp,
+        "top_p": p.top_p,
+        "top_k": p.top_k,
+        "presence_penalty": p.presence_penalty,
+        "mirostat": p.mirostat,
+        "stream": False,
+    }
+
+
+class _Upstream(msgspec.Struct):
+    """The parts of llama-server's answers we read."""
+
+    choices: list[dict[str, Any]] = []
+    usage: dict[str, Any] = {}
+    data: list[dict[str, Any]] = []
+
+
+def _upstream_message(body: bytes) -> str:
+    try:
+        error = msgspec.json.decode(body).get("error", {})
+        return str(error.get("message") or error)
+    except (msgspec.DecodeError, AttributeError):
+        return body[:500].decode(errors="replace")
+
+
+class ServerBackend:
+    name: Literal["server"] = "server"
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        specs: Callable[[LlmParams], dict[str, ServerSpec]],
+        timeout: float,
+    ) -> None:
+        self._supervisor = supervisor
+        self._specs = specs
+        self._timeout = timeout
+
+    async def chat(self, task: ChatTask) -> ChatResult:
+        spec = self._specs(task.params)["chat"]
+        answer = await self._post(spec, "/v1/chat/completions", chat_payload(task))
+        try:
+            choice = answer.choices[0]
+            return ChatResult(
+                content=choice["message"]["content"] or "",
+                prompt_tokens=answer.usage["prompt_tokens"],
+                completion_tokens=answer.usage["completion_tokens"],
+                finish_reason=choice.get("finish_reason"),
+            )
+        except (IndexError, KeyError, TypeError) as exc:
+            raise UpstreamError(f"llama-server answered an unexpected shape: {exc!r}") from None
+
+    async def embed(self, texts: Sequence[str], params: LlmParams) -> list[list[float]]:
+        spec = self._specs(params)["embedding"]
+        answer = await self._post(spec, "/v1/embeddings", {"input": list(texts)})
+        rows = sorted(answer.data, key=lambda row: int(row.get("index", 0)))
+        return [row["embedding"] for row in rows]
+
+    async def _post(self, spec: ServerSpec, path: str, payload: dict[str, Any]) -> _Upstream:
+        async with self._supervisor.lease(spec) as endpoint:
+            with self._upstream_errors(spec):
+                async with self._supervisor.http.post(endpoint.url + path, json=payload) as resp:
+                    body = await resp.read()
+        if resp.status >= 500:
+            self._supervisor.report_failure(spec)
+            raise UpstreamError(f"llama-server: {_upstream_message(body)}")
+        if resp.status >= 400:
+            # llama-server's 4xx are about the request (e.g. it exceeds the context).
+            raise BadRequest(f"llama-server rejected the request: {_upstream_message(body)}")
+        try:
+            return msgspec.json.decode(body, type=_Upstream)
+        except msgspec.DecodeError as exc:
+            raise UpstreamError(f"llama-server answered invalid JSON: {exc}") from None
+
+    @contextmanager
+    def _upstream_errors(self, spec: ServerSpec) -> Iterator[None]:
+        """The one place aiohttp's exceptions become ours. Either may mean a wedged server:
+        the supervisor probes it."""
+        try:
+            with anyio.fail_after(self._timeout):
+                yield
+        except TimeoutError:
+            self._supervisor.report_failure(spec)
+            raise BackendTimeout(
+                f"llama-server did not answer within {self._timeout:.0f} s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            self._supervisor.report_failure(spec)
+            raise UpstreamError(f"llama-server connection failed: {exc}") from None

@@ -1,0 +1,46 @@
+"""Every error becomes a JSON body here, and only here."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ExceptionHandler
+
+from gateway.errors import BackendUnavailable, GatewayError
+
+log = logging.getLogger("ai_server.gateway")
+
+
+def error_response(
+    status: int, type_: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": {"type": type_, "message": message}}, status, headers)
+
+
+async def gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    headers = None
+    if isinstance(exc, BackendUnavailable):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    return error_response(exc.status, exc.type, exc.message, headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, "http_error", exc.detail, dict(exc.headers or {}))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("gateway.unhandled_error path=%s", request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal error; see the server log")
+
+
+EXCEPTION_HANDLERS: dict[type[Exception] | int, ExceptionHandler] = {
+    GatewayError: gateway_error,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}

@@ -1,0 +1,94 @@
+"""What the gateway runs while it is up: opened in order, closed in reverse, nothing global.
+
+The lifespan opens the shared aiohttp session and a task group, starts the supervisor in
+it, applies the saved runtime config, and yields `Services` (as ``request.state.services``).
+On the way out every llama-server is stopped before the task group closes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import aiohttp
+import anyio
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+
+from backends import toolchain
+from backends.cli import CliBackend
+from backends.dispatcher import Dispatcher
+from backends.server import ServerBackend
+from backends.specs import server_specs
+from gateway.config import Settings
+from gateway.errors import MissingComponent
+from gateway.runtime_config import ConfigStore
+from supervisor.actor import Supervisor, SupervisorConfig
+
+log = logging.getLogger("ai_server.gateway")
+
+
+class Services(msgspec.Struct, frozen=True, kw_only=True):
+    settings: Settings
+    store: ConfigStore
+    dispatcher: Dispatcher
+    supervisor: Supervisor
+
+
+def services(request: Request) -> Services:
+    found: Services = request.state.services
+    return found
+
+
+def supervisor_config(settings: Settings) -> SupervisorConfig:
+    try:
+        binary = str(
+            toolchain.resolve_binary(
+                "llama-server", settings.binaries.llama_server, settings.cache_path()
+            )
+        )
+    except MissingComponent as exc:
+        # Cli mode works without it; server mode reports the failure per process.
+        log.error("gateway.binary_missing %s", exc.message)
+        binary = "llama-server"
+    return SupervisorConfig(
+        binary=binary,
+        state_dir=str(settings.state_path()),
+        host=settings.llama_server.host,
+        base_port=settings.llama_server.port,
+        idle_unload_s=settings.llama_server.idle_unload_s,
+    )
+
+
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[dict[str, Services]]]
+
+
+def make_lifespan(settings: Settings) -> Lifespan:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
+        store = ConfigStore.open(settings)
+        # No total timeout here: each backend bounds its own calls.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
+        async with aiohttp.ClientSession(timeout=timeout) as http, anyio.create_task_group() as tg:
+            supervisor = Supervisor(supervisor_config(settings), http)
+            await tg.start(supervisor.run)
+            server = ServerBackend(
+                supervisor,
+                lambda params: server_specs(settings, params),
+                settings.limits.request_timeout_s,
+            )
+            dispatcher = Dispatcher(settings, supervisor, server=server, cli=CliBackend(settings))
+            await dispatcher.reconfigure(store.current)
+            try:
+                yield {
+                    "services": Services(
+                        settings=settings, store=store, dispatcher=dispatcher, supervisor=supervisor
+                    )
+                }
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                    await supervisor.stop_all()
+                tg.cancel_scope.cancel()
+
+    return lifespan

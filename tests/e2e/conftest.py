@@ -1,0 +1,90 @@
+"""The real gateway under uvicorn on 127.0.0.1, and settings for it with real or fake llama."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import msgspec
+import uvicorn
+
+from gateway.app import create_app
+from gateway.config import Binaries, Limits, LlamaServer, Models, Settings
+from tests.conftest import free_port, wait_until
+from tests.unit.test_gguf_header import gguf_bytes
+
+FAKES = Path(__file__).parents[1] / "fakes"
+
+
+class Client:
+    def __init__(self, http: aiohttp.ClientSession) -> None:
+        self.http = http
+
+    async def post(self, path: str, body: object, **kwargs: Any) -> tuple[int, Any]:
+        async with self.http.post(path, json=body, **kwargs) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with self.http.get(path) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Client]:
+    """`create_app(settings)` served by uvicorn; stopped (lifespan and all) on exit."""
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    base = f"http://127.0.0.1:{settings.port}"
+    async with anyio.create_task_group() as tg, aiohttp.ClientSession(base) as http:
+        tg.start_soon(server.serve)
+        await wait_until(lambda: server.started, within=30)
+        try:
+            yield Client(http)
+        finally:
+            server.should_exit = True
+
+
+def real_settings(tmp_path: Path, **changes: Any) -> Settings:
+    """The real binaries and default model, on free ports, with a private state dir."""
+    settings = Settings(
+        port=free_port(),
+        state_dir=str(tmp_path / "state"),
+        llama_server=LlamaServer(port=free_port()),
+    )
+    return msgspec.structs.replace(settings, **changes)
+
+
+def fake_settings(tmp_path: Path, **changes: Any) -> Settings:
+    """Fake llama binaries (tests/fakes) and a stub model file: for argv, payload and fault
+    tests that are about the gateway, not llama."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("llama-completion", "llama-embedding"):
+        (bin_dir / name).symlink_to(FAKES / "fake_llama_cli.py")
+    model = tmp_path / "stub.gguf"
+    model.write_bytes(gguf_bytes())
+    binaries = Binaries(
+        llama_server=str(FAKES / "fake_llama_server.py"),
+        llama_completion=str(bin_dir / "llama-completion"),
+        llama_embedding=str(bin_dir / "llama-embedding"),
+    )
+    defaults: dict[str, Any] = {
+        "binaries": binaries,
+        "models": Models(chat=str(model), embedding=str(model)),
+        "limits": Limits(request_timeout_s=10),
+    }
+    return real_settings(tmp_path, **(defaults | changes))
+
+
+def recorded(path: Path) -> list[dict[str, Any]]:
+    """What the fakes wrote to their `record` file, in order."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]

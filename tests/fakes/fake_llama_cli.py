@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""A stand-in for llama-completion and llama-embedding (chosen by the name it is run as).
+
+Behaviour from the JSON in $FAKE_LLAMA:
+  record   append {"argv", "file", "file_mode"} of each run to this JSONL file
+  sleep    seconds to wait before answering (timeouts, cancellation)
+  exit     exit with this status after printing an error
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+BEHAVIOUR = json.loads(os.environ.get("FAKE_LLAMA", "{}"))
+
+
+def arg(name: str) -> str:
+    return sys.argv[sys.argv.index(name) + 1]
+
+
+def main() -> int:
+    file = Path(arg("--file"))
+    if path := BEHAVIOUR.get("record"):
+        entry = {
+            "argv": sys.argv[1:],
+            "pid": os.getpid(),
+            "file": file.read_text(),
+            "file_mode": oct(stat.S_IMODE(file.stat().st_mode)),
+        }
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+    time.sleep(BEHAVIOUR.get("sleep", 0))
+    if "exit" in BEHAVIOUR:
+        print("error: fake failure", file=sys.stderr)
+        return int(BEHAVIOUR["exit"])
+    if Path(sys.argv[0]).name == "llama-embedding":
+        inputs = file.read_text().split(arg("--embd-separator"))
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.25, i]} for i in range(len(inputs))
+        ]
+        print(json.dumps({"object": "list", "data": data}))
+        return 0
+    print("fake answer", end="")
+    print("common_perf_print: prompt eval time = 1.00 ms /     7 tokens", file=sys.stderr)
+    print("common_perf_print:    samplers time = 1.00 ms /    10 tokens", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

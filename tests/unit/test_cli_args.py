@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+
+from backends.cli import token_counts
+from backends.cli_args import completion_argv, embedding_argv, padded_ctx
+from gateway.config import LlmParams
+
+
+def test_completion_argv_golden_with_the_seed_defaults() -> None:
+    assert completion_argv("/b/llama-completion", "/m.gguf", "/t/p.txt", LlmParams(), 64) == [
+        "/b/llama-completion",
+        "--model", "/m.gguf",
+        "--file", "/t/p.txt",
+        "--n-predict", "64",
+        "--ctx-size", "12192",
+        "--batch-size", "8192",
+        "--ubatch-size", "1024",
+        "--temp", "0.35",
+        "--top-p", "0.9",
+        "--top-k", "40",
+        "--presence-penalty", "0.2",
+        "--mirostat", "0",
+        "--no-conversation",
+        "--no-display-prompt",
+    ]  # fmt: skip
+
+
+def test_embedding_argv_golden_without_sampling_params() -> None:
+    assert embedding_argv("/b/llama-embedding", "/m.gguf", "/t/in.txt", "<|s|>", LlmParams()) == [
+        "/b/llama-embedding",
+        "--model", "/m.gguf",
+        "--file", "/t/in.txt",
+        "--embd-separator", "<|s|>",
+        "--ctx-size", "12288",
+        "--batch-size", "8192",
+        "--ubatch-size", "1024",
+        "--pooling", "mean",
+        "--embd-normalize", "2",
+        "--embd-output-format", "json",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("ctx", "padded"), [(1, 256), (256, 256), (257, 512), (12192, 12288)])
+def test_padded_ctx_rounds_up_to_256(ctx: int, padded: int) -> None:
+    assert padded_ctx(ctx) == padded
+
+
+def test_token_counts_reads_llama_completion_perf_lines() -> None:
+    log = (
+        "common_perf_print:    samplers time =      12.66 ms /    23 tokens\n"
+        "common_perf_print: prompt eval time =      57.23 ms /    15 tokens (  3.82 ms per token)\n"
+        "common_perf_print:        eval time =     688.62 ms /     7 runs\n"
+    )
+    assert token_counts(log) == (15, 8)
+    assert token_counts("no perf lines") == (0, 0)
