@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Literal, Protocol
 
 import msgspec
@@ -29,5 +29,9 @@ class Backend(Protocol):
     def name(self) -> Literal["server", "cli"]: ...
 
     async def chat(self, task: ChatTask) -> ChatResult: ...
+
+    def chat_stream(self, task: ChatTask, include_usage: bool) -> AsyncGenerator[bytes, None]:
+        """SSE events of OpenAI `chat.completion.chunk`s, ending with `data: [DONE]`."""
+        ...
 
     async def embed(self, texts: Sequence[str], params: LlmParams) -> list[list[float]]: ...

@@ -7,26 +7,29 @@ private temp files."""
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import anyio.abc
 import msgspec
 
 from backends import toolchain
 from backends.base import ChatResult, ChatTask
 from backends.cli_args import completion_argv, embedding_argv
 from backends.prompt import render_chat
-from backends.specs import model_path
+from backends.specs import model_name, model_path
+from backends.sse import DONE, ChunkWriter
 from gateway.config import LlmParams, Settings
-from gateway.errors import BackendTimeout, BadRequest, UpstreamError
+from gateway.errors import BackendTimeout, BadRequest, GatewayError, UpstreamError
 from supervisor.logtail import LogTail
 from supervisor.process import spawn
 
@@ -77,16 +80,22 @@ class CliBackend:
         explicit = self._settings.binaries.get(name)
         return str(toolchain.resolve_binary(name, explicit, self._settings.cache_path()))
 
-    async def chat(self, task: ChatTask) -> ChatResult:
+    @contextmanager
+    def _prompt_file(self, task: ChatTask) -> Iterator[list[str]]:
+        """The llama-completion argv for `task`, its rendered prompt in a private file that
+        is gone when the block ends."""
         prompt = render_chat(self._settings.models.chat_template, task.messages)
         data = _text_bytes(prompt)
         model = str(model_path(self._settings, "chat"))
         with private_dir() as tmp:
             # llama.cpp's --file drops one trailing newline; the template's own must stay.
             prompt_file = write_private(tmp / "prompt.txt", data + b"\n")
-            argv = completion_argv(
+            yield completion_argv(
                 self._binary("llama-completion"), model, prompt_file, task.params, task.max_tokens
             )
+
+    async def chat(self, task: ChatTask) -> ChatResult:
+        with self._prompt_file(task) as argv:
             stdout, tail = await self._run(argv)
         prompt_tokens, completion_tokens = token_counts(tail.text(last=200))
         return ChatResult(
@@ -95,6 +104,50 @@ class CliBackend:
             completion_tokens=completion_tokens,
             finish_reason="length" if completion_tokens >= task.max_tokens else "stop",
         )
+
+    async def chat_stream(self, task: ChatTask, include_usage: bool) -> AsyncGenerator[bytes, None]:
+        """OpenAI chunks of llama-completion's stdout, as it writes it. Leaving the loop early
+        (the client went away) stops the process group."""
+        writer = ChunkWriter(model_name(model_path(self._settings, "chat")))
+        tail = LogTail(max_lines=200)
+        failure: GatewayError | None = None
+        with self._prompt_file(task) as argv:
+            async with self._slots, anyio.create_task_group() as tg:
+                child = await spawn(argv, tg, tail, stdout="caller")
+                assert child.process.stdout is not None
+                decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+                try:
+                    while (chunk := await self._read(child.process.stdout)) is not None:
+                        if text := decoder.decode(chunk):
+                            yield writer.delta(text)
+                    if text := decoder.decode(b"", final=True):
+                        yield writer.delta(text)
+                    code = await child.wait()
+                except TimeoutError:
+                    failure = BackendTimeout(
+                        f"llama-completion wrote nothing for {self._timeout:.0f} s"
+                    )
+                finally:
+                    await child.stop(grace=1)
+        if failure is None and code != 0:
+            failure = UpstreamError(
+                f"llama-completion exited with status {code}: {tail.text(last=5)}"
+            )
+        if failure is not None:
+            raise failure
+        prompt_tokens, completion_tokens = token_counts(tail.text(last=200))
+        yield writer.finish("length" if completion_tokens >= task.max_tokens else "stop")
+        if include_usage:
+            yield writer.usage(prompt_tokens, completion_tokens)
+        yield DONE
+
+    async def _read(self, stream: anyio.abc.ByteReceiveStream) -> bytes | None:
+        """The next piece of output; None at its end; TimeoutError after a silent timeout."""
+        with anyio.fail_after(self._timeout):
+            try:
+                return await stream.receive()
+            except anyio.EndOfStream:
+                return None
 
     async def embed(self, texts: Sequence[str], params: LlmParams) -> list[list[float]]:
         # A separator no input contains: inputs may hold newlines (the default separator).

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, Literal
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
+from typing import Any, Literal, NoReturn
 
 import aiohttp
 import anyio
 import msgspec
 
 from backends.base import ChatResult, ChatTask
+from backends.sse import read_event
 from gateway.config import LlmParams
 from gateway.errors import BackendTimeout, BadRequest, UpstreamError
 from supervisor.actor import Supervisor
@@ -82,21 +83,47 @@ class ServerBackend:
         rows = sorted(answer.data, key=lambda row: int(row.get("index", 0)))
         return [row["embedding"] for row in rows]
 
+    async def chat_stream(self, task: ChatTask, include_usage: bool) -> AsyncGenerator[bytes, None]:
+        """llama-server's own SSE events, each passed on as soon as it is read. Leaving the
+        loop early (the client went away) closes the upstream connection, which makes
+        llama-server stop generating and free its slot."""
+        spec = self._specs(task.params)["chat"]
+        payload = chat_payload(task) | {
+            "stream": True,
+            "stream_options": {"include_usage": include_usage},
+        }
+        async with self._supervisor.lease(spec) as endpoint, AsyncExitStack() as stack:
+            with self._upstream_errors(spec):
+                resp = await stack.enter_async_context(
+                    self._supervisor.http.post(endpoint.url + "/v1/chat/completions", json=payload)
+                )
+                if resp.status != 200:
+                    self._raise_for(spec, resp.status, await resp.read())
+            while True:
+                with self._upstream_errors(spec):  # a deadline per event, not per stream
+                    event = await read_event(resp.content)
+                if event is None:
+                    return
+                yield event
+
     async def _post(self, spec: ServerSpec, path: str, payload: dict[str, Any]) -> _Upstream:
         async with self._supervisor.lease(spec) as endpoint:
             with self._upstream_errors(spec):
                 async with self._supervisor.http.post(endpoint.url + path, json=payload) as resp:
                     body = await resp.read()
-        if resp.status >= 500:
-            self._supervisor.report_failure(spec)
-            raise UpstreamError(f"llama-server: {_upstream_message(body)}")
-        if resp.status >= 400:
-            # llama-server's 4xx are about the request (e.g. it exceeds the context).
-            raise BadRequest(f"llama-server rejected the request: {_upstream_message(body)}")
+        if resp.status != 200:
+            self._raise_for(spec, resp.status, body)
         try:
             return msgspec.json.decode(body, type=_Upstream)
         except msgspec.DecodeError as exc:
             raise UpstreamError(f"llama-server answered invalid JSON: {exc}") from None
+
+    def _raise_for(self, spec: ServerSpec, status: int, body: bytes) -> NoReturn:
+        if status >= 500:
+            self._supervisor.report_failure(spec)
+            raise UpstreamError(f"llama-server: {_upstream_message(body)}")
+        # llama-server's 4xx are about the request (e.g. it exceeds the context).
+        raise BadRequest(f"llama-server rejected the request: {_upstream_message(body)}")
 
     @contextmanager
     def _upstream_errors(self, spec: ServerSpec) -> Iterator[None]:

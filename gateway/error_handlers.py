@@ -18,7 +18,9 @@ log = logging.getLogger("ai_server.gateway")
 def error_response(
     status: int, type_: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse({"error": {"type": type_, "message": message}}, status, headers)
+    # `code` too: the OpenAI envelope, so /v1 clients show our messages.
+    body = {"error": {"type": type_, "code": type_, "message": message}}
+    return JSONResponse(body, status, headers)
 
 
 async def gateway_error(request: Request, exc: Exception) -> Response:

@@ -40,6 +40,7 @@ class SamplingOverrides(_Body):
 class ChatRequest(SamplingOverrides, kw_only=True):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     max_tokens: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+    stream: bool = False  # SSE of OpenAI chat.completion.chunk events, usage in the last
 
 
 class Usage(_Body):

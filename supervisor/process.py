@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
+from typing import Literal
 
 import anyio
 import anyio.abc
@@ -71,11 +72,12 @@ async def spawn(
     task_group: anyio.abc.TaskGroup,
     tail: LogTail | None = None,
     *,
-    stdout: bytearray | None = None,
+    stdout: bytearray | Literal["tail", "caller"] = "tail",
 ) -> ChildProcess:
-    """Start `argv` in a new session (so its whole group can be signalled); `task_group` owns
-    the tasks that drain its output into `tail`, or its stdout into `stdout` when given. Both
-    pipes are always drained, so a chatty child never blocks on a full pipe."""
+    """Start `argv` in a new session (so its whole group can be signalled). `task_group` owns
+    the tasks that drain stderr into `tail` and stdout into the tail, into a bytearray, or
+    not at all ("caller": the caller reads ``process.stdout`` as it arrives). Pipes are
+    always drained, so a chatty child never blocks on a full pipe."""
     tail = tail or LogTail()
     process = await anyio.open_process(
         list(argv),
@@ -84,9 +86,9 @@ async def spawn(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    if stdout is None:
+    if stdout == "tail":
         task_group.start_soon(_drain, process.stdout, tail)
-    else:
+    elif isinstance(stdout, bytearray):
         task_group.start_soon(_collect, process.stdout, stdout)
     task_group.start_soon(_drain, process.stderr, tail)
     return ChildProcess(process, tail)

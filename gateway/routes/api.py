@@ -14,6 +14,7 @@ from backends.specs import model_name, model_path
 from gateway.bodies import decode_json, json_response
 from gateway.errors import BadRequest
 from gateway.lifespan import Services, services
+from gateway.responses import event_stream
 from gateway.schemas import (
     ChatMessage,
     ChatRequest,
@@ -32,9 +33,12 @@ async def chat(request: Request) -> Response:
     backend = svc.dispatcher.backend_for(config)
     params = body.apply_to(config.llm_params)
     max_tokens = body.max_tokens or svc.settings.limits.default_max_tokens
-    result = await backend.chat(
-        ChatTask(messages=body.messages, max_tokens=min(max_tokens, params.ctx_size), params=params)
+    task = ChatTask(
+        messages=body.messages, max_tokens=min(max_tokens, params.ctx_size), params=params
     )
+    if body.stream:
+        return await event_stream(backend.chat_stream(task, include_usage=True))
+    result = await backend.chat(task)
     return json_response(
         ChatResponse(
             message=ChatMessage(role="assistant", content=result.content),

@@ -22,8 +22,9 @@ FAKES = Path(__file__).parents[1] / "fakes"
 
 
 class Client:
-    def __init__(self, http: aiohttp.ClientSession) -> None:
+    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
         self.http = http
+        self.url = url
 
     async def post(self, path: str, body: object, **kwargs: Any) -> tuple[int, Any]:
         async with self.http.post(path, json=body, **kwargs) as resp:
@@ -46,7 +47,7 @@ async def serving(settings: Settings) -> AsyncIterator[Client]:
         tg.start_soon(server.serve)
         await wait_until(lambda: server.started, within=30)
         try:
-            yield Client(http)
+            yield Client(http, base)
         finally:
             server.should_exit = True
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import anyio
 import msgspec
 import pytest
 
 from gateway.config import Limits
+from tests.conftest import wait_until
 from tests.e2e.conftest import fake_settings, recorded, serving
 from tests.supervisor.conftest import behave
 from tests.unit.test_process import alive
@@ -311,3 +315,47 @@ async def test_cli_timeout_answers_504_and_kills_the_process(
     [run] = recorded(log)
     assert not alive(run["pid"])
     assert not Path(flag(run["argv"], "--file")).parent.exists()
+
+
+async def read_events(resp: aiohttp.ClientResponse) -> list[bytes]:
+    return [e for e in (await resp.read()).split(b"\n\n") if e]
+
+
+async def test_cli_stream_failure_ends_with_an_error_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, partial=3)
+    async with serving(fake_settings(tmp_path, backend="cli")) as client:
+        async with client.http.post("/api/chat", json=CHAT | {"stream": True}) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            events = await read_events(resp)
+    first = json.loads(events[0].removeprefix(b"data: "))
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": "half an ans"}
+    error = json.loads(events[-1].removeprefix(b"data: "))["error"]
+    assert error["type"] == "upstream_error" and "exited with status 3" in error["message"]
+    assert b"data: [DONE]" not in events
+
+
+async def test_stream_that_fails_before_its_first_event_is_a_json_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, fail_status=500)
+    async with serving(fake_settings(tmp_path)) as client:
+        status, body = await client.post("/v1/chat/completions", CHAT | {"stream": True})
+    assert status == 502 and "fake failure" in body["error"]["message"]
+
+
+async def test_disconnect_without_streaming_kills_the_cli_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "cli.jsonl"
+    behave(monkeypatch, sleep=60, record=str(log))
+    async with serving(fake_settings(tmp_path, backend="cli")) as client:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.post, "/api/chat", CHAT)
+            await wait_until(lambda: bool(recorded(log)), within=10)
+            tg.cancel_scope.cancel()  # the client gives up and closes its connection
+        [run] = recorded(log)
+        await wait_until(lambda: not alive(run["pid"]), within=1.0)
+        await wait_until(lambda: not Path(flag(run["argv"], "--file")).exists(), within=1.0)

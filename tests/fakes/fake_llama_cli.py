@@ -5,6 +5,7 @@ Behaviour from the JSON in $FAKE_LLAMA:
   record   append {"argv", "file", "file_mode"} of each run to this JSONL file
   sleep    seconds to wait before answering (timeouts, cancellation)
   exit     exit with this status after printing an error
+  partial  print some text, then exit with this status (a failure mid-stream)
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def main() -> int:
         }
         with open(path, "a") as f:
             f.write(json.dumps(entry) + "\n")
+    if "partial" in BEHAVIOUR:
+        print("half an ans", end="", flush=True)
+        time.sleep(0.2)
+        print("error: fake crash", file=sys.stderr)
+        return int(BEHAVIOUR["partial"])
     time.sleep(BEHAVIOUR.get("sleep", 0))
     if "exit" in BEHAVIOUR:
         print("error: fake failure", file=sys.stderr)

@@ -1,0 +1,102 @@
+"""The OpenAI-compatible request bodies (/v1): OpenAI's names, mapped onto ours.
+
+Unknown fields are ignored, as OpenAI clients send many; fields we support only at their
+neutral value (they would change what the answer means) are a 400 naming them otherwise."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from gateway.config import LlmParams, Mirostat, PresencePenalty, Temp, TopK, TopP
+from gateway.errors import BadRequest
+from gateway.schemas import ChatMessage
+
+
+class TextPart(msgspec.Struct, tag_field="type", tag="text"):
+    text: str
+
+
+class ImageUrl(msgspec.Struct):
+    url: str
+
+
+class ImagePart(msgspec.Struct, tag_field="type", tag="image_url"):
+    image_url: ImageUrl
+
+
+class Message(msgspec.Struct, kw_only=True):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart | ImagePart] | None = None
+
+    def as_chat(self) -> ChatMessage:
+        if isinstance(self.content, list):
+            if any(isinstance(part, ImagePart) for part in self.content):
+                raise BadRequest("image_url content parts are not supported yet")
+            text = "\n".join(part.text for part in self.content if isinstance(part, TextPart))
+        else:
+            text = self.content or ""
+        return ChatMessage(role="system" if self.role == "developer" else self.role, content=text)
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+
+
+class ChatCompletionRequest(msgspec.Struct, kw_only=True):
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    model: str | None = None
+    temperature: Temp | UnsetType = UNSET
+    top_p: TopP | UnsetType = UNSET
+    presence_penalty: PresencePenalty | UnsetType = UNSET
+    top_k: TopK | UnsetType = UNSET
+    mirostat: Mirostat | UnsetType = UNSET
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # Supported only at their neutral value.
+    n: int = 1
+    stop: str | list[str] | None = None
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    logit_bias: dict[str, Any] | None = None
+    frequency_penalty: float | None = None
+
+    def check_supported(self) -> None:
+        changed = {
+            "n": self.n != 1,
+            "stop": bool(self.stop),
+            "tools": bool(self.tools),
+            "functions": bool(self.functions),
+            "response_format": (self.response_format or {}).get("type", "text") != "text",
+            "logprobs": bool(self.logprobs),
+            "logit_bias": bool(self.logit_bias),
+            "frequency_penalty": bool(self.frequency_penalty),
+        }
+        if unsupported := [name for name, is_set in changed.items() if is_set]:
+            raise BadRequest(f"not supported by this server: {', '.join(unsupported)}")
+
+    def params(self, base: LlmParams) -> LlmParams:
+        ours = {
+            "temp": self.temperature,
+            "top_p": self.top_p,
+            "presence_penalty": self.presence_penalty,
+            "top_k": self.top_k,
+            "mirostat": self.mirostat,
+        }
+        return msgspec.structs.replace(base, **{k: v for k, v in ours.items() if v is not UNSET})
+
+
+class EmbeddingRequest(msgspec.Struct, kw_only=True):
+    input: str | Annotated[list[str], Meta(min_length=1)]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None

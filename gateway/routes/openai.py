@@ -1,0 +1,112 @@
+"""The OpenAI-compatible API: /v1/chat/completions, /v1/embeddings, /v1/models.
+
+The same dispatcher, mode switch and parameter defaults as /api; streams are
+`chat.completion.chunk` events in both modes."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import struct
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from backends.base import ChatTask
+from backends.specs import ROLES, model_name, model_path
+from gateway.bodies import decode_json, json_response
+from gateway.errors import BadRequest
+from gateway.lifespan import services
+from gateway.openai_schemas import ChatCompletionRequest, EmbeddingRequest
+from gateway.responses import event_stream
+
+
+async def chat_completions(request: Request) -> Response:
+    svc = services(request)
+    body = await decode_json(request, ChatCompletionRequest, svc.settings.limits.max_body_bytes)
+    body.check_supported()
+    config = svc.store.current
+    backend = svc.dispatcher.backend_for(config)
+    params = body.params(config.llm_params)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    task = ChatTask(
+        messages=[m.as_chat() for m in body.messages],
+        max_tokens=min(max_tokens or svc.settings.limits.default_max_tokens, params.ctx_size),
+        params=params,
+    )
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await event_stream(backend.chat_stream(task, include_usage))
+    result = await backend.chat(task)
+    usage = {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+    return json_response(
+        {
+            "id": f"chatcmpl-{secrets.token_hex(12)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model_name(model_path(svc.settings, "chat")),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.content},
+                    "finish_reason": result.finish_reason or "stop",
+                }
+            ],
+            "usage": usage,
+        }
+    )
+
+
+def _encode(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "float":
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+async def embeddings(request: Request) -> Response:
+    svc = services(request)
+    body = await decode_json(request, EmbeddingRequest, svc.settings.limits.max_body_bytes)
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if empty := [i for i, text in enumerate(texts) if not text.strip()]:
+        raise BadRequest(f"input {empty[0]} is empty: there is nothing to embed")
+    config = svc.store.current
+    vectors = await svc.dispatcher.backend_for(config).embed(texts, config.llm_params)
+    if body.dimensions is not None and body.dimensions != len(vectors[0]):
+        raise BadRequest(f"dimensions: this model's embeddings have {len(vectors[0])}")
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+        for i, v in enumerate(vectors)
+    ]
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "model": model_name(model_path(svc.settings, "embedding")),
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }
+    )
+
+
+async def models(request: Request) -> Response:
+    svc = services(request)
+    roles: dict[str, list[str]] = {}
+    for role in ROLES:
+        roles.setdefault(model_name(model_path(svc.settings, role)), []).append(role)
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "ai-server", "roles": r}
+        for name, r in roles.items()
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/models", models, methods=["GET"]),
+]

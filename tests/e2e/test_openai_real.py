@@ -1,0 +1,131 @@
+"""The /v1 API through the official `openai` client, with the real llama.cpp, in both modes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from gateway.config import Settings
+from supervisor.pidfile import cmdline
+from tests.conftest import wait_until
+from tests.e2e.conftest import Client, real_settings, serving
+from tests.unit.test_process import alive
+
+pytestmark = pytest.mark.llama
+
+STORY: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Write a very long story about a lighthouse keeper."}
+]
+
+
+def sdk(settings: Settings) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{settings.port}/v1", api_key="unused", max_retries=0
+    )
+
+
+def processes_named(name: str) -> list[int]:
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    return [pid for pid in pids if (a := cmdline(pid)) and a[0].endswith(name) and alive(pid)]
+
+
+@pytest.mark.parametrize("backend", ["server", "cli"])
+async def test_openai_client_chat_stream_embeddings_models(tmp_path: Path, backend: str) -> None:
+    settings = real_settings(tmp_path, backend=backend)
+    async with serving(settings), sdk(settings) as client:
+        chat = await client.chat.completions.create(
+            model="anything", messages=[{"role": "user", "content": "Hi"}], max_tokens=5
+        )
+        assert chat.choices[0].message.role == "assistant"
+        assert isinstance(chat.choices[0].message.content, str)
+        assert chat.usage is not None and 1 <= chat.usage.completion_tokens <= 5
+
+        started = time.monotonic()
+        arrivals: list[float] = []
+        text: list[str] = []
+        usage = None
+        stream = await client.chat.completions.create(
+            model="anything",
+            messages=STORY,
+            max_tokens=24,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        async for chunk in stream:
+            arrivals.append(time.monotonic() - started)
+            text.extend(c.delta.content or "" for c in chunk.choices)
+            usage = chunk.usage or usage
+        assert usage is not None and usage.completion_tokens == 24
+        assert len(arrivals) >= 10 and arrivals[0] < arrivals[-1]  # chunks came as generated
+        assert "".join(text)
+
+        embedded = await client.embeddings.create(model="x", input=["hello", "world", "!"])
+        assert [len(d.embedding) for d in embedded.data] == [640, 640, 640]
+        assert [d.index for d in embedded.data] == [0, 1, 2]
+        as_floats = await client.embeddings.create(
+            model="x", input="hello", encoding_format="float"
+        )
+        assert as_floats.data[0].embedding == pytest.approx(embedded.data[0].embedding, abs=1e-6)
+
+        models = await client.models.list()
+        assert [m.id for m in models.data] == ["gemma-3-270m-q4_k_m"]
+
+
+async def test_openai_errors_use_the_openai_envelope(tmp_path: Path) -> None:
+    settings = real_settings(tmp_path, backend="cli")
+    async with serving(settings), sdk(settings) as client:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": "Hi"}], n=2
+            )
+    assert caught.value.status_code == 400
+    assert "not supported by this server: n" in caught.value.message
+
+
+async def drop_after_first_chunk(client: Client, path: str, body: object) -> None:
+    async with client.http.post(path, json=body) as resp:
+        assert resp.status == 200
+        assert (await resp.content.readline()).startswith(b"data: ")
+    # Leaving the block closes the connection mid-stream.
+
+
+async def test_disconnect_kills_the_cli_process(tmp_path: Path) -> None:
+    async with serving(real_settings(tmp_path, backend="cli")) as client:
+        body = {"messages": STORY, "max_tokens": 2000, "stream": True}
+        async with aiohttp.ClientSession(client.url) as http:
+            async with http.post("/v1/chat/completions", json=body) as resp:
+                assert (await resp.content.readline()).startswith(b"data: ")
+                [pid] = processes_named("llama-completion")
+        await wait_until(lambda: not alive(pid), within=1.0)
+        status, chat = await client.post("/api/chat", {"messages": STORY, "max_tokens": 2})
+        assert status == 200, chat
+
+
+async def test_disconnect_frees_the_llama_server_slot(tmp_path: Path) -> None:
+    async with serving(real_settings(tmp_path)) as client:
+        _, ready = await client.get("/ready")
+        slots_url = f"http://127.0.0.1:{ready['processes'][0]['port']}/slots"
+        body = {"messages": STORY, "max_tokens": 2000, "stream": True}
+        busy: list[bool] = []
+
+        async def processing() -> bool:
+            async with client.http.get(slots_url) as resp:
+                return any(slot["is_processing"] for slot in await resp.json())
+
+        async with aiohttp.ClientSession(client.url) as http:
+            async with http.post("/v1/chat/completions", json=body) as resp:
+                assert (await resp.content.readline()).startswith(b"data: ")
+                busy.append(await processing())
+        assert busy == [True]
+        deadline = time.monotonic() + 1.0
+        while await processing():
+            assert time.monotonic() < deadline, (
+                "llama-server still generating 1 s after the disconnect"
+            )
+        status, chat = await client.post("/api/chat", {"messages": STORY, "max_tokens": 2})
+        assert status == 200, chat
