@@ -38,3 +38,6 @@ model: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+bench: setup
+	$(PY) -m bench.streaming

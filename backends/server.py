@@ -94,8 +94,14 @@ class ServerBackend:
         }
         async with self._supervisor.lease(spec) as endpoint, AsyncExitStack() as stack:
             with self._upstream_errors(spec):
+                # llama-server drops a kept-alive connection just after a streamed response,
+                # and the next request sent on it fails: a stream gets a connection of its own.
                 resp = await stack.enter_async_context(
-                    self._supervisor.http.post(endpoint.url + "/v1/chat/completions", json=payload)
+                    self._supervisor.http.post(
+                        endpoint.url + "/v1/chat/completions",
+                        json=payload,
+                        headers={"Connection": "close"},
+                    )
                 )
                 if resp.status != 200:
                     self._raise_for(spec, resp.status, await resp.read())

@@ -129,3 +129,15 @@ async def test_disconnect_frees_the_llama_server_slot(tmp_path: Path) -> None:
             )
         status, chat = await client.post("/api/chat", {"messages": STORY, "max_tokens": 2})
         assert status == 200, chat
+
+
+async def test_back_to_back_streams_all_complete(tmp_path: Path) -> None:
+    """llama-server drops a keep-alive connection right after a streamed response; a stream
+    must never be sent on such a connection."""
+    async with serving(real_settings(tmp_path)) as client:
+        body = {"messages": STORY, "max_tokens": 3, "stream": True}
+        for _ in range(4):
+            async with client.http.post("/v1/chat/completions", json=body) as resp:
+                assert resp.status == 200
+                events = (await resp.read()).split(b"\n\n")
+            assert b"data: [DONE]" in events, events[-3:]

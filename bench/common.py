@@ -1,0 +1,85 @@
+"""Shared bench helpers: a real gateway process on the default model, timing statistics, and
+the BENCHMARKS.md table writer. Benchmarks report ratios and differences measured side by
+side in one run, alternating the targets: on a shared, noisy machine an absolute time means
+little."""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "BENCHMARKS.md"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def gateway(backend: str = "server") -> Iterator[tuple[str, str]]:
+    """`ai-server serve` on the default model; yields (gateway URL, llama-server URL)."""
+    port, llama_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as state:
+        config = Path(state) / "config.toml"
+        config.write_text(
+            f'port = {port}\nbackend = "{backend}"\nstate_dir = "{state}"\n'
+            f"[llama_server]\nport = {llama_port}\n"
+        )
+        argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
+        process = subprocess.Popen(argv, stderr=subprocess.DEVNULL)  # noqa: S603
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(url + "/ready", timeout=5):  # noqa: S310
+                        break  # 200; urllib raises on 503
+                except (urllib.error.URLError, ConnectionError):
+                    pass
+                time.sleep(0.1)
+            else:
+                raise RuntimeError("the gateway did not become ready")
+            yield url, f"http://127.0.0.1:{llama_port}"
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summary_ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:.2f} / {percentile(values, 0.99) * 1000:.2f}"
+
+
+def write_section(name: str, lines: list[str]) -> None:
+    """Replace section `name` of BENCHMARKS.md (between its markers) with `lines`."""
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    done = subprocess.run(git, capture_output=True, text=True, cwd=ROOT, check=False)  # noqa: S603
+    commit = done.stdout.strip()
+    stamp = f"_{datetime.now(UTC):%Y-%m-%d}, commit {commit}, {os.cpu_count()} cores_"
+    block = "\n".join([f"<!-- {name} -->", stamp, "", *lines, f"<!-- /{name} -->"])
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\nWritten by `make bench`.\n"
+    pattern = re.compile(f"<!-- {name} -->.*?<!-- /{name} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
+    RESULTS.write_text(text)
+    print("\n".join(lines))
