@@ -1,7 +1,7 @@
 """Cli mode: one llama.cpp process per request, nothing resident in between.
 
-Each run is an anyio subprocess from an argv list in its own process group, bounded by
-`limits.cli_concurrency` (callers queue beyond it) and `limits.request_timeout_s`; timeout,
+Each run is an anyio subprocess from an argv list in its own process group (admission
+control bounds how many run at once), with `limits.request_timeout_s`; timeout,
 cancellation (a client that went away) and errors all stop the whole group and remove the
 private temp files."""
 
@@ -73,7 +73,6 @@ class CliBackend:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._slots = anyio.Semaphore(settings.limits.cli_concurrency)
         self._timeout = settings.limits.request_timeout_s
 
     def _binary(self, name: str) -> str:
@@ -112,7 +111,7 @@ class CliBackend:
         tail = LogTail(max_lines=200)
         failure: GatewayError | None = None
         with self._prompt_file(task) as argv:
-            async with self._slots, anyio.create_task_group() as tg:
+            async with anyio.create_task_group() as tg:
                 child = await spawn(argv, tg, tail, stdout="caller")
                 assert child.process.stdout is not None
                 decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -173,19 +172,16 @@ class CliBackend:
         name = Path(argv[0]).name
         stdout = bytearray()
         tail = LogTail(max_lines=200)
-        async with self._slots:
-            try:
-                with anyio.fail_after(self._timeout):
-                    async with anyio.create_task_group() as tg:
-                        child = await spawn(argv, tg, tail, stdout=stdout)
-                        try:
-                            code = await child.wait()
-                        finally:
-                            await child.stop(grace=1)
-            except TimeoutError:
-                raise BackendTimeout(
-                    f"{name} did not finish within {self._timeout:.0f} s"
-                ) from None
+        try:
+            with anyio.fail_after(self._timeout):
+                async with anyio.create_task_group() as tg:
+                    child = await spawn(argv, tg, tail, stdout=stdout)
+                    try:
+                        code = await child.wait()
+                    finally:
+                        await child.stop(grace=1)
+        except TimeoutError:
+            raise BackendTimeout(f"{name} did not finish within {self._timeout:.0f} s") from None
         if code != 0:
             raise UpstreamError(f"{name} exited with status {code}: {tail.text(last=5)}")
         return bytes(stdout), tail

@@ -83,10 +83,15 @@ class Binaries(_Section, frozen=True):
 
 
 class Limits(_Section, frozen=True):
-    request_timeout_s: Annotated[float, Meta(gt=0)] = 300.0
-    cli_concurrency: Annotated[int, Meta(ge=1)] = 1  # llama.cpp processes at once in cli mode
+    # In flight at once: server mode (llama-server runs 4 slots) and cli mode (processes).
+    max_concurrency: Annotated[int, Meta(ge=1)] = 4
+    cli_concurrency: Annotated[int, Meta(ge=1)] = 1
+    max_queue: Annotated[int, Meta(ge=0)] = 16  # waiting beyond that: 429
+    queue_timeout_s: Annotated[float, Meta(gt=0)] = 60.0  # waited longer: 503
+    request_timeout_s: Annotated[float, Meta(gt=0)] = 300.0  # total (streams: per event): 504
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 16 * 2**20
     default_max_tokens: Annotated[int, Meta(ge=1)] = 512
+    shutdown_grace_s: Annotated[float, Meta(ge=0)] = 30.0  # in-flight requests get this long
 
 
 class Settings(_Section, frozen=True):

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ExceptionHandler
 
-from gateway.errors import BackendUnavailable, GatewayError
+from gateway.errors import BackendUnavailable, GatewayError, Overloaded, Unauthorized
 
 log = logging.getLogger("ai_server.gateway")
 
@@ -26,8 +26,10 @@ def error_response(
 async def gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     headers = None
-    if isinstance(exc, BackendUnavailable):
+    if isinstance(exc, BackendUnavailable | Overloaded):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
     return error_response(exc.status, exc.type, exc.message, headers)
 
 

@@ -5,6 +5,9 @@
     ├── NotFound                404
     ├── PayloadTooLarge         413
     ├── UnsupportedMedia        415
+    ├── Unauthorized            401  no or an unknown API key
+    ├── Forbidden               403  a valid key without the right (config changes)
+    ├── Overloaded              429  the queue is full; has retry_after
     ├── StateError              500  the state directory cannot be written (names the cause)
     ├── UpstreamError           502  llama-server or a llama.cpp process failed (its message)
     ├── BackendUnavailable      503  cannot serve now (restarting, failed); has retry_after
@@ -45,6 +48,25 @@ class PayloadTooLarge(GatewayError):
 class UnsupportedMedia(GatewayError):
     status = 415
     type = "unsupported_media_type"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "forbidden"
+
+
+class Overloaded(GatewayError):
+    status = 429
+    type = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StateError(GatewayError):

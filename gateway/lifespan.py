@@ -21,6 +21,7 @@ from backends.cli import CliBackend
 from backends.dispatcher import Dispatcher
 from backends.server import ServerBackend
 from backends.specs import server_specs
+from gateway.admission import Admission
 from gateway.config import Settings
 from gateway.errors import MissingComponent
 from gateway.runtime_config import ConfigStore
@@ -34,6 +35,7 @@ class Services(msgspec.Struct, frozen=True, kw_only=True):
     store: ConfigStore
     dispatcher: Dispatcher
     supervisor: Supervisor
+    admission: Admission
 
 
 def services(request: Request) -> Services:
@@ -83,7 +85,11 @@ def make_lifespan(settings: Settings) -> Lifespan:
             try:
                 yield {
                     "services": Services(
-                        settings=settings, store=store, dispatcher=dispatcher, supervisor=supervisor
+                        settings=settings,
+                        store=store,
+                        dispatcher=dispatcher,
+                        supervisor=supervisor,
+                        admission=Admission(settings.limits),
                     )
                 }
             finally:

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from backends.base import ChatTask
 from backends.specs import model_name, model_path
+from gateway.admission import admitted
 from gateway.bodies import decode_json, json_response
 from gateway.errors import BadRequest
 from gateway.lifespan import Services, services
@@ -37,8 +38,10 @@ async def chat(request: Request) -> Response:
         messages=body.messages, max_tokens=min(max_tokens, params.ctx_size), params=params
     )
     if body.stream:
-        return await event_stream(backend.chat_stream(task, include_usage=True))
-    result = await backend.chat(task)
+        stream = backend.chat_stream(task, include_usage=True)
+        return await event_stream(admitted(svc.admission.lanes[backend.name], stream))
+    async with svc.admission.lanes[backend.name].slot():
+        result = await backend.chat(task)
     return json_response(
         ChatResponse(
             message=ChatMessage(role="assistant", content=result.content),
@@ -60,7 +63,8 @@ async def generate_embeddings(request: Request) -> Response:
         raise BadRequest(f"input {empty[0]} is empty: there is nothing to embed")
     config = svc.store.current
     backend = svc.dispatcher.backend_for(config)
-    vectors = await backend.embed(texts, config.llm_params)
+    async with svc.admission.lanes[backend.name].slot():
+        vectors = await backend.embed(texts, config.llm_params)
     return json_response(
         EmbeddingsResponse(
             embeddings=vectors,

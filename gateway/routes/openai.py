@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from backends.base import ChatTask
 from backends.specs import ROLES, model_name, model_path
+from gateway.admission import admitted
 from gateway.bodies import decode_json, json_response
 from gateway.errors import BadRequest
 from gateway.lifespan import services
@@ -38,8 +39,10 @@ async def chat_completions(request: Request) -> Response:
     )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await event_stream(backend.chat_stream(task, include_usage))
-    result = await backend.chat(task)
+        stream = backend.chat_stream(task, include_usage)
+        return await event_stream(admitted(svc.admission.lanes[backend.name], stream))
+    async with svc.admission.lanes[backend.name].slot():
+        result = await backend.chat(task)
     usage = {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
@@ -76,7 +79,9 @@ async def embeddings(request: Request) -> Response:
     if empty := [i for i, text in enumerate(texts) if not text.strip()]:
         raise BadRequest(f"input {empty[0]} is empty: there is nothing to embed")
     config = svc.store.current
-    vectors = await svc.dispatcher.backend_for(config).embed(texts, config.llm_params)
+    backend = svc.dispatcher.backend_for(config)
+    async with svc.admission.lanes[backend.name].slot():
+        vectors = await backend.embed(texts, config.llm_params)
     if body.dimensions is not None and body.dimensions != len(vectors[0]):
         raise BadRequest(f"dimensions: this model's embeddings have {len(vectors[0])}")
     data = [

@@ -359,3 +359,42 @@ async def test_disconnect_without_streaming_kills_the_cli_process(
         [run] = recorded(log)
         await wait_until(lambda: not alive(run["pid"]), within=1.0)
         await wait_until(lambda: not Path(flag(run["argv"], "--file")).exists(), within=1.0)
+
+
+async def test_overload_queues_one_and_refuses_the_next_with_429(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, sleep=1.0)
+    limits = Limits(cli_concurrency=1, max_queue=1, request_timeout_s=10)
+    results: list[tuple[int, str | None]] = []
+    async with serving(fake_settings(tmp_path, backend="cli", limits=limits)) as client:
+
+        async def one() -> None:
+            async with client.http.post("/api/chat", json=CHAT) as resp:
+                await resp.read()
+                results.append((resp.status, resp.headers.get("Retry-After")))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+                await anyio.sleep(0.1)  # arrive in order: served, queued, refused
+    assert sorted(status for status, _ in results) == [200, 200, 429]
+    assert [retry for status, retry in results if status == 429] == ["2"]
+
+
+async def test_waiting_past_the_queue_timeout_answers_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, sleep=2.0)
+    limits = Limits(cli_concurrency=1, queue_timeout_s=0.3, request_timeout_s=10)
+    statuses: list[int] = []
+    async with serving(fake_settings(tmp_path, backend="cli", limits=limits)) as client:
+
+        async def one() -> None:
+            statuses.append((await client.post("/api/chat", CHAT))[0])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            await anyio.sleep(0.1)
+            tg.start_soon(one)
+    assert statuses == [503, 200]
