@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from gateway.auth import RequireKeys, check_exposure, load_keys
 from gateway.config import Settings
 from gateway.error_handlers import EXCEPTION_HANDLERS
 from gateway.lifespan import make_lifespan
@@ -13,9 +14,15 @@ from gateway.routes import api, openai, probes
 
 
 def create_app(settings: Settings) -> Starlette:
+    """The gateway for `settings`; ConfigError if it must not start as configured."""
+    keys = load_keys(settings)
+    check_exposure(settings, keys)
     return Starlette(
         routes=[*probes.routes, *api.routes, *openai.routes],
-        middleware=[Middleware(CancelOnDisconnect)],
+        middleware=[
+            Middleware(RequireKeys, keys=keys, protect_probes=settings.auth.protect_probes),
+            Middleware(CancelOnDisconnect),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=make_lifespan(settings),
     )

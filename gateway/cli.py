@@ -38,12 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
+        if args.command == "doctor":
+            return run_doctor(settings)
+        return serve(settings)
     except ConfigError as exc:
         print(f"ai-server: {exc}", file=sys.stderr)
         return 2
-    if args.command == "doctor":
-        return run_doctor(settings)
-    return serve(settings)
 
 
 if __name__ == "__main__":

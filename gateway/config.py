@@ -94,6 +94,19 @@ class Limits(_Section, frozen=True):
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 30.0  # in-flight requests get this long
 
 
+class Auth(_Section, frozen=True):
+    """Bearer API keys for /api and /v1; admin keys also for POST /api/config. Keys may also
+    come from a file (one per line) and from $AI_SERVER_API_KEYS / $AI_SERVER_ADMIN_KEYS
+    (comma separated)."""
+
+    api_keys: list[str] = []
+    admin_keys: list[str] = []
+    api_keys_file: str | None = None
+    protect_probes: bool = False  # /health, /ready, /metrics need a key too
+    # A non-loopback host with no keys is refused at startup unless this is set.
+    allow_unauthenticated: bool = False
+
+
 class Settings(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000
@@ -105,6 +118,7 @@ class Settings(_Section, frozen=True):
     llama_server: LlamaServer = LlamaServer()
     binaries: Binaries = Binaries()
     limits: Limits = Limits()
+    auth: Auth = Auth()
 
     def state_path(self) -> Path:
         return Path(self.state_dir).expanduser()
