@@ -22,6 +22,7 @@ class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None = None
+    tokens_per_second: float | None = None  # generation speed as llama.cpp reports it
 
 
 class Backend(Protocol):

@@ -35,6 +35,7 @@ from supervisor.process import spawn
 
 _PROMPT_TOKENS = re.compile(r"prompt eval time =.*?/\s*(\d+) tokens")
 _SAMPLED_TOKENS = re.compile(r"samplers time =.*?/\s*(\d+) tokens")
+_SPEED = re.compile(r"(?<!prompt )eval time =[^\n]*?([\d.]+) tokens per second")
 
 
 @contextmanager
@@ -102,6 +103,9 @@ class CliBackend:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             finish_reason="length" if completion_tokens >= task.max_tokens else "stop",
+            tokens_per_second=float(speed[-1])
+            if (speed := _SPEED.findall(tail.text(200)))
+            else None,
         )
 
     async def chat_stream(self, task: ChatTask, include_usage: bool) -> AsyncGenerator[bytes, None]:

@@ -40,6 +40,7 @@ class _Upstream(msgspec.Struct):
     choices: list[dict[str, Any]] = []
     usage: dict[str, Any] = {}
     data: list[dict[str, Any]] = []
+    timings: dict[str, Any] = {}
 
 
 def _upstream_message(body: bytes) -> str:
@@ -73,6 +74,7 @@ class ServerBackend:
                 prompt_tokens=answer.usage["prompt_tokens"],
                 completion_tokens=answer.usage["completion_tokens"],
                 finish_reason=choice.get("finish_reason"),
+                tokens_per_second=answer.timings.get("predicted_per_second"),
             )
         except (IndexError, KeyError, TypeError) as exc:
             raise UpstreamError(f"llama-server answered an unexpected shape: {exc!r}") from None

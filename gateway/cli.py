@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import uvicorn
 
+from gateway import logs
 from gateway.app import create_app
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.doctor import run_doctor
 
 
 def serve(settings: Settings) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.logging.format, settings.logging.level)
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, lifespan="on"
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        log_config=None,
+        timeout_graceful_shutdown=settings.limits.shutdown_grace_s,
     )
     uvicorn.Server(config).run()
     return 0

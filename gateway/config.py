@@ -91,7 +91,7 @@ class Limits(_Section, frozen=True):
     request_timeout_s: Annotated[float, Meta(gt=0)] = 300.0  # total (streams: per event): 504
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 16 * 2**20
     default_max_tokens: Annotated[int, Meta(ge=1)] = 512
-    shutdown_grace_s: Annotated[float, Meta(ge=0)] = 30.0  # in-flight requests get this long
+    shutdown_grace_s: Annotated[int, Meta(ge=0)] = 30  # in-flight requests get this long
 
 
 class Auth(_Section, frozen=True):
@@ -107,6 +107,11 @@ class Auth(_Section, frozen=True):
     allow_unauthenticated: bool = False
 
 
+class Logging(_Section, frozen=True):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 class Settings(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000
@@ -119,6 +124,7 @@ class Settings(_Section, frozen=True):
     binaries: Binaries = Binaries()
     limits: Limits = Limits()
     auth: Auth = Auth()
+    logging: Logging = Logging()
 
     def state_path(self) -> Path:
         return Path(self.state_dir).expanduser()

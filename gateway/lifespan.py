@@ -24,6 +24,7 @@ from backends.specs import server_specs
 from gateway.admission import Admission
 from gateway.config import Settings
 from gateway.errors import MissingComponent
+from gateway.metrics import Metrics
 from gateway.runtime_config import ConfigStore
 from supervisor.actor import Supervisor, SupervisorConfig
 
@@ -36,6 +37,7 @@ class Services(msgspec.Struct, frozen=True, kw_only=True):
     dispatcher: Dispatcher
     supervisor: Supervisor
     admission: Admission
+    metrics: Metrics
 
 
 def services(request: Request) -> Services:
@@ -66,7 +68,7 @@ def supervisor_config(settings: Settings) -> SupervisorConfig:
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[dict[str, Services]]]
 
 
-def make_lifespan(settings: Settings) -> Lifespan:
+def make_lifespan(settings: Settings, metrics: Metrics) -> Lifespan:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         store = ConfigStore.open(settings)
@@ -82,6 +84,8 @@ def make_lifespan(settings: Settings) -> Lifespan:
             )
             dispatcher = Dispatcher(settings, supervisor, server=server, cli=CliBackend(settings))
             await dispatcher.reconfigure(store.current)
+            admission = Admission(settings.limits)
+            unwatch = metrics.watch(supervisor, admission)
             try:
                 yield {
                     "services": Services(
@@ -89,10 +93,12 @@ def make_lifespan(settings: Settings) -> Lifespan:
                         store=store,
                         dispatcher=dispatcher,
                         supervisor=supervisor,
-                        admission=Admission(settings.limits),
+                        admission=admission,
+                        metrics=metrics,
                     )
                 }
             finally:
+                unwatch()
                 with anyio.CancelScope(shield=True), anyio.move_on_after(30):
                     await supervisor.stop_all()
                 tg.cancel_scope.cancel()

@@ -2,8 +2,63 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import secrets
+import time
+
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.logs import request_id
+from gateway.metrics import Metrics
+
+access_log = logging.getLogger("ai_server.access")
+_GOOD_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestLog:
+    """A request id (X-Request-ID if the client sent a sane one), echoed back; one access
+    line per request; request counts and latency for /metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: frozenset[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = sent if _GOOD_ID.fullmatch(sent) else secrets.token_hex(8)
+        token = request_id.set(rid)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            duration = time.perf_counter() - started
+            route = scope["path"] if scope["path"] in self.routes else "other"
+            backend = scope.get("state", {}).get("backend", "")
+            self.metrics.requests.labels(route, scope["method"], str(status), backend).inc()
+            self.metrics.latency.labels(route, backend).observe(duration)
+            if status in (429, 503):
+                self.metrics.rejected.labels(str(status)).inc()
+            access_log.info(
+                "%s %s %d %.1fms %s", scope["method"], route, status, duration * 1000, backend,
+                extra={"route": route, "status": status, "backend": backend,
+                       "duration_ms": round(duration * 1000, 1)},
+            )  # fmt: skip
+            request_id.reset(token)
 
 
 class CancelOnDisconnect:

@@ -32,6 +32,7 @@ async def chat(request: Request) -> Response:
     body = await decode_json(request, ChatRequest, svc.settings.limits.max_body_bytes)
     config = svc.store.current
     backend = svc.dispatcher.backend_for(config)
+    request.state.backend = backend.name
     params = body.apply_to(config.llm_params)
     max_tokens = body.max_tokens or svc.settings.limits.default_max_tokens
     task = ChatTask(
@@ -42,6 +43,7 @@ async def chat(request: Request) -> Response:
         return await event_stream(admitted(svc.admission.lanes[backend.name], stream))
     async with svc.admission.lanes[backend.name].slot():
         result = await backend.chat(task)
+    svc.metrics.record_generation(backend.name, result.completion_tokens, result.tokens_per_second)
     return json_response(
         ChatResponse(
             message=ChatMessage(role="assistant", content=result.content),
@@ -63,6 +65,7 @@ async def generate_embeddings(request: Request) -> Response:
         raise BadRequest(f"input {empty[0]} is empty: there is nothing to embed")
     config = svc.store.current
     backend = svc.dispatcher.backend_for(config)
+    request.state.backend = backend.name
     async with svc.admission.lanes[backend.name].slot():
         vectors = await backend.embed(texts, config.llm_params)
     return json_response(

@@ -30,6 +30,7 @@ async def chat_completions(request: Request) -> Response:
     body.check_supported()
     config = svc.store.current
     backend = svc.dispatcher.backend_for(config)
+    request.state.backend = backend.name
     params = body.params(config.llm_params)
     max_tokens = body.max_completion_tokens or body.max_tokens
     task = ChatTask(
@@ -43,6 +44,7 @@ async def chat_completions(request: Request) -> Response:
         return await event_stream(admitted(svc.admission.lanes[backend.name], stream))
     async with svc.admission.lanes[backend.name].slot():
         result = await backend.chat(task)
+    svc.metrics.record_generation(backend.name, result.completion_tokens, result.tokens_per_second)
     usage = {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
@@ -80,6 +82,7 @@ async def embeddings(request: Request) -> Response:
         raise BadRequest(f"input {empty[0]} is empty: there is nothing to embed")
     config = svc.store.current
     backend = svc.dispatcher.backend_for(config)
+    request.state.backend = backend.name
     async with svc.admission.lanes[backend.name].slot():
         vectors = await backend.embed(texts, config.llm_params)
     if body.dimensions is not None and body.dimensions != len(vectors[0]):

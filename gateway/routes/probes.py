@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -59,7 +60,13 @@ async def ready(request: Request) -> Response:
     return json_response(body, 200 if not problems else 503)
 
 
+async def metrics(request: Request) -> Response:
+    registry = services(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
 routes = [
     Route("/health", health, methods=["GET"]),
     Route("/ready", ready, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
 ]

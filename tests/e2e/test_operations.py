@@ -1,0 +1,102 @@
+"""Metrics, request ids, access logs and readiness, against the fake llama-server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import anyio
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.logs import JsonLines, request_id
+from tests.e2e.conftest import Client, fake_settings, serving
+from tests.supervisor.conftest import behave
+
+CHAT = {"messages": [{"role": "user", "content": "Hi"}]}
+
+
+async def scrape(client: Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with client.http.get("/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_parse_and_count_requests_and_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    async with serving(fake_settings(tmp_path)) as client:
+        assert (await client.post("/api/chat", CHAT))[0] == 200
+        samples = await scrape(client)
+        port = str((await client.get("/ready"))[1]["processes"][0]["port"])
+    chat = (("backend", "server"), ("method", "POST"), ("route", "/api/chat"), ("status", "200"))
+    assert samples[("ai_server_requests_total", chat)] == 1
+    assert samples[("ai_server_tokens_generated_total", (("backend", "server"),))] == 2
+    latency = (("backend", "server"), ("route", "/api/chat"))
+    assert samples[("ai_server_request_duration_seconds_count", latency)] == 1
+    ready = (("model", str(tmp_path / "stub.gguf")), ("port", port), ("state", "ready"))
+    assert samples[("ai_server_llama_server_state", ready)] == 1
+    assert samples[("ai_server_in_flight", (("backend", "server"),))] == 0
+    assert samples[("ai_server_queued", (("backend", "cli"),))] == 0
+
+
+async def test_request_id_is_echoed_or_made_and_in_the_access_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ai_server.access")
+    async with serving(fake_settings(tmp_path, backend="cli")) as client:
+        async with client.http.get("/health", headers={"X-Request-ID": "abc-123"}) as resp:
+            assert resp.headers["X-Request-ID"] == "abc-123"
+        async with client.http.get("/health", headers={"X-Request-ID": "bad id; drop"}) as resp:
+            made = resp.headers["X-Request-ID"]
+            assert len(made) == 16 and made != "bad id; drop"
+        await client.post("/api/chat", CHAT)
+    [access] = [r for r in caplog.records if getattr(r, "route", None) == "/api/chat"]
+    assert (access.status, access.backend) == (200, "cli")  # type: ignore[attr-defined]
+    assert "Hi" not in access.getMessage()  # prompts are never logged
+
+
+def test_json_lines_carry_the_extra_fields() -> None:
+    record = logging.makeLogRecord(
+        {"name": "ai_server.access", "msg": "GET /health 200", "levelname": "INFO",
+         "route": "/health", "status": 200, "request_id": "r1"}
+    )  # fmt: skip
+    entry = json.loads(JsonLines().format(record))
+    assert entry["message"] == "GET /health 200" and entry["logger"] == "ai_server.access"
+    assert (entry["route"], entry["status"], entry["request_id"]) == ("/health", 200, "r1")
+    assert request_id.get() == "-"
+
+
+async def test_ready_flips_when_the_llama_server_dies_and_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, load_delay=0.5)
+    async with serving(fake_settings(tmp_path)) as client:
+        statuses: list[int] = []
+
+        async def ready_status() -> int:
+            status = (await client.get("/ready"))[0]
+            if not statuses or statuses[-1] != status:
+                statuses.append(status)
+            return status
+
+        with anyio.fail_after(30):
+            while await ready_status() != 200:
+                pass
+            pid = (await client.get("/ready"))[1]["processes"][0]["pid"]
+            os.kill(pid, signal.SIGKILL)
+            while await ready_status() != 503:
+                pass
+            while await ready_status() != 200:
+                pass
+        assert statuses == [503, 200, 503, 200]
