@@ -3,14 +3,60 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import signal
 import sys
+from collections.abc import Iterator
 
+import anyio
 import uvicorn
 
-from gateway import logs
+from gateway import logs, systemd
 from gateway.app import create_app
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.doctor import run_doctor
+
+log = logging.getLogger("ai_server.gateway")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Ours: `_on_signals` turns SIGTERM/SIGINT into a graceful stop and a clean exit 0,
+        # where uvicorn's would re-raise the signal after shutting down.
+        yield
+
+
+async def _on_signals(server: uvicorn.Server) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if server.should_exit and signum == signal.SIGINT:
+                server.force_exit = True  # a second Ctrl-C: stop waiting
+            log.info("gateway.stopping signal=%s", signal.Signals(signum).name)
+            systemd.notify("STOPPING=1")
+            server.should_exit = True
+
+
+async def _announce(server: uvicorn.Server) -> None:
+    """READY=1 once requests are accepted, then WATCHDOG=1 from this event loop."""
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+        await anyio.sleep(0.05)
+    systemd.notify("READY=1")
+    interval = systemd.watchdog_interval()
+    while interval:
+        systemd.notify("WATCHDOG=1")
+        await anyio.sleep(interval)
+
+
+async def _run(server: uvicorn.Server) -> bool:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_on_signals, server)
+        tg.start_soon(_announce, server)
+        await server.serve()
+        systemd.notify("STOPPING=1")
+        tg.cancel_scope.cancel()
+    return server.started
 
 
 def serve(settings: Settings) -> int:
@@ -23,8 +69,8 @@ def serve(settings: Settings) -> int:
         log_config=None,
         timeout_graceful_shutdown=settings.limits.shutdown_grace_s,
     )
-    uvicorn.Server(config).run()
-    return 0
+    started = anyio.run(_run, _Server(config))
+    return 0 if started else 3  # 3: uvicorn's code for a failed startup
 
 
 def parser() -> argparse.ArgumentParser:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,38 +17,41 @@ import aiohttp
 import anyio
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.e2e.conftest import FAKES
 from tests.unit.test_process import alive
 
 
-def write_config(tmp_path: Path, port: int, llama_port: int) -> Path:
+def write_config(tmp_path: Path, port: int, llama_port: int, backend: str = "server") -> Path:
     model = tmp_path / "stub.gguf"
     model.write_bytes(b"GGUF")
+    completion = tmp_path / "llama-completion"
+    completion.symlink_to(FAKES / "fake_llama_cli.py")
     path = tmp_path / "config.toml"
     path.write_text(
-        f'port = {port}\nstate_dir = "{tmp_path / "state"}"\n'
+        f'port = {port}\nbackend = "{backend}"\nstate_dir = "{tmp_path / "state"}"\n'
         f'[models]\nchat = "{model}"\nembedding = "{model}"\n'
         f"[llama_server]\nport = {llama_port}\n"
         f'[binaries]\nllama_server = "{FAKES / "fake_llama_server.py"}"\n'
+        f'llama_completion = "{completion}"\n'
     )
     return path
 
 
 @contextmanager
 def gateway(config: Path) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        yield process
-    finally:
-        process.kill()
-        process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+    """`ai-server serve` as a process; its log goes to gateway.log beside the config."""
+    with (config.parent / "gateway.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+            yield process
+        finally:
+            process.kill()
+            process.wait()
 
 
 async def ready_pid(http: aiohttp.ClientSession, url: str) -> int | None:
@@ -85,10 +91,8 @@ async def test_a_killed_gateways_llama_server_is_reclaimed_by_the_next(
             assert successor != orphan
             assert not alive(orphan)
             second.send_signal(signal.SIGTERM)
-            # uvicorn shuts down gracefully, then re-raises the signal as its exit status.
-            assert second.wait(timeout=20) == -signal.SIGTERM
-            assert second.stderr is not None
-            assert b"Application shutdown complete" in second.stderr.read()
+            assert second.wait(timeout=20) == 0
+            assert b"Application shutdown complete" in (tmp_path / "gateway.log").read_bytes()
         assert not alive(successor)  # a clean stop stops its children
 
 
@@ -104,3 +108,61 @@ def test_serve_refuses_an_unknown_config_key_naming_it(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "temprature" in done.stderr and "llm_params" in done.stderr
+
+
+async def test_sigterm_finishes_a_stream_notifies_systemd_and_exits_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "cli.jsonl"
+    monkeypatch.setenv("FAKE_LLAMA", json.dumps({"sleep": 1.5, "record": str(log)}))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    notify_path = tmp_path / "notify.sock"
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify_path))
+    port = free_port()
+    config = write_config(tmp_path, port, free_port(), backend="cli")
+    url = f"http://127.0.0.1:{port}"
+    body = {"messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    messages: list[bytes] = []
+
+    def listen(notify: socket.socket) -> None:  # what systemd does with NOTIFY_SOCKET
+        with contextlib.suppress(TimeoutError):
+            while b"STOPPING=1" not in messages:
+                messages.append(notify.recv(64))
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(10)
+        listener = threading.Thread(target=listen, args=(notify,))
+        listener.start()
+        async with aiohttp.ClientSession() as http, anyio.create_task_group() as tg:
+            with gateway(config) as process:
+                await wait_ready_cli(http, url)
+                events: list[bytes] = []
+
+                async def stream() -> None:
+                    async with http.post(url + "/api/chat", json=body) as resp:
+                        assert resp.status == 200
+                        events.extend((await resp.read()).split(b"\n\n"))
+
+                tg.start_soon(stream)
+                await wait_until(log.exists, within=10)
+                process.send_signal(signal.SIGTERM)  # mid-request
+                assert await anyio.to_thread.run_sync(process.wait, 20) == 0
+        listener.join()
+    assert b"data: [DONE]" in events  # the in-flight stream was finished, not cut
+    assert messages[0] == b"READY=1" and b"WATCHDOG=1" in messages
+    assert messages[-1] == b"STOPPING=1"
+    [run] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert not alive(run["pid"])
+
+
+async def wait_ready_cli(http: aiohttp.ClientSession, url: str) -> None:
+    with anyio.fail_after(30):
+        while True:
+            try:
+                async with http.get(url + "/ready") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await anyio.sleep(0.1)

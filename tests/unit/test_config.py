@@ -73,3 +73,8 @@ def test_load_settings_rejects_bad_config_naming_the_key(
 def test_load_settings_unreadable_file_is_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_settings(tmp_path / "missing.toml", env={})
+
+
+def test_the_example_config_is_valid_and_shows_the_defaults() -> None:
+    example = Path(__file__).parents[2] / "deploy" / "config.example.toml"
+    assert load_settings(example, env={}) == Settings()
