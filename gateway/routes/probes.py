@@ -47,6 +47,14 @@ def _problems(svc: Services) -> list[str]:
     return problems
 
 
+def _roles(svc: Services, model: str) -> list[str]:
+    try:
+        specs = server_specs(svc.settings, svc.store.current.llm_params)
+    except MissingComponent:
+        return []
+    return [role for role, spec in specs.items() if spec.model == model]
+
+
 async def ready(request: Request) -> Response:
     """Readiness: 200 only when the current mode can serve every configured role."""
     svc = services(request)
@@ -55,7 +63,10 @@ async def ready(request: Request) -> Response:
         "ready": not problems,
         "backend": svc.store.current.backend,
         "problems": problems,
-        "processes": msgspec.to_builtins(svc.supervisor.snapshot()),
+        "processes": [
+            {"roles": _roles(svc, process.model), **msgspec.to_builtins(process)}
+            for process in svc.supervisor.snapshot()
+        ],
     }
     return json_response(body, 200 if not problems else 503)
 

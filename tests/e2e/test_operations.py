@@ -38,7 +38,9 @@ async def test_metrics_parse_and_count_requests_and_processes(
     async with serving(fake_settings(tmp_path)) as client:
         assert (await client.post("/api/chat", CHAT))[0] == 200
         samples = await scrape(client)
-        port = str((await client.get("/ready"))[1]["processes"][0]["port"])
+        [process] = (await client.get("/ready"))[1]["processes"]
+        assert process["roles"] == ["chat", "embedding"] and process["state"] == "ready"
+        port = str(process["port"])
     chat = (("backend", "server"), ("method", "POST"), ("route", "/api/chat"), ("status", "200"))
     assert samples[("ai_server_requests_total", chat)] == 1
     assert samples[("ai_server_tokens_generated_total", (("backend", "server"),))] == 2
