@@ -9,13 +9,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from backends.base import ChatTask
 from backends.specs import model_name, model_path
-from gateway.admission import admitted
 from gateway.bodies import decode_json, json_response
-from gateway.errors import BadRequest
 from gateway.lifespan import Services, services
-from gateway.responses import event_stream
+from gateway.routes.job import Job
 from gateway.schemas import (
     ChatMessage,
     ChatRequest,
@@ -28,27 +25,19 @@ from gateway.schemas import (
 
 
 async def chat(request: Request) -> Response:
-    svc = services(request)
-    body = await decode_json(request, ChatRequest, svc.settings.limits.max_body_bytes)
-    config = svc.store.current
-    backend = svc.dispatcher.backend_for(config)
-    request.state.backend = backend.name
-    params = body.apply_to(config.llm_params)
-    max_tokens = body.max_tokens or svc.settings.limits.default_max_tokens
-    task = ChatTask(
-        messages=body.messages, max_tokens=min(max_tokens, params.ctx_size), params=params
+    job = Job(request)
+    body = await decode_json(request, ChatRequest, job.max_body)
+    task = job.chat_task(
+        body.messages, body.max_tokens or None, body.apply_to(job.config.llm_params)
     )
     if body.stream:
-        stream = backend.chat_stream(task, include_usage=True)
-        return await event_stream(admitted(svc.admission.lanes[backend.name], stream))
-    async with svc.admission.lanes[backend.name].slot():
-        result = await backend.chat(task)
-    svc.metrics.record_generation(backend.name, result.completion_tokens, result.tokens_per_second)
+        return await job.chat_stream(task, include_usage=True)
+    result = await job.chat(task)
     return json_response(
         ChatResponse(
             message=ChatMessage(role="assistant", content=result.content),
-            backend=backend.name,
-            model=model_name(model_path(svc.settings, "chat")),
+            backend=job.backend.name,
+            model=model_name(model_path(job.svc.settings, "chat")),
             usage=Usage(
                 prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
             ),
@@ -58,22 +47,15 @@ async def chat(request: Request) -> Response:
 
 
 async def generate_embeddings(request: Request) -> Response:
-    svc = services(request)
-    body = await decode_json(request, EmbeddingsRequest, svc.settings.limits.max_body_bytes)
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    if empty := [i for i, text in enumerate(texts) if not text.strip()]:
-        raise BadRequest(f"input {empty[0]} is empty: there is nothing to embed")
-    config = svc.store.current
-    backend = svc.dispatcher.backend_for(config)
-    request.state.backend = backend.name
-    async with svc.admission.lanes[backend.name].slot():
-        vectors = await backend.embed(texts, config.llm_params)
+    job = Job(request)
+    body = await decode_json(request, EmbeddingsRequest, job.max_body)
+    vectors = await job.embed(body.input)
     return json_response(
         EmbeddingsResponse(
             embeddings=vectors,
             dimensions=len(vectors[0]),
-            model=model_name(model_path(svc.settings, "embedding")),
-            backend=backend.name,
+            model=model_name(model_path(job.svc.settings, "embedding")),
+            backend=job.backend.name,
         )
     )
 

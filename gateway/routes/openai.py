@@ -14,37 +14,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from backends.base import ChatTask
 from backends.specs import ROLES, model_name, model_path
-from gateway.admission import admitted
 from gateway.bodies import decode_json, json_response
 from gateway.errors import BadRequest
 from gateway.lifespan import services
 from gateway.openai_schemas import ChatCompletionRequest, EmbeddingRequest
-from gateway.responses import event_stream
+from gateway.routes.job import Job
 
 
 async def chat_completions(request: Request) -> Response:
-    svc = services(request)
-    body = await decode_json(request, ChatCompletionRequest, svc.settings.limits.max_body_bytes)
+    job = Job(request)
+    body = await decode_json(request, ChatCompletionRequest, job.max_body)
     body.check_supported()
-    config = svc.store.current
-    backend = svc.dispatcher.backend_for(config)
-    request.state.backend = backend.name
-    params = body.params(config.llm_params)
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    task = ChatTask(
-        messages=[m.as_chat() for m in body.messages],
-        max_tokens=min(max_tokens or svc.settings.limits.default_max_tokens, params.ctx_size),
-        params=params,
+    task = job.chat_task(
+        [m.as_chat() for m in body.messages],
+        body.max_completion_tokens or body.max_tokens,
+        body.params(job.config.llm_params),
     )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        stream = backend.chat_stream(task, include_usage)
-        return await event_stream(admitted(svc.admission.lanes[backend.name], stream))
-    async with svc.admission.lanes[backend.name].slot():
-        result = await backend.chat(task)
-    svc.metrics.record_generation(backend.name, result.completion_tokens, result.tokens_per_second)
+        return await job.chat_stream(task, include_usage)
+    result = await job.chat(task)
     usage = {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
@@ -55,7 +45,7 @@ async def chat_completions(request: Request) -> Response:
             "id": f"chatcmpl-{secrets.token_hex(12)}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": model_name(model_path(svc.settings, "chat")),
+            "model": model_name(model_path(job.svc.settings, "chat")),
             "choices": [
                 {
                     "index": 0,
@@ -75,16 +65,9 @@ def _encode(vector: list[float], encoding: str) -> list[float] | str:
 
 
 async def embeddings(request: Request) -> Response:
-    svc = services(request)
-    body = await decode_json(request, EmbeddingRequest, svc.settings.limits.max_body_bytes)
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    if empty := [i for i, text in enumerate(texts) if not text.strip()]:
-        raise BadRequest(f"input {empty[0]} is empty: there is nothing to embed")
-    config = svc.store.current
-    backend = svc.dispatcher.backend_for(config)
-    request.state.backend = backend.name
-    async with svc.admission.lanes[backend.name].slot():
-        vectors = await backend.embed(texts, config.llm_params)
+    job = Job(request)
+    body = await decode_json(request, EmbeddingRequest, job.max_body)
+    vectors = await job.embed(body.input)
     if body.dimensions is not None and body.dimensions != len(vectors[0]):
         raise BadRequest(f"dimensions: this model's embeddings have {len(vectors[0])}")
     data = [
@@ -95,7 +78,7 @@ async def embeddings(request: Request) -> Response:
         {
             "object": "list",
             "data": data,
-            "model": model_name(model_path(svc.settings, "embedding")),
+            "model": model_name(model_path(job.svc.settings, "embedding")),
             "usage": {"prompt_tokens": 0, "total_tokens": 0},
         }
     )

@@ -1,0 +1,55 @@
+"""One request's trip through the dispatcher, admission control and metrics: what the /api and
+/v1 routes share, whatever shape their bodies and answers have."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from starlette.requests import Request
+
+from backends.base import ChatResult, ChatTask
+from gateway.admission import admitted
+from gateway.config import LlmParams
+from gateway.errors import BadRequest
+from gateway.lifespan import services
+from gateway.responses import EventStream, event_stream
+from gateway.schemas import ChatMessage
+
+
+class Job:
+    def __init__(self, request: Request) -> None:
+        self.svc = services(request)
+        self.config = self.svc.store.current  # the mode the request started in, to its end
+        self.backend = self.svc.dispatcher.backend_for(self.config)
+        self.lane = self.svc.admission.lanes[self.backend.name]
+        request.state.backend = self.backend.name  # for the access log and metrics
+
+    @property
+    def max_body(self) -> int:
+        return self.svc.settings.limits.max_body_bytes
+
+    def chat_task(
+        self, messages: Sequence[ChatMessage], max_tokens: int | None, params: LlmParams
+    ) -> ChatTask:
+        wanted = max_tokens or self.svc.settings.limits.default_max_tokens
+        return ChatTask(messages=messages, max_tokens=min(wanted, params.ctx_size), params=params)
+
+    async def chat(self, task: ChatTask) -> ChatResult:
+        async with self.lane.slot():
+            result = await self.backend.chat(task)
+        self.svc.metrics.record_generation(
+            self.backend.name, result.completion_tokens, result.tokens_per_second
+        )
+        return result
+
+    async def chat_stream(self, task: ChatTask, include_usage: bool) -> EventStream:
+        return await event_stream(
+            admitted(self.lane, self.backend.chat_stream(task, include_usage))
+        )
+
+    async def embed(self, inputs: str | list[str]) -> list[list[float]]:
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if empty := [i for i, text in enumerate(texts) if not text.strip()]:
+            raise BadRequest(f"input {empty[0]} is empty: there is nothing to embed")
+        async with self.lane.slot():
+            return await self.backend.embed(texts, self.config.llm_params)
