@@ -1,0 +1,65 @@
+"""Image hygiene with Pillow, before anything reaches llama.cpp.
+
+The declared size is checked before decoding (a 100000x100000 PNG header is refused without
+allocating it), JPEGs are decoded in draft mode at about the target size, EXIF orientation
+is applied, animations give their first frame, every mode becomes RGB, and the longest side
+is scaled down to `max_side`. The result is always a PNG, which every llama.cpp build reads.
+CPU-bound: call it in a worker thread."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
+
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+_DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,(.*)", re.S)
+
+
+def decode_base64_image(text: str) -> bytes:
+    """Raw bytes from base64 or a `data:image/...;base64,` URL."""
+    if match := _DATA_URL.fullmatch(text.strip()):
+        text = match.group(1)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("`image` is neither base64 nor a data:image/...;base64 URL") from None
+
+
+def prepare_image(data: bytes, *, max_side: int, max_pixels: int) -> bytes:
+    if not data:
+        raise BadRequest("the image is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise PayloadTooLarge("the image has too many pixels") from None
+    except UnidentifiedImageError:
+        raise UnsupportedMedia(
+            f"not an image in a format read here ({', '.join(FORMATS)})"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadRequest(f"the image could not be decoded: {exc}") from None
+    width, height = opened.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"{width}x{height} pixels is over the limit of {max_pixels}")
+    if opened.format == "JPEG":
+        opened.draft("RGB", (max_side, max_side))  # decode at a fraction of the size
+    try:
+        opened.load()  # the first frame of an animation
+        image: Image.Image = ImageOps.exif_transpose(opened) or opened
+        image = image.convert("RGBA").convert("RGB") if image.mode in ("P", "PA") else image
+        image = image.convert("RGB") if image.mode != "RGB" else image
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadRequest(f"the image could not be decoded: {exc}") from None
+    image.thumbnail((max_side, max_side))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()

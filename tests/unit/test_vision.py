@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from backends.vision import decode_base64_image, prepare_image
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnsupportedMedia
+
+LIMITS = {"max_side": 64, "max_pixels": 50_000_000}
+
+
+def encode(image: Image.Image, fmt: str, **kw: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **kw)
+    return out.getvalue()
+
+
+def png_header_bomb(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but holds almost nothing."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+def decoded(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG" and image.mode == "RGB"
+    return image
+
+
+@pytest.mark.parametrize(
+    ("image", "fmt"),
+    [
+        (Image.new("RGB", (300, 150), "red"), "JPEG"),
+        (Image.new("CMYK", (300, 150), (0, 255, 0, 0)), "JPEG"),
+        (Image.new("I;16", (300, 150), 40000), "PNG"),
+        (Image.new("RGBA", (300, 150), (0, 0, 255, 128)), "PNG"),
+        (Image.new("P", (300, 150), 3), "GIF"),
+        (Image.new("RGB", (300, 150), "blue"), "WEBP"),
+        (Image.new("L", (300, 150), 128), "BMP"),
+    ],
+)
+def test_prepare_image_gives_an_rgb_png_within_max_side(image: Image.Image, fmt: str) -> None:
+    assert decoded(prepare_image(encode(image, fmt), **LIMITS)).size == (64, 32)
+
+
+def test_prepare_image_applies_exif_orientation() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    data = encode(Image.new("RGB", (60, 30), "red"), "JPEG", exif=exif)
+    assert decoded(prepare_image(data, **LIMITS)).size == (30, 60)
+
+
+def test_prepare_image_takes_the_first_frame_of_an_animation() -> None:
+    frames = [Image.new("RGB", (40, 40), colour) for colour in ("red", "blue")]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert decoded(prepare_image(data, **LIMITS)).getpixel((0, 0))[0] > 200  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "says"),
+    [
+        (b"", BadRequest, "empty"),
+        (b"\x00\x01garbage" * 50, UnsupportedMedia, "not an image"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", UnsupportedMedia, "not an image"),
+        (encode(Image.new("RGB", (300, 300), "red"), "JPEG")[:200], BadRequest, "decoded"),
+        (png_header_bomb(100_000, 100_000), PayloadTooLarge, "pixels"),
+        (png_header_bomb(8_000, 8_000), PayloadTooLarge, "over the limit"),
+    ],
+)
+def test_prepare_image_refuses_hostile_input(
+    data: bytes, error: type[GatewayError], says: str
+) -> None:
+    with pytest.raises(error, match=says):
+        prepare_image(data, max_side=64, max_pixels=40_000_000)
+
+
+def test_decode_base64_image_takes_plain_and_data_urls() -> None:
+    raw = b"\x89PNG..."
+    assert decode_base64_image(base64.b64encode(raw).decode()) == raw
+    assert decode_base64_image("data:image/png;base64," + base64.b64encode(raw).decode()) == raw
+    with pytest.raises(BadRequest, match="neither base64"):
+        decode_base64_image("not base64!")
