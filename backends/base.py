@@ -17,6 +17,14 @@ class ChatTask(msgspec.Struct, frozen=True, kw_only=True):
     params: LlmParams  # the config's eight parameters with this request's overrides
 
 
+class VisionTask(msgspec.Struct, frozen=True, kw_only=True):
+    image_png: bytes  # already through backends.vision.prepare_image
+    prompt: str
+    max_tokens: int
+    params: LlmParams
+    grammar: str | None = None  # GBNF constraining the answer (tags)
+
+
 class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
     content: str
     prompt_tokens: int
@@ -36,3 +44,5 @@ class Backend(Protocol):
         ...
 
     async def embed(self, texts: Sequence[str], params: LlmParams) -> list[list[float]]: ...
+
+    async def vision(self, task: VisionTask) -> ChatResult: ...

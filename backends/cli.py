@@ -23,10 +23,10 @@ import anyio.abc
 import msgspec
 
 from backends import toolchain
-from backends.base import ChatResult, ChatTask
-from backends.cli_args import completion_argv, embedding_argv
+from backends.base import ChatResult, ChatTask, VisionTask
+from backends.cli_args import completion_argv, embedding_argv, mtmd_argv
 from backends.prompt import render_chat
-from backends.specs import model_name, model_path
+from backends.specs import model_name, model_path, vision_model
 from backends.sse import DONE, ChunkWriter
 from gateway.config import LlmParams, Settings
 from gateway.errors import BackendTimeout, BadRequest, GatewayError, UpstreamError
@@ -151,6 +151,26 @@ class CliBackend:
                 return await stream.receive()
             except anyio.EndOfStream:
                 return None
+
+    async def vision(self, task: VisionTask) -> ChatResult:
+        """llama-mtmd-cli on the image, from a private 0600 file like the prompt."""
+        model, mmproj = vision_model(self._settings)
+        with private_dir() as tmp:
+            argv = mtmd_argv(
+                self._binary("llama-mtmd-cli"),
+                str(model),
+                str(mmproj),
+                write_private(tmp / "image.png", task.image_png),
+                write_private(tmp / "prompt.txt", _text_bytes(task.prompt)),
+                task.params,
+                task.max_tokens,
+                self._settings.models.chat_template,
+                task.grammar,
+            )
+            stdout, _ = await self._run(argv)
+        # llama-mtmd-cli writes a newline before its answer and prints no token counts.
+        return ChatResult(content=stdout.decode(errors="replace").strip(), prompt_tokens=0,
+                          completion_tokens=0)  # fmt: skip
 
     async def embed(self, texts: Sequence[str], params: LlmParams) -> list[list[float]]:
         # A separator no input contains: inputs may hold newlines (the default separator).

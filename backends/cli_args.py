@@ -35,6 +35,35 @@ def completion_argv(
     ]  # fmt: skip
 
 
+def mtmd_argv(
+    binary: str,
+    model: str,
+    mmproj: str,
+    image_file: str,
+    prompt_file: str,
+    params: LlmParams,
+    max_tokens: int,
+    chat_template: str,
+    grammar: str | None,
+) -> list[str]:
+    """`llama-mtmd-cli` on one image; it wraps the prompt in the chat template itself (it
+    refuses to run without one) and prints only the answer."""
+    argv = [
+        binary,
+        "--model", model,
+        "--mmproj", mmproj,
+        "--image", image_file,
+        "--file", prompt_file,
+        "--n-predict", str(max_tokens),
+        "--ctx-size", str(params.ctx_size),
+        "--batch-size", str(params.batch_size),
+        "--ubatch-size", str(params.ubatch_size),
+        *_sampling(params),
+        "--no-jinja", "--chat-template", chat_template,
+    ]  # fmt: skip
+    return [*argv, "--grammar", grammar] if grammar else argv
+
+
 def padded_ctx(ctx_size: int) -> int:
     """`ctx_size` rounded up to a multiple of 256, as llama-server and llama-completion do
     themselves (12192 -> 12288). llama-embedding does not, sets its batch to the unpadded

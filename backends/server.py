@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from typing import Any, Literal, NoReturn
@@ -10,28 +11,52 @@ import aiohttp
 import anyio
 import msgspec
 
-from backends.base import ChatResult, ChatTask
+from backends.base import ChatResult, ChatTask, VisionTask
 from backends.sse import read_event
 from gateway.config import LlmParams
-from gateway.errors import BackendTimeout, BadRequest, UpstreamError
+from gateway.errors import BackendTimeout, BadRequest, MissingComponent, UpstreamError
 from supervisor.actor import Supervisor
 from supervisor.command import ServerSpec
 
 
-def chat_payload(task: ChatTask) -> dict[str, Any]:
-    """The /v1/chat/completions body: messages plus the five sampling parameters (the three
-    startup parameters are llama-server flags; see supervisor.command)."""
-    p = task.params
+def sampling(p: LlmParams) -> dict[str, Any]:
+    """The five sampling parameters as llama-server takes them per request (the three startup
+    parameters are its flags; see supervisor.command)."""
     return {
-        "messages": [msgspec.to_builtins(m) for m in task.messages],
-        "max_tokens": task.max_tokens,
         "temperature": p.temp,
         "top_p": p.top_p,
         "top_k": p.top_k,
         "presence_penalty": p.presence_penalty,
         "mirostat": p.mirostat,
+    }
+
+
+def chat_payload(task: ChatTask) -> dict[str, Any]:
+    """The /v1/chat/completions body of a chat task."""
+    return {
+        "messages": [msgspec.to_builtins(m) for m in task.messages],
+        "max_tokens": task.max_tokens,
+        **sampling(task.params),
         "stream": False,
     }
+
+
+def vision_payload(task: VisionTask) -> dict[str, Any]:
+    """One user turn with the image as a data URL, kept out of the prompt cache (no pinned
+    slot: `id_slot` is left to llama-server)."""
+    url = "data:image/png;base64," + base64.b64encode(task.image_png).decode()
+    content = [
+        {"type": "image_url", "image_url": {"url": url}},
+        {"type": "text", "text": task.prompt},
+    ]
+    payload = {
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": task.max_tokens,
+        **sampling(task.params),
+        "cache_prompt": False,
+        "stream": False,
+    }
+    return payload | {"grammar": task.grammar} if task.grammar else payload
 
 
 class _Upstream(msgspec.Struct):
@@ -66,7 +91,17 @@ class ServerBackend:
 
     async def chat(self, task: ChatTask) -> ChatResult:
         spec = self._specs(task.params)["chat"]
-        answer = await self._post(spec, "/v1/chat/completions", chat_payload(task))
+        return self._result(await self._post(spec, "/v1/chat/completions", chat_payload(task)))
+
+    async def vision(self, task: VisionTask) -> ChatResult:
+        spec = self._specs(task.params).get("vision")
+        if spec is None:
+            raise MissingComponent(
+                "no vision model: set [models] vision and mmproj, or run `make model`"
+            )
+        return self._result(await self._post(spec, "/v1/chat/completions", vision_payload(task)))
+
+    def _result(self, answer: _Upstream) -> ChatResult:
         try:
             choice = answer.choices[0]
             return ChatResult(

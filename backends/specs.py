@@ -6,9 +6,10 @@ from pathlib import Path
 
 from backends import toolchain
 from gateway.config import LlmParams, Settings
+from gateway.errors import MissingComponent
 from supervisor.command import ServerSpec
 
-ROLES = ("chat", "embedding")
+ROLES = ("chat", "embedding", "vision")
 
 
 def model_path(settings: Settings, role: str) -> Path:
@@ -20,18 +21,32 @@ def model_name(path: Path) -> str:
     return path.name.removesuffix(".gguf")
 
 
+def vision_model(settings: Settings) -> tuple[Path, Path]:
+    """The vision model and its projector (MissingComponent names what is missing)."""
+    return model_path(settings, "vision"), model_path(settings, "mmproj")
+
+
 def server_specs(settings: Settings, params: LlmParams) -> dict[str, ServerSpec]:
-    """Role -> spec. Roles on the same model share one spec, hence one process; that process
-    serves embeddings if any of its roles is `embedding` (chat keeps working beside it)."""
-    models = {role: str(model_path(settings, role)) for role in ROLES}
-    specs: dict[str, ServerSpec] = {}
-    for role, model in models.items():
-        specs[role] = ServerSpec(
+    """Role -> spec. Roles on the same model share one spec, hence one process; it serves
+    embeddings if any of its roles is `embedding`, and images (--mmproj) if the vision model
+    is that model. Without a projector there is no vision role; the others still run."""
+    models = {role: str(model_path(settings, role)) for role in ("chat", "embedding")}
+    mmproj = None
+    try:
+        vision, projector = vision_model(settings)
+    except MissingComponent:
+        pass
+    else:
+        models["vision"], mmproj = str(vision), str(projector)
+    return {
+        role: ServerSpec(
             model=model,
+            mmproj=mmproj if model == models.get("vision") else None,
             ctx_size=params.ctx_size,
             batch_size=params.batch_size,
             ubatch_size=params.ubatch_size,
-            embeddings=any(r == "embedding" and m == model for r, m in models.items()),
+            embeddings=model == models["embedding"],
             chat_template=settings.models.chat_template,
         )
-    return specs
+        for role, model in models.items()
+    }

@@ -107,6 +107,12 @@ class Auth(_Section, frozen=True):
     allow_unauthenticated: bool = False
 
 
+class Vision(_Section, frozen=True):
+    max_image_bytes: Annotated[int, Meta(ge=1024)] = 20 * 2**20  # 413 above
+    max_pixels: Annotated[int, Meta(ge=1)] = 50_000_000  # declared size; checked before decoding
+    max_side: Annotated[int, Meta(ge=14)] = 1024  # longer images are scaled down
+
+
 class Logging(_Section, frozen=True):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -124,6 +130,7 @@ class Settings(_Section, frozen=True):
     binaries: Binaries = Binaries()
     limits: Limits = Limits()
     auth: Auth = Auth()
+    vision: Vision = Vision()
     logging: Logging = Logging()
 
     def state_path(self) -> Path:

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
+import anyio
 from starlette.requests import Request
 
-from backends.base import ChatResult, ChatTask
+from backends.base import ChatResult, ChatTask, VisionTask
+from backends.vision import prepare_image
 from gateway.admission import admitted
 from gateway.config import LlmParams
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.lifespan import services
 from gateway.responses import EventStream, event_stream
 from gateway.schemas import ChatMessage
@@ -46,6 +49,26 @@ class Job:
         return await event_stream(
             admitted(self.lane, self.backend.chat_stream(task, include_usage))
         )
+
+    async def vision(
+        self, image: bytes, prompt: str, max_tokens: int, params: LlmParams, grammar: str | None
+    ) -> ChatResult:
+        """Clean the image in a worker thread (inside the slot: concurrent decodes are bounded
+        like everything else), then ask the backend about it."""
+        limits = self.svc.settings.vision
+        if len(image) > limits.max_image_bytes:
+            raise PayloadTooLarge(f"the image is over {limits.max_image_bytes} bytes")
+        prepare = partial(prepare_image, max_side=limits.max_side, max_pixels=limits.max_pixels)
+        async with self.lane.slot():
+            png = await anyio.to_thread.run_sync(prepare, image)
+            task = VisionTask(
+                image_png=png, prompt=prompt, max_tokens=max_tokens, params=params, grammar=grammar
+            )
+            result = await self.backend.vision(task)
+        self.svc.metrics.record_generation(
+            self.backend.name, result.completion_tokens, result.tokens_per_second
+        )
+        return result
 
     async def embed(self, inputs: str | list[str]) -> list[list[float]]:
         texts = [inputs] if isinstance(inputs, str) else inputs

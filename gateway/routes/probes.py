@@ -15,7 +15,7 @@ from gateway.errors import MissingComponent
 from gateway.lifespan import Services, services
 from supervisor.states import State
 
-CLI_BINARIES = ("llama-completion", "llama-embedding")
+CLI_BINARIES = ("llama-completion", "llama-embedding", "llama-mtmd-cli")
 
 
 async def health(request: Request) -> Response:
@@ -29,7 +29,7 @@ def _problems(svc: Services) -> list[str]:
     problems: list[str] = []
     try:
         if config.backend == "cli":
-            for role in ROLES:
+            for role in (*ROLES, "mmproj"):
                 model_path(svc.settings, role)
             for name in CLI_BINARIES:
                 explicit = svc.settings.binaries.get(name)

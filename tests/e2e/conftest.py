@@ -67,7 +67,7 @@ def fake_settings(tmp_path: Path, **changes: Any) -> Settings:
     tests that are about the gateway, not llama."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("llama-completion", "llama-embedding"):
+    for name in ("llama-completion", "llama-embedding", "llama-mtmd-cli"):
         (bin_dir / name).symlink_to(FAKES / "fake_llama_cli.py")
     model = tmp_path / "stub.gguf"
     model.write_bytes(gguf_bytes())
@@ -75,10 +75,13 @@ def fake_settings(tmp_path: Path, **changes: Any) -> Settings:
         llama_server=str(FAKES / "fake_llama_server.py"),
         llama_completion=str(bin_dir / "llama-completion"),
         llama_embedding=str(bin_dir / "llama-embedding"),
+        llama_mtmd_cli=str(bin_dir / "llama-mtmd-cli"),
     )
     defaults: dict[str, Any] = {
         "binaries": binaries,
-        "models": Models(chat=str(model), embedding=str(model)),
+        "models": Models(
+            chat=str(model), embedding=str(model), vision=str(model), mmproj=str(model)
+        ),
         "limits": Limits(request_timeout_s=10),
     }
     return real_settings(tmp_path, **(defaults | changes))

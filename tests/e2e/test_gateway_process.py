@@ -31,6 +31,7 @@ def write_config(tmp_path: Path, port: int, llama_port: int, backend: str = "ser
     path.write_text(
         f'port = {port}\nbackend = "{backend}"\nstate_dir = "{tmp_path / "state"}"\n'
         f'[models]\nchat = "{model}"\nembedding = "{model}"\n'
+        f'vision = "{model}"\nmmproj = "{model}"\n'
         f"[llama_server]\nport = {llama_port}\n"
         f'[binaries]\nllama_server = "{FAKES / "fake_llama_server.py"}"\n'
         f'llama_completion = "{completion}"\n'

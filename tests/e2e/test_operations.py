@@ -39,7 +39,7 @@ async def test_metrics_parse_and_count_requests_and_processes(
         assert (await client.post("/api/chat", CHAT))[0] == 200
         samples = await scrape(client)
         [process] = (await client.get("/ready"))[1]["processes"]
-        assert process["roles"] == ["chat", "embedding"] and process["state"] == "ready"
+        assert process["roles"] == ["chat", "embedding", "vision"] and process["state"] == "ready"
         port = str(process["port"])
     chat = (("backend", "server"), ("method", "POST"), ("route", "/api/chat"), ("status", "200"))
     assert samples[("ai_server_requests_total", chat)] == 1

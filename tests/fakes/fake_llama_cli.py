@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A stand-in for llama-completion and llama-embedding (chosen by the name it is run as).
+"""A stand-in for llama-completion, llama-embedding and llama-mtmd-cli (chosen by the name it
+is run as).
 
 Behaviour from the JSON in $FAKE_LLAMA:
   record   append {"argv", "file", "file_mode"} of each run to this JSONL file
@@ -44,6 +45,17 @@ def main() -> int:
     if "exit" in BEHAVIOUR:
         print("error: fake failure", file=sys.stderr)
         return int(BEHAVIOUR["exit"])
+    if Path(sys.argv[0]).name == "llama-mtmd-cli":
+        image = Path(arg("--image"))
+        if path := BEHAVIOUR.get("record"):
+            with open(path, "a") as f:
+                f.write(json.dumps({"image_mode": oct(stat.S_IMODE(image.stat().st_mode)),
+                                    "image_bytes": len(image.read_bytes())}) + "\n")  # fmt: skip
+        print(
+            "\n"
+            + ('{"tags":["Red","red"," Blue  sky "]}' if "--grammar" in sys.argv else "a picture")
+        )
+        return 0
     if Path(sys.argv[0]).name == "llama-embedding":
         inputs = file.read_text().split(arg("--embd-separator"))
         data = [

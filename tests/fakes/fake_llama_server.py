@@ -73,7 +73,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/completion":
             return self.reply(200, {"content": "x", "tokens_predicted": 1})
         if self.path == "/v1/chat/completions":
-            message = {"role": "assistant", "content": "fake answer"}
+            answer = '{"tags":["Red","red"," Blue  sky "]}' if "grammar" in body else "fake answer"
+            message = {"role": "assistant", "content": answer}
             usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
             choice = {"index": 0, "message": message, "finish_reason": "stop"}
             return self.reply(200, {"choices": [choice], "usage": usage})

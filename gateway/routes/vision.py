@@ -1,0 +1,108 @@
+"""/api/tag and /api/describe: one image (multipart field `image`, or JSON base64 / data URL)
+through the current mode's vision path."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from backends.specs import model_name, vision_model
+from backends.vision import decode_base64_image
+from gateway.bodies import decode_json, json_response
+from gateway.errors import BadRequest, PayloadTooLarge, UpstreamError
+from gateway.routes.job import Job
+from gateway.schemas import SamplingOverrides
+
+TAG_PROMPT = "List short tags for this image."
+DESCRIBE_PROMPT = "Describe this image."
+TAG_CHARS = 24
+
+
+class VisionRequest(SamplingOverrides, kw_only=True):
+    image: str = ""  # base64 or a data URL in JSON; the file part in multipart
+    prompt: str | UnsetType = UNSET
+    max_tags: Annotated[int, Meta(ge=1, le=50)] = 10
+    max_tokens: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+
+
+def tags_grammar(max_tags: int) -> str:
+    """Compact GBNF for {"tags":[...]}: no free whitespace for a weak model to fill the
+    token budget with, at most `max_tags` short lowercase tags."""
+    return (
+        f'root ::= "{{\\"tags\\":[" tag ("," tag){{0,{max_tags - 1}}} "]}}"\n'
+        f'tag ::= "\\"" [a-z0-9] [a-z0-9 -]{{0,{TAG_CHARS - 1}}} "\\""\n'
+    )
+
+
+def normalize_tags(text: str, max_tags: int) -> list[str]:
+    try:
+        raw = json.loads(text)["tags"]
+    except (ValueError, KeyError, TypeError):
+        raise UpstreamError(f"the model's tags are not the expected JSON: {text[:200]!r}") from None
+    tags: list[str] = []
+    for tag in raw:
+        cleaned = " ".join(str(tag).lower().split())
+        if cleaned and cleaned not in tags:
+            tags.append(cleaned)
+    return tags[:max_tags]
+
+
+async def read_request(request: Request, job: Job) -> tuple[VisionRequest, bytes]:
+    limit = job.svc.settings.vision.max_image_bytes
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "multipart/form-data":
+        body = await decode_json(request, VisionRequest, limit * 4 // 3 + 65536)
+        if not body.image:
+            raise BadRequest("`image` is required: base64 or a data:image/...;base64 URL")
+        return body, decode_base64_image(body.image)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + 65536:
+        raise PayloadTooLarge(f"the upload is over {limit} bytes")
+    async with request.form(max_files=1, max_fields=16, max_part_size=limit) as form:
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest("send the image as the multipart file field `image`")
+        data = await upload.read(limit + 1)
+        fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
+    try:
+        return msgspec.convert(fields, VisionRequest, strict=False), data
+    except msgspec.ValidationError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+async def tag(request: Request) -> Response:
+    job = Job(request)
+    body, image = await read_request(request, job)
+    prompt = body.prompt if body.prompt is not UNSET else TAG_PROMPT
+    budget = body.max_tokens or body.max_tags * (TAG_CHARS + 4) + 16
+    result = await job.vision(
+        image, prompt, budget, body.apply_to(job.config.llm_params), tags_grammar(body.max_tags)
+    )
+    tags = normalize_tags(result.content, body.max_tags)
+    return json_response({"tags": tags, **_about(job)})
+
+
+async def describe(request: Request) -> Response:
+    job = Job(request)
+    body, image = await read_request(request, job)
+    prompt = body.prompt if body.prompt is not UNSET else DESCRIBE_PROMPT
+    budget = body.max_tokens or job.svc.settings.limits.default_max_tokens
+    result = await job.vision(image, prompt, budget, body.apply_to(job.config.llm_params), None)
+    return json_response({"description": result.content.strip(), **_about(job)})
+
+
+def _about(job: Job) -> dict[str, str]:
+    return {"backend": job.backend.name, "model": model_name(vision_model(job.svc.settings)[0])}
+
+
+routes = [
+    Route("/api/tag", tag, methods=["POST"]),
+    Route("/api/describe", describe, methods=["POST"]),
+]

@@ -1,0 +1,121 @@
+"""/api/tag and /api/describe against fake llama binaries: what reaches llama, hostile input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from tests.e2e.conftest import Client, fake_settings, recorded, serving
+from tests.supervisor.conftest import behave
+from tests.unit.test_vision import png_header_bomb
+
+
+def jpeg(size: tuple[int, int] = (40, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, "green").save(out, "JPEG")
+    return out.getvalue()
+
+
+async def upload(client: Client, path: str, data: bytes, content_type: str = "image/jpeg",
+                 **fields: str) -> tuple[int, dict[str, object]]:  # fmt: skip
+    form = aiohttp.FormData()
+    form.add_field("image", io.BytesIO(data), filename="photo.jpg", content_type=content_type)
+    for name, value in fields.items():
+        form.add_field(name, value)
+    async with client.http.post(path, data=form) as resp:
+        return resp.status, await resp.json()
+
+
+def private_dirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("ai-server-*")}
+
+
+async def test_cli_mode_tag_and_describe_multipart_and_base64(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "cli.jsonl"
+    behave(monkeypatch, record=str(log))
+    before = private_dirs()
+    async with serving(fake_settings(tmp_path, backend="cli")) as client:
+        status, tags = await upload(client, "/api/tag", jpeg(), max_tags="5", temp="0.1")
+        assert status == 200, tags
+        assert tags == {"tags": ["red", "blue sky"], "backend": "cli", "model": "stub"}
+        data_url = "data:image/jpeg;base64," + base64.b64encode(jpeg()).decode()
+        status, described = await client.post("/api/describe", {"image": data_url, "prompt": "Hm?"})
+        assert status == 200 and described["description"] == "a picture"
+        status, tags = await client.post("/api/tag", {"image": base64.b64encode(jpeg()).decode(),
+                                                      "max_tags": 1})  # fmt: skip
+        assert status == 200 and tags["tags"] == ["red"]
+    runs = recorded(log)
+    argvs = [r for r in runs if "argv" in r]
+    images = [r for r in runs if "image_mode" in r]
+    assert [i["image_mode"] for i in images] == ["0o600"] * 3
+    first = argvs[0]["argv"]
+    assert first[first.index("--temp") + 1] == "0.1" and "--grammar" in first
+    assert argvs[0]["file"] == "List short tags for this image." and argvs[1]["file"] == "Hm?"
+    assert "--grammar" not in argvs[1]["argv"]
+    assert private_dirs() == before  # every private temp dir is gone
+
+
+async def test_server_mode_sends_the_image_uncached_with_the_grammar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "server.jsonl"
+    behave(monkeypatch, record=str(log))
+    async with serving(fake_settings(tmp_path)) as client:
+        status, tags = await upload(client, "/api/tag", jpeg((3000, 1000)))
+        assert status == 200 and tags["tags"] == ["red", "blue sky"], tags
+    starts = [e["argv"] for e in recorded(log) if "argv" in e]
+    [body] = [e["body"] for e in recorded(log) if e.get("path") == "/v1/chat/completions"]
+    assert len(starts) == 1 and "--mmproj" in starts[0]  # one process serves every role
+    image, text = body["messages"][0]["content"]
+    assert text == {"type": "text", "text": "List short tags for this image."}
+    url = image["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.size == (1024, 341)  # the longest side capped
+    assert body["cache_prompt"] is False and "id_slot" not in body and "slot_id" not in body
+    assert body["grammar"].startswith('root ::= "{\\"tags\\":["')
+    assert (body["temperature"], body["top_k"], body["mirostat"]) == (0.35, 40, 0)
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status"),
+    [
+        (b"", "image/jpeg", 400),
+        (jpeg()[:100], "image/jpeg", 400),
+        (png_header_bomb(100_000, 100_000), "image/png", 413),
+        (os.urandom(5000), "image/png", 415),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'><rect/></svg>", "image/svg+xml", 415),
+        (b"\xff" * (21 * 2**20), "image/jpeg", 413),
+    ],
+)
+async def test_hostile_images_get_4xx(
+    tmp_path: Path, data: bytes, content_type: str, status: int
+) -> None:
+    before = private_dirs()
+    async with serving(fake_settings(tmp_path, backend="cli")) as client:
+        got, body = await upload(client, "/api/describe", data, content_type)
+    assert got == status, body
+    assert body["error"]["message"]  # type: ignore[index]
+    assert private_dirs() == before
+
+
+async def test_bad_vision_requests_get_400(tmp_path: Path) -> None:
+    async with serving(fake_settings(tmp_path, backend="cli")) as client:
+        assert (await client.post("/api/tag", {"prompt": "x"}))[0] == 400
+        assert (await client.post("/api/tag", {"image": "%%%"}))[0] == 400
+        status, body = await client.post("/api/tag", {"image": "aGk=", "max_tags": 0})
+        assert status == 400 and "max_tags" in json.dumps(body)
+        form = aiohttp.FormData()
+        form.add_field("picture", b"x", filename="a.jpg")
+        async with client.http.post("/api/tag", data=form) as resp:
+            assert resp.status == 400
