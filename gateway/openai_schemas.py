@@ -31,10 +31,13 @@ class Message(msgspec.Struct, kw_only=True):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart | ImagePart] | None = None
 
+    @property
+    def images(self) -> list[str]:
+        parts = self.content if isinstance(self.content, list) else []
+        return [part.image_url.url for part in parts if isinstance(part, ImagePart)]
+
     def as_chat(self) -> ChatMessage:
         if isinstance(self.content, list):
-            if any(isinstance(part, ImagePart) for part in self.content):
-                raise BadRequest("image_url content parts are not supported yet")
             text = "\n".join(part.text for part in self.content if isinstance(part, TextPart))
         else:
             text = self.content or ""
@@ -83,6 +86,17 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
         }
         if unsupported := [name for name, is_set in changed.items() if is_set]:
             raise BadRequest(f"not supported by this server: {', '.join(unsupported)}")
+
+    def image_request(self) -> tuple[str, str] | None:
+        """(image data URL, prompt) when the request carries an image. The vision path
+        takes one user message with one image: anything else is refused, not guessed at."""
+        if not any(m.images for m in self.messages):
+            return None
+        if len(self.messages) != 1 or len(self.messages[0].images) != 1 or self.stream:
+            raise BadRequest(
+                "images are supported as one image in a single user message, without streaming"
+            )
+        return self.messages[0].images[0], self.messages[0].as_chat().content
 
     def params(self, base: LlmParams) -> LlmParams:
         ours = {

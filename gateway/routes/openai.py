@@ -14,7 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from backends.specs import ROLES, model_name, model_path
+from backends.base import ChatResult
+from backends.specs import ROLES, model_name, model_path, vision_model
+from backends.vision import decode_base64_image
 from gateway.bodies import decode_json, json_response
 from gateway.errors import BadRequest
 from gateway.lifespan import services
@@ -26,15 +28,26 @@ async def chat_completions(request: Request) -> Response:
     job = Job(request)
     body = await decode_json(request, ChatCompletionRequest, job.max_body)
     body.check_supported()
+    params = body.params(job.config.llm_params)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    if image := body.image_request():
+        url, prompt = image
+        budget = max_tokens or job.svc.settings.limits.default_max_tokens
+        result = await job.vision(decode_base64_image(url), prompt, budget, params, None)
+        return _completion(result, model_name(vision_model(job.svc.settings)[0]))
     task = job.chat_task(
         [m.as_chat() for m in body.messages],
-        body.max_completion_tokens or body.max_tokens,
-        body.params(job.config.llm_params),
+        max_tokens,
+        params,
     )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await job.chat_stream(task, include_usage)
     result = await job.chat(task)
+    return _completion(result, model_name(model_path(job.svc.settings, "chat")))
+
+
+def _completion(result: ChatResult, model: str) -> Response:
     usage = {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
@@ -45,7 +58,7 @@ async def chat_completions(request: Request) -> Response:
             "id": f"chatcmpl-{secrets.token_hex(12)}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": model_name(model_path(job.svc.settings, "chat")),
+            "model": model,
             "choices": [
                 {
                     "index": 0,

@@ -119,3 +119,20 @@ async def test_bad_vision_requests_get_400(tmp_path: Path) -> None:
         form.add_field("picture", b"x", filename="a.jpg")
         async with client.http.post("/api/tag", data=form) as resp:
             assert resp.status == 400
+
+
+async def test_openai_image_url_parts_take_the_vision_path(tmp_path: Path) -> None:
+    url = "data:image/jpeg;base64," + base64.b64encode(jpeg()).decode()
+    image = {"type": "image_url", "image_url": {"url": url}}
+    text = {"type": "text", "text": "What is this?"}
+    async with serving(fake_settings(tmp_path, backend="cli")) as client:
+        status, body = await client.post(
+            "/v1/chat/completions", {"messages": [{"role": "user", "content": [text, image]}]}
+        )
+        assert status == 200, body
+        assert body["choices"][0]["message"]["content"] == "a picture"
+        status, body = await client.post(
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [text, image, image]}]},
+        )
+    assert status == 400 and "one image" in body["error"]["message"]
