@@ -8,13 +8,20 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 from PIL import Image
 
+from backends.vision import prepare_image
+from gateway.config import Limits
+from gateway.errors import PayloadTooLarge
+from tests.conftest import wait_until
 from tests.e2e.conftest import Client, fake_settings, recorded, serving
 from tests.supervisor.conftest import behave
+from tests.unit.test_process import alive
 from tests.unit.test_vision import png_header_bomb
 
 
@@ -136,3 +143,40 @@ async def test_openai_image_url_parts_take_the_vision_path(tmp_path: Path) -> No
             {"messages": [{"role": "user", "content": [text, image, image]}]},
         )
     assert status == 400 and "one image" in body["error"]["message"]
+
+
+def images(log: Path) -> list[dict[str, Any]]:
+    """The llama-mtmd-cli runs the fake recorded: argv and pid."""
+    return [run for run in recorded(log) if "--image" in run.get("argv", [])]
+
+
+async def test_cli_vision_timeout_and_disconnect_leave_no_process_or_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "cli.jsonl"
+    behave(monkeypatch, sleep=60, record=str(log))
+    # 3 s: the disconnect below comes well before the second request's own timeout.
+    settings = fake_settings(tmp_path, backend="cli", limits=Limits(request_timeout_s=3))
+    async with serving(settings) as client:
+        status, body = await upload(client, "/api/describe", jpeg())
+        assert status == 504, body
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(upload, client, "/api/describe", jpeg())
+            await wait_until(lambda: len(images(log)) == 2, within=10)
+            tg.cancel_scope.cancel()  # the client goes away
+        for run in images(log):
+            await wait_until(lambda run=run: not alive(run["pid"]), within=1.0)  # type: ignore[misc]
+            image = Path(run["argv"][run["argv"].index("--image") + 1])
+            await wait_until(lambda image=image: not image.exists(), within=1.0)  # type: ignore[misc]
+
+
+def test_a_pixel_bomb_is_refused_without_being_decoded() -> None:
+    """The gateway's memory stays bounded: refusing a 100000 x 100000 PNG (30 GB decoded)
+    must not grow this process by more than a few MB."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(PayloadTooLarge):
+        prepare_image(png_header_bomb(100_000, 100_000), max_side=1024, max_pixels=50_000_000)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 50 * 1024

@@ -49,8 +49,7 @@ def main() -> int:
         image = Path(arg("--image"))
         if path := BEHAVIOUR.get("record"):
             with open(path, "a") as f:
-                f.write(json.dumps({"image_mode": oct(stat.S_IMODE(image.stat().st_mode)),
-                                    "image_bytes": len(image.read_bytes())}) + "\n")  # fmt: skip
+                f.write(json.dumps({"image_mode": oct(stat.S_IMODE(image.stat().st_mode))}) + "\n")
         print(
             "\n"
             + ('{"tags":["Red","red"," Blue  sky "]}' if "--grammar" in sys.argv else "a picture")

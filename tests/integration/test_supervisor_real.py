@@ -35,7 +35,10 @@ def llama_servers_on(port: int) -> list[int]:
 async def test_supervisor_recovers_the_real_llama_server_from_kill_9(
     tmp_path: Path, llama_bin: Path, default_model: Path
 ) -> None:
-    config = fast_config(tmp_path, binary=str(llama_bin / "llama-server"), health_interval=1.0)
+    # The default backoff (0.5 s first delay): the recovery time printed is the real one.
+    config = fast_config(
+        tmp_path, binary=str(llama_bin / "llama-server"), health_interval=1.0, backoff_initial=0.5
+    )
     spec = ServerSpec(
         model=str(default_model), ctx_size=2048, batch_size=512, ubatch_size=512, embeddings=True
     )
