@@ -40,4 +40,6 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
 bench: setup
+	$(PY) -m bench.overhead
 	$(PY) -m bench.streaming
+	$(PY) -m bench.images

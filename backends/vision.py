@@ -61,5 +61,7 @@ def prepare_image(data: bytes, *, max_side: int, max_pixels: int) -> bytes:
         raise BadRequest(f"the image could not be decoded: {exc}") from None
     image.thumbnail((max_side, max_side))
     out = io.BytesIO()
-    image.save(out, "PNG")
+    # Lossless but barely compressed: it only travels over loopback or to a temp file, and
+    # zlib's default level costs more than the decode (bench/images.py).
+    image.save(out, "PNG", compress_level=1)
     return out.getvalue()

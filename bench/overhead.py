@@ -1,0 +1,91 @@
+"""What the gateway adds in server mode, measured side by side in one run.
+
+Figure 1: the same small request direct to llama-server and through the gateway (/api and /v1
+routes), interleaved: embeddings of a short text, chat with max_tokens=1. Figure 8: 32 texts
+embedded in one request, gateway vs direct, as a throughput ratio."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import anyio
+
+from bench.common import gateway, percentile, write_section
+
+ROUNDS = 100
+BATCH_ROUNDS = 10
+CHAT = [{"role": "user", "content": "Hi"}]
+SAMPLING = {"temperature": 0.35, "top_p": 0.9, "top_k": 40, "presence_penalty": 0.2, "mirostat": 0}
+TEXTS = [f"sentence number {i} about llamas and their wool" for i in range(32)]
+
+
+async def timed(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    async with http.post(url, json=body) as resp:
+        await resp.read()
+        resp.raise_for_status()
+    return time.perf_counter() - started
+
+
+async def measure(url: str, llama: str) -> dict[str, list[float]]:
+    cases: dict[str, tuple[str, dict[str, Any]]] = {
+        "embed direct": (llama + "/v1/embeddings", {"input": "hello world"}),
+        "embed /api": (url + "/api/generate-embeddings", {"input": "hello world"}),
+        "embed /v1": (url + "/v1/embeddings", {"input": "hello world"}),
+        "chat direct": (llama + "/v1/chat/completions",
+                        {"messages": CHAT, "max_tokens": 1, **SAMPLING}),
+        "chat /api": (url + "/api/chat", {"messages": CHAT, "max_tokens": 1}),
+        "chat /v1": (url + "/v1/chat/completions", {"messages": CHAT, "max_tokens": 1}),
+        "batch direct": (llama + "/v1/embeddings", {"input": TEXTS}),
+        "batch gateway": (url + "/api/generate-embeddings", {"input": TEXTS}),
+    }  # fmt: skip
+    out: dict[str, list[float]] = {name: [] for name in cases}
+    async with aiohttp.ClientSession() as http:
+        for target, body in cases.values():  # warm every path
+            await timed(http, target, body)
+        for i in range(ROUNDS):
+            names = [n for n in cases if not n.startswith("batch")]
+            if i < BATCH_ROUNDS:
+                names += ["batch direct", "batch gateway"]
+            for name in names if i % 2 else names[::-1]:  # alternate the order
+                out[name].append(await timed(http, *cases[name]))
+    return out
+
+
+def added(out: dict[str, list[float]], route: str, direct: str) -> str:
+    p50 = statistics.median(out[route]) - statistics.median(out[direct])
+    p99 = percentile(out[route], 0.99) - percentile(out[direct], 0.99)
+    return f"{p50 * 1000:+.2f} / {p99 * 1000:+.2f}"
+
+
+def main() -> int:
+    with gateway() as (url, llama):
+        out = anyio.run(measure, url, llama)
+    ms = {name: f"{statistics.median(v) * 1000:.2f}" for name, v in out.items()}
+    ratio = statistics.median(out["batch direct"]) / statistics.median(out["batch gateway"])
+    write_section(
+        "overhead",
+        [
+            f"**Added latency, server mode** ({ROUNDS} rounds, interleaved; ms)",
+            "",
+            "| request | direct p50 | added p50 / p99 via /api | added p50 / p99 via /v1 |",
+            "|---|---|---|---|",
+            f"| embeddings, 1 short text | {ms['embed direct']} | "
+            f"{added(out, 'embed /api', 'embed direct')} | "
+            f"{added(out, 'embed /v1', 'embed direct')} |",
+            f"| chat, max_tokens 1 | {ms['chat direct']} | "
+            f"{added(out, 'chat /api', 'chat direct')} | {added(out, 'chat /v1', 'chat direct')} |",
+            "",
+            f"**Embeddings batch** (32 texts, {BATCH_ROUNDS} rounds): gateway throughput "
+            f"{ratio:.3f}x direct (median {ms['batch gateway']} vs {ms['batch direct']} ms).",
+        ],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
