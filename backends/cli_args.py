@@ -16,6 +16,14 @@ def _sampling(p: LlmParams) -> list[str]:
     ]  # fmt: skip
 
 
+def _sizes(p: LlmParams, ctx_size: int | None = None) -> list[str]:
+    return [
+        "--ctx-size", str(ctx_size or p.ctx_size),
+        "--batch-size", str(p.batch_size),
+        "--ubatch-size", str(p.ubatch_size),
+    ]  # fmt: skip
+
+
 def completion_argv(
     binary: str, model: str, prompt_file: str, params: LlmParams, max_tokens: int
 ) -> list[str]:
@@ -26,9 +34,7 @@ def completion_argv(
         "--model", model,
         "--file", prompt_file,
         "--n-predict", str(max_tokens),
-        "--ctx-size", str(params.ctx_size),
-        "--batch-size", str(params.batch_size),
-        "--ubatch-size", str(params.ubatch_size),
+        *_sizes(params),
         *_sampling(params),
         "--no-conversation",
         "--no-display-prompt",
@@ -55,9 +61,7 @@ def mtmd_argv(
         "--image", image_file,
         "--file", prompt_file,
         "--n-predict", str(max_tokens),
-        "--ctx-size", str(params.ctx_size),
-        "--batch-size", str(params.batch_size),
-        "--ubatch-size", str(params.ubatch_size),
+        *_sizes(params),
         *_sampling(params),
         "--no-jinja", "--chat-template", chat_template,
     ]  # fmt: skip
@@ -81,9 +85,7 @@ def embedding_argv(
         "--model", model,
         "--file", input_file,
         "--embd-separator", separator,
-        "--ctx-size", str(padded_ctx(params.ctx_size)),
-        "--batch-size", str(params.batch_size),
-        "--ubatch-size", str(params.ubatch_size),
+        *_sizes(params, padded_ctx(params.ctx_size)),
         "--pooling", "mean",
         "--embd-normalize", "2",
         "--embd-output-format", "json",
