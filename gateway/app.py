@@ -11,7 +11,7 @@ from gateway.error_handlers import EXCEPTION_HANDLERS
 from gateway.lifespan import make_lifespan
 from gateway.metrics import Metrics
 from gateway.middleware import CancelOnDisconnect, RequestLog
-from gateway.routes import api, openai, probes, vision
+from gateway.routes import api, openai, openapi, probes, vision
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -19,7 +19,7 @@ def create_app(settings: Settings) -> Starlette:
     keys = load_keys(settings)
     check_exposure(settings, keys)
     metrics = Metrics()
-    routes = [*probes.routes, *api.routes, *vision.routes, *openai.routes]
+    routes = [*probes.routes, *api.routes, *vision.routes, *openai.routes, *openapi.routes]
     paths = frozenset(route.path for route in routes)
     return Starlette(
         routes=routes,

@@ -102,3 +102,23 @@ async def test_ready_flips_when_the_llama_server_dies_and_comes_back(
             while await ready_status() != 200:
                 pass
         assert statuses == [503, 200, 503, 200]
+
+
+async def test_openapi_documents_every_route(tmp_path: Path) -> None:
+    from gateway.app import create_app
+
+    settings = fake_settings(tmp_path, backend="cli")
+    served = {
+        (path, method.lower())
+        for route in create_app(settings).routes
+        for method in getattr(route, "methods", set()) - {"HEAD"}
+        if (path := getattr(route, "path", "")) != "/openapi.json" and path != "/metrics"
+    }
+    async with serving(settings) as client:
+        status, doc = await client.get("/openapi.json")
+    assert status == 200 and doc["openapi"] == "3.1.0"
+    documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    assert documented == served
+    chat = doc["paths"]["/api/chat"]["post"]["requestBody"]["content"]["application/json"]
+    assert chat["schema"] == {"$ref": "#/components/schemas/ChatRequest"}
+    assert doc["components"]["schemas"]["ChatRequest"]["required"] == ["messages"]

@@ -1,0 +1,90 @@
+"""GET /openapi.json: the gateway's own OpenAPI 3.1 document, generated from the msgspec
+schemas the routes decode with, so it cannot drift from what they accept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.bodies import json_response
+from gateway.openai_schemas import ChatCompletionRequest, EmbeddingRequest
+from gateway.routes.vision import VisionRequest
+from gateway.schemas import (
+    ChatRequest,
+    ChatResponse,
+    ConfigUpdate,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+)
+
+# path -> (method, request schema, response schema)
+OPERATIONS: dict[str, tuple[str, type | None, type | None]] = {
+    "/api/chat": ("post", ChatRequest, ChatResponse),
+    "/api/generate-embeddings": ("post", EmbeddingsRequest, EmbeddingsResponse),
+    "/api/config": ("post", ConfigUpdate, None),
+    "/api/tag": ("post", VisionRequest, None),
+    "/api/describe": ("post", VisionRequest, None),
+    "/v1/chat/completions": ("post", ChatCompletionRequest, None),
+    "/v1/embeddings": ("post", EmbeddingRequest, None),
+}
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["type", "code", "message"],
+            "properties": {k: {"type": "string"} for k in ("type", "code", "message")},
+        }
+    },
+}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _any(kind: type) -> dict[str, Any]:
+    """`object` (free-form values, e.g. llm_params before validation): any JSON."""
+    if kind is object:
+        return {"description": "any JSON value"}
+    raise TypeError(f"no JSON schema for {kind}")
+
+
+def build_document() -> dict[str, Any]:
+    types = [t for _, req, resp in OPERATIONS.values() for t in (req, resp) if t is not None]
+    refs, components = msgspec.json.schema_components(
+        types, schema_hook=_any, ref_template="#/components/schemas/{name}"
+    )
+    by_type = dict(zip(types, refs, strict=True))
+    paths: dict[str, Any] = {}
+    for path, (method, request, response) in OPERATIONS.items():
+        ok = _json(by_type[response]) if response else _json({"type": "object"})
+        operation: dict[str, Any] = {
+            "responses": {"200": {"description": "OK", **ok},
+                          "default": {"description": "an error", **_json(ERROR)}},
+        }  # fmt: skip
+        if request is not None:
+            operation["requestBody"] = {"required": True, **_json(by_type[request])}
+        paths[path] = {method: operation}
+    for path in ("/health", "/ready", "/v1/models", "/api/config"):
+        paths.setdefault(path, {})["get"] = {
+            "responses": {"200": {"description": "OK", **_json({"type": "object"})}}
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "AI Server", "version": "0.1.0"},
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+
+
+async def openapi(request: Request) -> Response:
+    return json_response(build_document())
+
+
+routes = [Route("/openapi.json", openapi, methods=["GET"])]
