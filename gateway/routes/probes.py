@@ -13,6 +13,7 @@ from backends.specs import ROLES, model_path, server_specs
 from gateway.bodies import json_response
 from gateway.errors import MissingComponent
 from gateway.lifespan import Services, services
+from supervisor.actor import ProcessInfo
 from supervisor.states import State
 
 CLI_BINARIES = ("llama-completion", "llama-embedding", "llama-mtmd-cli")
@@ -23,23 +24,24 @@ async def health(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
-def _problems(svc: Services) -> list[str]:
-    """Why the current mode cannot serve every configured role right now."""
-    config = svc.store.current
-    problems: list[str] = []
+def _cli_problems(svc: Services) -> list[str]:
+    """Why cli mode cannot serve every configured role: a model or binary is missing."""
     try:
-        if config.backend == "cli":
-            for role in (*ROLES, "mmproj"):
-                model_path(svc.settings, role)
-            for name in CLI_BINARIES:
-                explicit = svc.settings.binaries.get(name)
-                toolchain.resolve_binary(name, explicit, svc.settings.cache_path())
-            return problems
-        wanted = {spec.model for spec in server_specs(svc.settings, config.llm_params).values()}
+        for role in (*ROLES, "mmproj"):
+            model_path(svc.settings, role)
+        for name in CLI_BINARIES:
+            explicit = svc.settings.binaries.get(name)
+            toolchain.resolve_binary(name, explicit, svc.settings.cache_path())
     except MissingComponent as exc:
         return [exc.message]
-    running = {p.model: p for p in svc.supervisor.snapshot() if p.model in wanted}
-    for model in sorted(wanted):
+    return []
+
+
+def _server_problems(roles: dict[str, list[str]], processes: list[ProcessInfo]) -> list[str]:
+    """Why server mode cannot: a llama-server the config needs is not READY."""
+    running = {p.model: p for p in processes if p.model in roles}
+    problems = []
+    for model in sorted(roles):
         process = running.get(model)
         if process is None or process.state is not State.READY:
             state = process.state if process else "not started"
@@ -47,25 +49,27 @@ def _problems(svc: Services) -> list[str]:
     return problems
 
 
-def _roles(svc: Services, model: str) -> list[str]:
-    try:
-        specs = server_specs(svc.settings, svc.store.current.llm_params)
-    except MissingComponent:
-        return []
-    return [role for role, spec in specs.items() if spec.model == model]
-
-
 async def ready(request: Request) -> Response:
     """Readiness: 200 only when the current mode can serve every configured role."""
     svc = services(request)
-    problems = _problems(svc)
+    processes = svc.supervisor.snapshot()
+    roles: dict[str, list[str]] = {}  # model -> the roles its llama-server serves
+    try:
+        for role, spec in server_specs(svc.settings, svc.store.current.llm_params).items():
+            roles.setdefault(spec.model, []).append(role)
+        unresolved = []
+    except MissingComponent as exc:
+        unresolved = [exc.message]
+    if svc.store.current.backend == "cli":
+        problems = _cli_problems(svc)
+    else:
+        problems = unresolved or _server_problems(roles, processes)
     body = {
         "ready": not problems,
         "backend": svc.store.current.backend,
         "problems": problems,
         "processes": [
-            {"roles": _roles(svc, process.model), **msgspec.to_builtins(process)}
-            for process in svc.supervisor.snapshot()
+            {"roles": roles.get(p.model, []), **msgspec.to_builtins(p)} for p in processes
         ],
     }
     return json_response(body, 200 if not problems else 503)
