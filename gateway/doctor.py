@@ -8,7 +8,6 @@ binary or model is missing or unreadable; a busy port is reported, not fatal (it
 from __future__ import annotations
 
 import errno
-import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from backends import toolchain
 from backends.gguf_header import NotGguf, read_gguf
 from gateway.config import Settings
 from gateway.errors import MissingComponent
+from supervisor.process import bind_error
 
 Print = Callable[[str], None]
 
@@ -36,12 +36,9 @@ def binary_version(path: Path) -> tuple[bool, str]:
 
 
 def port_state(host: str, port: int) -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return "in use" if exc.errno == errno.EADDRINUSE else f"unusable ({exc.strerror})"
-    return "free"
+    if (exc := bind_error(host, port)) is None:
+        return "free"
+    return "in use" if exc.errno == errno.EADDRINUSE else f"unusable ({exc.strerror})"
 
 
 def check_binaries(settings: Settings, say: Print) -> bool:

@@ -19,7 +19,6 @@ import contextlib
 import errno
 import logging
 import math
-import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -57,7 +56,7 @@ from supervisor.messages import (
     SuspectWedge,
     Tick,
 )
-from supervisor.process import ChildProcess, spawn
+from supervisor.process import ChildProcess, bind_error, spawn
 from supervisor.states import LIVE, State, check_transition
 
 log = logging.getLogger("ai_server.supervisor")
@@ -599,14 +598,8 @@ class Supervisor:
 
 def _port_problem(host: str, port: int) -> str | None:
     """None if we can listen on host:port, else a sentence naming the port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return (
-                    f"port {port} on {host} is held by another process (not a llama-server of ours)"
-                )
-            return f"cannot listen on {host}:{port}: {exc.strerror}"
-    return None
+    if (exc := bind_error(host, port)) is None:
+        return None
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is held by another process (not a llama-server of ours)"
+    return f"cannot listen on {host}:{port}: {exc.strerror}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Sequence
 from typing import Literal
@@ -51,6 +52,18 @@ class ChildProcess:
             # The leader may be gone while others in its group still run.
             self._signal_group(signal.SIGKILL)
         return code
+
+
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why we could not listen on host:port now (None: we could). SO_REUSEADDR as servers
+    set it, so a port in TIME_WAIT after our own child's exit counts as free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
 
 
 async def _drain(stream: anyio.abc.ByteReceiveStream | None, tail: LogTail) -> None:
