@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import anyio
@@ -55,23 +56,23 @@ def gateway(config: Path) -> Iterator[subprocess.Popen[bytes]]:
             process.wait()
 
 
-async def ready_pid(http: aiohttp.ClientSession, url: str) -> int | None:
-    try:
-        async with http.get(url + "/ready") as resp:
-            body = await resp.json()
-    except aiohttp.ClientConnectionError:
-        return None
-    pid: int | None = body["processes"][0]["pid"] if resp.status == 200 else None
-    return pid
-
-
-async def wait_ready(http: aiohttp.ClientSession, url: str) -> int:
-    """Poll /ready until it answers 200; the llama-server pid it lists."""
+async def wait_ready(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """Poll /ready until it answers 200; its body."""
     with anyio.fail_after(30):
         while True:
-            if (pid := await ready_pid(http, url)) is not None:
-                return pid
+            try:
+                async with http.get(url + "/ready") as resp:
+                    if resp.status == 200:
+                        body: dict[str, Any] = await resp.json()
+                        return body
+            except aiohttp.ClientConnectionError:
+                pass
             await anyio.sleep(0.1)
+
+
+def llama_pid(ready: dict[str, Any]) -> int:
+    pid: int = ready["processes"][0]["pid"]
+    return pid
 
 
 async def test_a_killed_gateways_llama_server_is_reclaimed_by_the_next(
@@ -83,12 +84,12 @@ async def test_a_killed_gateways_llama_server_is_reclaimed_by_the_next(
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
         with gateway(config) as first:
-            orphan = await wait_ready(http, url)
+            orphan = llama_pid(await wait_ready(http, url))
             first.send_signal(signal.SIGKILL)
             first.wait()
         assert alive(orphan)  # what a SIGKILL leaves behind: our llama-server, on our port
         with gateway(config) as second:
-            successor = await wait_ready(http, url)
+            successor = llama_pid(await wait_ready(http, url))
             assert successor != orphan
             assert not alive(orphan)
             second.send_signal(signal.SIGTERM)
@@ -137,7 +138,7 @@ async def test_sigterm_finishes_a_stream_notifies_systemd_and_exits_0(
         listener.start()
         async with aiohttp.ClientSession() as http, anyio.create_task_group() as tg:
             with gateway(config) as process:
-                await wait_ready_cli(http, url)
+                await wait_ready(http, url)
                 events: list[bytes] = []
 
                 async def stream() -> None:
@@ -155,15 +156,3 @@ async def test_sigterm_finishes_a_stream_notifies_systemd_and_exits_0(
     assert messages[-1] == b"STOPPING=1"
     [run] = [json.loads(line) for line in log.read_text().splitlines()]
     assert not alive(run["pid"])
-
-
-async def wait_ready_cli(http: aiohttp.ClientSession, url: str) -> None:
-    with anyio.fail_after(30):
-        while True:
-            try:
-                async with http.get(url + "/ready") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await anyio.sleep(0.1)
