@@ -65,6 +65,19 @@ def token_counts(log: str) -> tuple[int, int]:
     return int(prompt[-1]), max(int(sampled[-1]) - int(prompt[-1]), 0)
 
 
+def completion_result(content: str, log: str, max_tokens: int) -> ChatResult:
+    """A finished llama-completion run as a result: counts and speed from its stderr."""
+    prompt_tokens, completion_tokens = token_counts(log)
+    speed = _SPEED.findall(log)
+    return ChatResult(
+        content=content,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        finish_reason="length" if completion_tokens >= max_tokens else "stop",
+        tokens_per_second=float(speed[-1]) if speed else None,
+    )
+
+
 class _Embeddings(msgspec.Struct):
     data: list[dict[str, Any]]
 
@@ -97,16 +110,8 @@ class CliBackend:
     async def chat(self, task: ChatTask) -> ChatResult:
         with self._prompt_file(task) as argv:
             stdout, tail = await self._run(argv)
-        prompt_tokens, completion_tokens = token_counts(tail.text(last=200))
-        return ChatResult(
-            content=stdout.decode(errors="replace"),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            finish_reason="length" if completion_tokens >= task.max_tokens else "stop",
-            tokens_per_second=float(speed[-1])
-            if (speed := _SPEED.findall(tail.text(200)))
-            else None,
-        )
+        content = stdout.decode(errors="replace")
+        return completion_result(content, tail.text(last=200), task.max_tokens)
 
     async def chat_stream(self, task: ChatTask, include_usage: bool) -> AsyncGenerator[bytes, None]:
         """OpenAI chunks of llama-completion's stdout, as it writes it. Leaving the loop early
@@ -138,10 +143,10 @@ class CliBackend:
             )
         if failure is not None:
             raise failure
-        prompt_tokens, completion_tokens = token_counts(tail.text(last=200))
-        yield writer.finish("length" if completion_tokens >= task.max_tokens else "stop")
+        result = completion_result("", tail.text(last=200), task.max_tokens)
+        yield writer.finish(result.finish_reason or "stop")
         if include_usage:
-            yield writer.usage(prompt_tokens, completion_tokens)
+            yield writer.usage(result.prompt_tokens, result.completion_tokens)
         yield DONE
 
     async def _read(self, stream: anyio.abc.ByteReceiveStream) -> bytes | None:
