@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from typing import Any, Literal, NoReturn
@@ -14,9 +15,18 @@ import msgspec
 from backends.base import ChatResult, ChatTask, VisionTask
 from backends.sse import read_event
 from gateway.config import LlmParams
-from gateway.errors import BackendTimeout, BadRequest, MissingComponent, UpstreamError
+from gateway.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    BadRequest,
+    MissingComponent,
+    UpstreamError,
+)
 from supervisor.actor import Supervisor
 from supervisor.command import ServerSpec
+from supervisor.messages import Endpoint
+
+log = logging.getLogger("ai_server.backend")
 
 
 def sampling(p: LlmParams) -> dict[str, Any]:
@@ -76,6 +86,14 @@ def _upstream_message(body: bytes) -> str:
         return body[:500].decode(errors="replace")
 
 
+class _ConnectionLost(BackendUnavailable):
+    """The connection to llama-server broke (it died or is restarting): 503, Retry-After."""
+
+    def __init__(self, message: str, pid: int) -> None:
+        super().__init__(message, retry_after=1)
+        self.pid = pid
+
+
 class ServerBackend:
     name: Literal["server"] = "server"
 
@@ -116,7 +134,12 @@ class ServerBackend:
 
     async def embed(self, texts: Sequence[str], params: LlmParams) -> list[list[float]]:
         spec = self._specs(params)["embedding"]
-        answer = await self._post(spec, "/v1/embeddings", {"input": list(texts)})
+        payload = {"input": list(texts)}
+        try:
+            answer = await self._post(spec, "/v1/embeddings", payload)
+        except _ConnectionLost as lost:  # idempotent: once more, on the restarted process
+            log.warning("backend.retry embeddings after: %s", lost.message)
+            answer = await self._post(spec, "/v1/embeddings", payload, replacing=lost.pid)
         rows = sorted(answer.data, key=lambda row: int(row.get("index", 0)))
         return [row["embedding"] for row in rows]
 
@@ -130,7 +153,7 @@ class ServerBackend:
             "stream_options": {"include_usage": include_usage},
         }
         async with self._supervisor.lease(spec) as endpoint, AsyncExitStack() as stack:
-            with self._upstream_errors(spec):
+            with self._upstream_errors(spec, endpoint):
                 # llama-server drops a kept-alive connection just after a streamed response,
                 # and the next request sent on it fails: a stream gets a connection of its own.
                 resp = await stack.enter_async_context(
@@ -143,15 +166,17 @@ class ServerBackend:
                 if resp.status != 200:
                     self._raise_for(spec, resp.status, await resp.read())
             while True:
-                with self._upstream_errors(spec):  # a deadline per event, not per stream
+                with self._upstream_errors(spec, endpoint):  # a deadline per event
                     event = await read_event(resp.content)
                 if event is None:
                     return
                 yield event
 
-    async def _post(self, spec: ServerSpec, path: str, payload: dict[str, Any]) -> _Upstream:
-        async with self._supervisor.lease(spec) as endpoint:
-            with self._upstream_errors(spec):
+    async def _post(
+        self, spec: ServerSpec, path: str, payload: dict[str, Any], replacing: int | None = None
+    ) -> _Upstream:
+        async with self._supervisor.lease(spec, replacing) as endpoint:
+            with self._upstream_errors(spec, endpoint):
                 async with self._supervisor.http.post(endpoint.url + path, json=payload) as resp:
                     body = await resp.read()
         if resp.status != 200:
@@ -169,9 +194,9 @@ class ServerBackend:
         raise BadRequest(f"llama-server rejected the request: {_upstream_message(body)}")
 
     @contextmanager
-    def _upstream_errors(self, spec: ServerSpec) -> Iterator[None]:
-        """The one place aiohttp's exceptions become ours. Either may mean a wedged server:
-        the supervisor probes it."""
+    def _upstream_errors(self, spec: ServerSpec, endpoint: Endpoint) -> Iterator[None]:
+        """The one place aiohttp's exceptions become ours. Either may mean a wedged or dead
+        server: the supervisor probes it (and sees a dead one exit on its own)."""
         try:
             with anyio.fail_after(self._timeout):
                 yield
@@ -182,4 +207,6 @@ class ServerBackend:
             ) from None
         except aiohttp.ClientError as exc:
             self._supervisor.report_failure(spec)
-            raise UpstreamError(f"llama-server connection failed: {exc}") from None
+            raise _ConnectionLost(
+                f"llama-server connection lost: {exc or type(exc).__name__}", endpoint.pid
+            ) from None

@@ -4,6 +4,9 @@ Callers never touch a process. They put a message in the inbox and await its `Re
 
 - `lease(spec)`: a READY endpoint for `spec`, started on demand (bounded wait), counted as
   in flight until the lease ends. Raises `BackendUnavailable` in BACKOFF / FAILED.
+  `lease(spec, replacing=pid)`, after a request to `pid` lost its connection, waits (same
+  bound) through the restart for the next READY process instead, or for a probe that finds
+  `pid` well after all.
 - `apply(specs)`: the set of specs that should run. Others drain (bounded) and stop; new
   ones start; a FAILED one is re-armed. `apply(frozenset())` stops everything (cli mode).
 - `restart(spec)`, `stop_all()`, `report_failure(spec)` (wedge suspicion), `snapshot()`.
@@ -120,6 +123,7 @@ class _Managed:
         self.failure_reason: str | None = None  # why we are killing it, for last_error
         self.retry_at = 0.0
         self.waiters: list[Reply[Endpoint]] = []
+        self.successors: list[Reply[Endpoint]] = []  # leases that wait through a restart
         self.in_flight = 0
         self.last_used = 0.0
         self.retiring = False
@@ -169,9 +173,11 @@ class Supervisor:
                 tg.cancel_scope.cancel()
 
     @asynccontextmanager
-    async def lease(self, spec: ServerSpec) -> AsyncIterator[Endpoint]:
+    async def lease(
+        self, spec: ServerSpec, replacing: int | None = None
+    ) -> AsyncIterator[Endpoint]:
         """A READY endpoint for `spec`, counted in flight while the block runs."""
-        endpoint = await self._acquire(spec)
+        endpoint = await self._acquire(spec, replacing)
         try:
             yield endpoint
         finally:
@@ -217,10 +223,10 @@ class Supervisor:
             return  # the actor has ended, and stopped every child on its way out
         await reply.wait()
 
-    async def _acquire(self, spec: ServerSpec) -> Endpoint:
+    async def _acquire(self, spec: ServerSpec, replacing: int | None) -> Endpoint:
         reply: Reply[Endpoint] = Reply()
         try:
-            await self._send.send(Acquire(spec, reply))
+            await self._send.send(Acquire(spec, reply, replacing))
         except anyio.ClosedResourceError:
             raise BackendUnavailable("the gateway is shutting down") from None
         granted = False
@@ -246,8 +252,8 @@ class Supervisor:
 
     async def _handle(self, message: object) -> None:
         match message:
-            case Acquire(spec, reply):
-                await self._on_acquire(self._record(spec), reply)
+            case Acquire(spec, reply, replacing):
+                await self._on_acquire(self._record(spec), reply, replacing)
             case Release(spec):
                 await self._on_release(spec)
             case Apply(specs, reply):
@@ -285,7 +291,11 @@ class Supervisor:
                 self._on_health(m, health)
             case ProbeResult(ok=ok):
                 m.probing = False
-                if not ok and m.state is State.READY:
+                if m.state is not State.READY:
+                    return
+                if ok:  # the failure that sent successors here was not the process's
+                    self._grant_all(m)
+                else:
                     self._unhealthy(m, "a one-token completion probe failed (wedged)")
             case BackoffElapsed():
                 if m.state is State.BACKOFF:
@@ -314,8 +324,15 @@ class Supervisor:
 
     # --------------------------------------------------------------- requests
 
-    async def _on_acquire(self, m: _Managed, reply: Reply[Endpoint]) -> None:
+    async def _on_acquire(self, m: _Managed, reply: Reply[Endpoint], replacing: int | None) -> None:
         m.last_used = time.monotonic()
+        if replacing is not None and (
+            m.state in (State.BACKOFF, State.UNHEALTHY)
+            or (m.state is State.READY and m.child is not None and m.child.pid == replacing)
+        ):
+            m.successors.append(reply)
+            self._on_suspect(m.spec)  # READY with the failed pid: is it really broken?
+            return
         match m.state:
             case State.READY:
                 self._grant(m, reply)
@@ -340,6 +357,11 @@ class Supervisor:
         return BackendUnavailable(
             f"llama-server for {Path(m.spec.model).name} {what}{detail}", retry_after=retry_after
         )
+
+    def _grant_all(self, m: _Managed) -> None:
+        replies, m.waiters, m.successors = m.waiters + m.successors, [], []
+        for reply in replies:
+            self._grant(m, reply)
 
     def _grant(self, m: _Managed, reply: Reply[Endpoint]) -> None:
         if reply.abandoned:
@@ -447,9 +469,7 @@ class Supervisor:
             return
         self._transition(m, State.READY)
         m.attempt = 0
-        waiters, m.waiters = m.waiters, []
-        for reply in waiters:
-            self._grant(m, reply)
+        self._grant_all(m)
         self._spawn_task(self._health_loop, m.spec, m.gen, m.url)
 
     def _on_health(self, m: _Managed, health: Health) -> None:
@@ -508,7 +528,8 @@ class Supervisor:
             m.retry_at = now + delay
             self._transition(m, State.BACKOFF)
             log.info("supervisor.restart_scheduled port=%d delay_s=%.2f", m.port, delay)
-            self._fail_waiters(m, self._unavailable(m, "is restarting after a failure", delay))
+            error = self._unavailable(m, "is restarting after a failure", delay)
+            self._fail_waiters(m, error, keep_successors=True)
             self._spawn_task(self._after, delay, BackoffElapsed(m.spec, m.gen))
         else:
             self._transition(m, State.FAILED)
@@ -520,9 +541,13 @@ class Supervisor:
         self._transition(m, State.FAILED)
         self._fail_waiters(m, self._unavailable(m, "cannot start", 30))
 
-    def _fail_waiters(self, m: _Managed, error: BackendUnavailable) -> None:
-        waiters, m.waiters = m.waiters, []
-        for reply in waiters:
+    def _fail_waiters(
+        self, m: _Managed, error: BackendUnavailable, *, keep_successors: bool = False
+    ) -> None:
+        replies, m.waiters = m.waiters, []
+        if not keep_successors:
+            replies, m.successors = replies + m.successors, []
+        for reply in replies:
             reply.fail(error)
 
     async def _after_stopped(self, m: _Managed) -> None:

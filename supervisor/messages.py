@@ -65,6 +65,7 @@ class _Msg(msgspec.Struct, frozen=True):
 class Acquire(_Msg, frozen=True):
     spec: ServerSpec
     reply: Reply[Endpoint]
+    replacing: int | None = None  # the pid the caller saw fail: wait for its successor
 
 
 class Release(_Msg, frozen=True):

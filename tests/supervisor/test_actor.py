@@ -98,6 +98,34 @@ async def test_supervisor_kills_a_child_that_ignores_sigterm(
         assert history(sup, endpoint.port)[-2:] == [S.STOPPING, S.STOPPED]
 
 
+async def test_a_lease_replacing_a_killed_child_waits_for_its_successor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, load_delay=0.3)
+    async with running(fast_config(tmp_path, backoff_initial=0.3)) as sup:
+        first = await sup.ensure_ready(SPEC)
+        os.kill(first.pid, signal.SIGKILL)
+        # A plain lease in BACKOFF is refused at once; one replacing the dead pid waits for
+        # the next process through the backoff and its load.
+        await wait_state(sup, S.BACKOFF)
+        with pytest.raises(BackendUnavailable):
+            await sup.ensure_ready(SPEC)
+        async with sup.lease(SPEC, replacing=first.pid) as second:
+            assert second.pid != first.pid and alive(second.pid)
+            assert at_port(sup, first.port).state is S.READY
+
+
+async def test_a_lease_replacing_a_healthy_child_is_granted_after_a_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    async with running(fast_config(tmp_path)) as sup:
+        first = await sup.ensure_ready(SPEC)
+        async with sup.lease(SPEC, replacing=first.pid) as again:
+            assert again.pid == first.pid
+        assert history(sup, first.port) == [S.STARTING, S.READY]
+
+
 async def test_supervisor_restarts_a_wedged_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
