@@ -66,6 +66,15 @@ class LlamaServer(_Section, frozen=True):
     port: Annotated[int, Meta(ge=1, le=65535)] = 8080  # the first process; more take the next
     # Stop a process idle this long; the next request starts it again. Off when unset.
     idle_unload_s: Annotated[float, Meta(gt=0)] | None = None
+    # Crash handling: restarts back off from backoff_initial_s doubling to backoff_max_s;
+    # more than restart_limit restarts within restart_window_s is FAILED (until a config
+    # change re-arms it). A request that fails upstream triggers a one-token
+    # probe; no answer within probe_timeout_s restarts the process.
+    restart_limit: Annotated[int, Meta(ge=0)] = 5
+    restart_window_s: Annotated[float, Meta(gt=0)] = 300.0
+    backoff_initial_s: Annotated[float, Meta(gt=0)] = 0.5
+    backoff_max_s: Annotated[float, Meta(gt=0)] = 30.0
+    probe_timeout_s: Annotated[float, Meta(gt=0)] = 20.0
 
 
 class Binaries(_Section, frozen=True):

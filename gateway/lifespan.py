@@ -62,6 +62,11 @@ def supervisor_config(settings: Settings) -> SupervisorConfig:
         host=settings.llama_server.host,
         base_port=settings.llama_server.port,
         idle_unload_s=settings.llama_server.idle_unload_s,
+        restart_limit=settings.llama_server.restart_limit,
+        restart_window=settings.llama_server.restart_window_s,
+        backoff_initial=settings.llama_server.backoff_initial_s,
+        backoff_max=settings.llama_server.backoff_max_s,
+        probe_timeout=settings.llama_server.probe_timeout_s,
     )
 
 

@@ -44,6 +44,7 @@ class ChildProcess:
         with anyio.CancelScope(shield=True):
             if self.returncode is None:
                 self._signal_group(signal.SIGTERM)
+                self._signal_group(signal.SIGCONT)  # a stopped process acts on it (as systemd)
                 with anyio.move_on_after(grace):
                     await self.wait()
                 if self.returncode is None:
