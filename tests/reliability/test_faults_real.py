@@ -1,0 +1,156 @@
+"""Faults injected into the real llama-server under the gateway: every request still gets a
+well-formed answer in bounded time, and the supervisor brings the process back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from gateway.config import Limits, LlamaServer, Models
+from tests.e2e.conftest import Client, real_settings, serving
+from tests.integration.test_supervisor_real import llama_servers_on
+
+pytestmark = pytest.mark.llama
+
+LONG_CHAT = {"messages": [{"role": "user", "content": "Count to fifty."}], "max_tokens": 96}
+BATCH = {"input": [f"text number {i} about llamas" for i in range(32)]}
+
+
+class Answer(msgspec.Struct):
+    route: str
+    status: int
+    retry_after: str | None
+    body: Any
+
+
+async def call(client: Client, route: str, body: object) -> Answer:
+    async with client.http.post(route, json=body) as resp:
+        return Answer(route, resp.status, resp.headers.get("Retry-After"), await resp.json())
+
+
+async def ready_pid(client: Client, other_than: int | None = None) -> int:
+    """The pid of the READY llama-server (waiting for one other than `other_than`)."""
+    with anyio.fail_after(60):
+        while True:
+            status, ready = await client.get("/ready")
+            pid: int = ready["processes"][0]["pid"]
+            if status == 200 and pid != other_than:
+                return pid
+            await anyio.sleep(0.1)
+
+
+async def test_kill_9_under_load_answers_200_or_503_and_retries_embeddings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = real_settings(tmp_path)
+    async with serving(settings) as client:
+        assert (await call(client, "/api/generate-embeddings", BATCH)).status == 200  # loaded
+        first = await ready_pid(client)
+        answers: list[Answer] = []
+
+        async def send(route: str, body: object) -> None:
+            answers.append(await call(client, route, body))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):  # in flight when the process dies (4 slots)
+                tg.start_soon(send, "/api/chat", LONG_CHAT)
+                tg.start_soon(send, "/api/generate-embeddings", BATCH)
+            await anyio.sleep(0.5)
+            os.kill(first, signal.SIGKILL)
+            for _ in range(4):  # arriving while it restarts
+                tg.start_soon(send, "/api/chat", LONG_CHAT)
+                tg.start_soon(send, "/v1/embeddings", {"input": "one more"})
+
+        assert len(answers) == 12
+        for answer in answers:
+            assert answer.status in (200, 503), answer
+            if answer.status == 503:
+                assert answer.retry_after and int(answer.retry_after) >= 1
+                assert "llama-server" in answer.body["error"]["message"]
+        # The two batches in flight lost their connection and were retried on the new process.
+        batches = [a for a in answers if a.route == "/api/generate-embeddings"]
+        assert [a.status for a in batches] == [200, 200]
+        assert all(len(a.body["embeddings"]) == 32 for a in batches)
+        assert caplog.text.count("retry embeddings after: llama-server connection lost") >= 2
+        await ready_pid(client, other_than=first)
+        assert (await call(client, "/api/chat", LONG_CHAT | {"max_tokens": 4})).status == 200
+    assert not llama_servers_on(settings.llama_server.port)
+
+
+async def test_a_stopped_llama_server_is_a_504_and_is_replaced(tmp_path: Path) -> None:
+    settings = real_settings(
+        tmp_path,
+        limits=Limits(request_timeout_s=3),
+        llama_server=LlamaServer(port=real_settings(tmp_path).llama_server.port, probe_timeout_s=2),
+    )
+    async with serving(settings) as client:
+        first = await ready_pid_after_chat(client)
+        os.kill(first, signal.SIGSTOP)
+        started = time.monotonic()
+        hung = await call(client, "/api/chat", LONG_CHAT)
+        assert hung.status == 504, hung
+        assert hung.body["error"]["type"] == "timeout"
+        assert time.monotonic() - started < 3 + 2  # the request timeout, not forever
+        # The failed request made the supervisor probe it; the probe timed out: replaced.
+        await ready_pid(client, other_than=first)
+        assert (await call(client, "/api/chat", LONG_CHAT | {"max_tokens": 4})).status == 200
+        _, ready = await client.get("/ready")
+        assert "probe failed" in ready["processes"][0]["last_error"]
+    assert not llama_servers_on(settings.llama_server.port)
+
+
+async def ready_pid_after_chat(client: Client) -> int:
+    assert (await call(client, "/api/chat", LONG_CHAT | {"max_tokens": 2})).status == 200
+    return await ready_pid(client)
+
+
+async def test_a_corrupt_model_fails_visibly_and_cli_mode_still_works(
+    tmp_path: Path, default_model: Path
+) -> None:
+    corrupt = tmp_path / "corrupt.gguf"
+    with default_model.open("rb") as f:
+        corrupt.write_bytes(f.read(4 * 2**20))  # a valid header, then the file ends
+    port = real_settings(tmp_path).llama_server.port
+    settings = real_settings(
+        tmp_path,
+        models=Models(chat=str(corrupt)),
+        llama_server=LlamaServer(port=port, restart_limit=2, backoff_initial_s=0.1),
+    )
+    async with serving(settings) as client:
+        first = await call(client, "/api/chat", LONG_CHAT)
+        assert first.status == 503 and first.retry_after
+
+        async def corrupt_process() -> tuple[int, dict[str, Any]]:
+            status, body = await client.get("/ready")
+            [found] = [p for p in body["processes"] if p["model"] == str(corrupt)]
+            return status, found
+
+        with anyio.fail_after(60):  # backoff, budget, then FAILED
+            while True:
+                status, process = await corrupt_process()
+                if process["state"] == "failed":
+                    break
+                await anyio.sleep(0.1)
+        assert status == 503 and process["restarts"] == 2 and process["pid"] is None
+        assert "exited with status" in process["last_error"]
+        refused = await call(client, "/api/chat", LONG_CHAT)
+        assert refused.status == 503 and refused.retry_after
+        assert "corrupt.gguf has failed" in refused.body["error"]["message"]
+        assert (await client.get("/health"))[0] == 200
+        # The embedding model's process is another one, and serves on.
+        assert (await call(client, "/api/generate-embeddings", BATCH)).status == 200
+        # Cli mode needs no llama-server; its failure on the corrupt model is a clean 502.
+        assert (await client.post("/api/config", {"llm_mode": "cli"}))[0] == 200
+        status, embedded = await client.post("/api/generate-embeddings", {"input": "hello"})
+        assert status == 200 and embedded["backend"] == "cli"
+        failed = await call(client, "/api/chat", LONG_CHAT)
+        assert failed.status == 502 and failed.body["error"]["message"]
+        assert not llama_servers_on(port)
+    assert not llama_servers_on(port)
