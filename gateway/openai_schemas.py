@@ -12,7 +12,16 @@ from msgspec import UNSET, Meta, UnsetType
 
 from gateway.config import LlmParams, Mirostat, PresencePenalty, Temp, TopK, TopP
 from gateway.errors import BadRequest
-from gateway.schemas import ChatMessage
+from gateway.schemas import ChatMessage, EmbedText, MaxTokens
+
+
+def neutral(**schema: object) -> Meta:
+    """The JSON schema of a value we take only at its neutral value: `check_supported`
+    refuses the rest with a 400 naming the field; /openapi.json says the same."""
+    return Meta(extra_json_schema=schema)
+
+
+NEVER = neutral(**{"not": {}})  # only null is accepted
 
 
 class TextPart(msgspec.Struct, tag_field="type", tag="text"):
@@ -44,11 +53,11 @@ class Message(msgspec.Struct, kw_only=True):
         return ChatMessage(role="system" if self.role == "developer" else self.role, content=text)
 
 
+TEXT_FORMAT = {"type": {"const": "text"}}
+
+
 class StreamOptions(msgspec.Struct):
     include_usage: bool = False
-
-
-PositiveInt = Annotated[int, Meta(ge=1)]
 
 
 class ChatCompletionRequest(msgspec.Struct, kw_only=True):
@@ -59,19 +68,21 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     presence_penalty: PresencePenalty | UnsetType = UNSET
     top_k: TopK | UnsetType = UNSET
     mirostat: Mirostat | UnsetType = UNSET
-    max_tokens: PositiveInt | None = None
-    max_completion_tokens: PositiveInt | None = None
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     # Supported only at their neutral value.
-    n: int = 1
-    stop: str | list[str] | None = None
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
-    logprobs: bool | None = None
-    logit_bias: dict[str, Any] | None = None
-    frequency_penalty: float | None = None
+    n: Annotated[int, neutral(const=1)] = 1
+    stop: Annotated[str, neutral(const="")] | Annotated[list[str], neutral(maxItems=0)] | None = (
+        None
+    )
+    tools: Annotated[list[Any], neutral(maxItems=0)] | None = None
+    functions: Annotated[list[Any], neutral(maxItems=0)] | None = None
+    response_format: Annotated[dict[str, Any], neutral(properties=TEXT_FORMAT)] | None = None
+    logprobs: Annotated[bool, neutral(const=False)] | None = None
+    logit_bias: Annotated[dict[str, Any], neutral(maxProperties=0)] | None = None
+    frequency_penalty: Annotated[float, neutral(const=0)] | None = None
 
     def check_supported(self) -> None:
         changed = {
@@ -110,7 +121,12 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
 
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True):
-    input: str | Annotated[list[str], Meta(min_length=1)]
+    input: EmbedText | Annotated[list[EmbedText], Meta(min_length=1)]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    # The model's own size only: shortening embeddings is not supported.
+    dimensions: Annotated[int, NEVER] | None = None
+
+    def check_supported(self) -> None:
+        if self.dimensions is not None:
+            raise BadRequest("not supported by this server: dimensions")

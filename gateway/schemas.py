@@ -14,6 +14,13 @@ class _Body(msgspec.Struct, kw_only=True, omit_defaults=True):
     pass
 
 
+# A completion budget; past the largest context llama.cpp takes it can only be a mistake.
+MaxTokens = Annotated[int, Meta(ge=1, le=1 << 20)]
+# Something to embed: not empty, not only whitespace (the route checks it with a message
+# naming the input; the schema says it for /openapi.json).
+EmbedText = Annotated[str, Meta(extra_json_schema={"pattern": r"\S"})]
+
+
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
     role: Literal["system", "user", "assistant"]
     content: str
@@ -39,7 +46,7 @@ class SamplingOverrides(_Body):
 
 class ChatRequest(SamplingOverrides, kw_only=True):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
-    max_tokens: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+    max_tokens: MaxTokens | UnsetType = UNSET
     stream: bool = False  # SSE of OpenAI chat.completion.chunk events, usage in the last
 
 
@@ -57,7 +64,7 @@ class ChatResponse(_Body):
 
 
 class EmbeddingsRequest(_Body):
-    input: str | Annotated[list[str], Meta(min_length=1)]
+    input: EmbedText | Annotated[list[EmbedText], Meta(min_length=1)]
 
 
 class EmbeddingsResponse(_Body):

@@ -78,6 +78,11 @@ async def get_config(request: Request) -> Response:
     return json_response(config_view(services(request)))
 
 
+async def config(request: Request) -> Response:
+    """One route for both methods, so a 405 lists both in `Allow`."""
+    return await (post_config if request.method == "POST" else get_config)(request)
+
+
 async def post_config(request: Request) -> Response:
     svc = services(request)
     update = await decode_json(request, ConfigUpdate, svc.settings.limits.max_body_bytes)
@@ -88,6 +93,5 @@ async def post_config(request: Request) -> Response:
 routes = [
     Route("/api/chat", chat, methods=["POST"]),
     Route("/api/generate-embeddings", generate_embeddings, methods=["POST"]),
-    Route("/api/config", get_config, methods=["GET"]),
-    Route("/api/config", post_config, methods=["POST"]),
+    Route("/api/config", config, methods=["GET", "POST"]),
 ]

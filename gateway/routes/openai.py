@@ -18,7 +18,6 @@ from backends.base import ChatResult
 from backends.specs import ROLES, model_name, model_path, vision_model
 from backends.vision import decode_base64_image
 from gateway.bodies import decode_json, json_response
-from gateway.errors import BadRequest
 from gateway.lifespan import services
 from gateway.openai_schemas import ChatCompletionRequest, EmbeddingRequest
 from gateway.routes.job import Job
@@ -80,9 +79,8 @@ def _encode(vector: list[float], encoding: str) -> list[float] | str:
 async def embeddings(request: Request) -> Response:
     job = Job(request)
     body = await decode_json(request, EmbeddingRequest, job.max_body)
+    body.check_supported()
     vectors = await job.embed(body.input)
-    if body.dimensions is not None and body.dimensions != len(vectors[0]):
-        raise BadRequest(f"dimensions: this model's embeddings have {len(vectors[0])}")
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
         for i, v in enumerate(vectors)

@@ -31,6 +31,12 @@ OPERATIONS: dict[str, tuple[str, type | None, type | None]] = {
     "/v1/chat/completions": ("post", ChatCompletionRequest, None),
     "/v1/embeddings": ("post", EmbeddingRequest, None),
 }
+STREAMING = {"/api/chat", "/v1/chat/completions"}
+SSE_EVENT = {  # one event; its data is a JSON chunk or the closing "[DONE]"
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+}
 ERROR = {
     "type": "object",
     "required": ["error"],
@@ -64,6 +70,8 @@ def build_document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for path, (method, request, response) in OPERATIONS.items():
         ok = _json(by_type[response]) if response else _json({"type": "object"})
+        if path in STREAMING:  # "stream": true answers with server-sent events
+            ok["content"]["text/event-stream"] = {"schema": SSE_EVENT}
         operation: dict[str, Any] = {
             "responses": {"200": {"description": "OK", **ok},
                           "default": {"description": "an error", **_json(ERROR)}},

@@ -18,18 +18,25 @@ from backends.vision import decode_base64_image
 from gateway.bodies import decode_json, json_response
 from gateway.errors import BadRequest, PayloadTooLarge, UpstreamError
 from gateway.routes.job import Job
-from gateway.schemas import SamplingOverrides
+from gateway.schemas import MaxTokens, SamplingOverrides
 
 TAG_PROMPT = "List short tags for this image."
 DESCRIBE_PROMPT = "Describe this image."
 TAG_CHARS = 24
 
 
-class VisionRequest(SamplingOverrides, kw_only=True):
-    image: str = ""  # base64 or a data URL in JSON; the file part in multipart
+class VisionOptions(SamplingOverrides, kw_only=True):
+    """The fields of a multipart upload besides its file part `image`."""
+
     prompt: str | UnsetType = UNSET
     max_tags: Annotated[int, Meta(ge=1, le=50)] = 10
-    max_tokens: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+    max_tokens: MaxTokens | UnsetType = UNSET
+
+
+class VisionRequest(VisionOptions, kw_only=True):
+    """The JSON body: the options and the image, base64 or a data:image/...;base64 URL."""
+
+    image: Annotated[str, Meta(min_length=1)]
 
 
 def tags_grammar(max_tags: int) -> str:
@@ -54,13 +61,11 @@ def normalize_tags(text: str, max_tags: int) -> list[str]:
     return tags[:max_tags]
 
 
-async def read_request(request: Request, job: Job) -> tuple[VisionRequest, bytes]:
+async def read_request(request: Request, job: Job) -> tuple[VisionOptions, bytes]:
     limit = job.svc.settings.vision.max_image_bytes
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "multipart/form-data":
         body = await decode_json(request, VisionRequest, limit * 4 // 3 + 65536)
-        if not body.image:
-            raise BadRequest("`image` is required: base64 or a data:image/...;base64 URL")
         return body, decode_base64_image(body.image)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + 65536:
@@ -72,7 +77,7 @@ async def read_request(request: Request, job: Job) -> tuple[VisionRequest, bytes
         data = await upload.read(limit + 1)
         fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
     try:
-        return msgspec.convert(fields, VisionRequest, strict=False), data
+        return msgspec.convert(fields, VisionOptions, strict=False), data
     except msgspec.ValidationError as exc:
         raise BadRequest(str(exc)) from None
 
