@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import io
 import logging
+import re
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from typing import Any, Literal, NoReturn
@@ -67,6 +69,17 @@ def vision_payload(task: VisionTask) -> dict[str, Any]:
         "stream": False,
     }
     return payload | {"grammar": task.grammar} if task.grammar else payload
+
+
+JSON = {"Content-Type": "application/json"}
+_TOO_LARGE = re.compile(r"input \(\d+ tokens\) is too large to process")
+
+
+def _json_body(payload: dict[str, Any]) -> bytes | io.BytesIO:
+    """Encoded with msgspec (aiohttp's `json=` uses the slower json.dumps); over 1 MiB as a
+    stream, which aiohttp writes in chunks instead of in one call on the event loop."""
+    data = msgspec.json.encode(payload)
+    return io.BytesIO(data) if len(data) > 2**20 else data
 
 
 class _Upstream(msgspec.Struct):
@@ -159,8 +172,8 @@ class ServerBackend:
                 resp = await stack.enter_async_context(
                     self._supervisor.http.post(
                         endpoint.url + "/v1/chat/completions",
-                        json=payload,
-                        headers={"Connection": "close"},
+                        data=_json_body(payload),
+                        headers=JSON | {"Connection": "close"},
                     )
                 )
                 if resp.status != 200:
@@ -177,7 +190,9 @@ class ServerBackend:
     ) -> _Upstream:
         async with self._supervisor.lease(spec, replacing) as endpoint:
             with self._upstream_errors(spec, endpoint):
-                async with self._supervisor.http.post(endpoint.url + path, json=payload) as resp:
+                async with self._supervisor.http.post(
+                    endpoint.url + path, data=_json_body(payload), headers=JSON
+                ) as resp:
                     body = await resp.read()
         if resp.status != 200:
             self._raise_for(spec, resp.status, body)
@@ -187,11 +202,13 @@ class ServerBackend:
             raise UpstreamError(f"llama-server answered invalid JSON: {exc}") from None
 
     def _raise_for(self, spec: ServerSpec, status: int, body: bytes) -> NoReturn:
-        if status >= 500:
+        message = _upstream_message(body)
+        # llama-server's 4xx are about the request (e.g. it exceeds the context), and so is
+        # the 500 it answers for embedding input larger than its batch.
+        if status >= 500 and not _TOO_LARGE.search(message):
             self._supervisor.report_failure(spec)
-            raise UpstreamError(f"llama-server: {_upstream_message(body)}")
-        # llama-server's 4xx are about the request (e.g. it exceeds the context).
-        raise BadRequest(f"llama-server rejected the request: {_upstream_message(body)}")
+            raise UpstreamError(f"llama-server: {message}")
+        raise BadRequest(f"llama-server rejected the request: {message}")
 
     @contextmanager
     def _upstream_errors(self, spec: ServerSpec, endpoint: Endpoint) -> Iterator[None]:
