@@ -138,9 +138,7 @@ class CliBackend:
                 finally:
                     await child.stop(grace=1)
         if failure is None and code != 0:
-            failure = UpstreamError(
-                f"llama-completion exited with status {code}: {tail.text(last=5)}"
-            )
+            failure = exit_error("llama-completion", code, tail)
         if failure is not None:
             raise failure
         result = completion_result("", tail.text(last=200), task.max_tokens)
@@ -212,8 +210,28 @@ class CliBackend:
         except TimeoutError:
             raise BackendTimeout(f"{name} did not finish within {self._timeout:.0f} s") from None
         if code != 0:
-            raise UpstreamError(f"{name} exited with status {code}: {tail.text(last=5)}")
+            raise exit_error(name, code, tail)
         return bytes(stdout), tail
+
+
+# What llama-completion and llama-embedding log when the input does not fit.
+_TOO_LONG = re.compile(
+    r"prompt is too long \((\d+) tokens, max (\d+)\)"
+    r"|tokens in input line \((\d+)\) exceeds batch size \((\d+)\)"
+)
+
+
+def exit_error(name: str, code: int, tail: LogTail) -> GatewayError:
+    """A failed llama.cpp run as our error. Input longer than the context is the request's
+    fault: 400, as llama-server answers it. Anything else is a 502 with the run's error
+    lines (its last lines if it logged none as errors)."""
+    lines = tail.lines()
+    for line in lines:
+        if match := _TOO_LONG.search(line):
+            tokens, limit = (group for group in match.groups() if group)
+            return BadRequest(f"the input is too long: {tokens} tokens, the context takes {limit}")
+    errors = [line for line in lines if " E " in line] or lines
+    return UpstreamError(f"{name} exited with status {code}: " + "\n".join(errors[-5:]))
 
 
 def _text_bytes(text: str) -> bytes:
