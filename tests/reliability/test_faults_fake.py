@@ -1,0 +1,98 @@
+"""Faults around llama rather than in it, through the whole gateway over the fake binaries:
+a port someone else holds, binaries that are gone or not executable, a full state disk.
+Each is a clear JSON error naming the cause, and the gateway keeps answering."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from gateway.config import LlamaServer
+from tests.e2e.conftest import Client, fake_settings, serving
+
+CHAT = {"messages": [{"role": "user", "content": "Hi"}]}
+
+
+async def assert_still_answers(client: Client) -> None:
+    assert (await client.get("/health"))[0] == 200
+    assert (await client.get("/api/config"))[0] == 200
+
+
+async def test_a_port_held_by_another_process_is_named(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        settings = fake_settings(tmp_path, llama_server=LlamaServer(port=port))
+        async with serving(settings) as client:
+            status, body = await client.post("/api/chat", CHAT)
+            assert status == 503 and body["error"]["type"] == "backend_unavailable"
+            assert f"port {port}" in body["error"]["message"]
+            status, ready = await client.get("/ready")
+            assert status == 503 and f"port {port}" in ready["processes"][0]["last_error"]
+            await assert_still_answers(client)
+
+
+@pytest.mark.parametrize("fault", ["missing", "not executable"])
+async def test_a_broken_llama_server_binary_is_a_clear_503(tmp_path: Path, fault: str) -> None:
+    binary = tmp_path / "llama-server"
+    if fault == "not executable":
+        binary.write_text("#!/bin/sh\n")
+        binary.chmod(0o644)
+    settings = fake_settings(tmp_path)
+    settings = msgspec.structs.replace(
+        settings, binaries=msgspec.structs.replace(settings.binaries, llama_server=str(binary))
+    )
+    async with serving(settings) as client:
+        status, body = await client.post("/api/chat", CHAT)
+        assert status == 503
+        assert "llama-server" in body["error"]["message"]
+        await assert_still_answers(client)
+        # Cli mode does not need it.
+        assert (await client.post("/api/config", {"llm_mode": "cli"}))[0] == 200
+        assert (await client.post("/api/chat", CHAT))[0] == 200
+
+
+@pytest.mark.parametrize("fault", ["missing", "not executable"])
+async def test_a_broken_cli_binary_is_a_503_that_says_how_to_fix_it(
+    tmp_path: Path, fault: str
+) -> None:
+    settings = fake_settings(tmp_path, backend="cli")
+    completion = Path(settings.binaries.llama_completion or "")
+    completion.unlink()
+    if fault == "not executable":
+        completion.write_text("#!/bin/sh\n")
+        completion.chmod(0o644)
+    async with serving(settings) as client:
+        status, body = await client.post("/api/chat", CHAT)
+        assert status == 503 and body["error"]["type"] == "missing_component"
+        assert (
+            f"{completion} (from the config) is not an executable file"
+            in (body["error"]["message"])
+        )
+        status, embedded = await client.post("/api/generate-embeddings", {"input": "x"})
+        assert status == 200 and embedded["backend"] == "cli"  # the other binary works
+        await assert_still_answers(client)
+
+
+async def test_a_full_state_disk_is_a_500_naming_it_and_keeps_the_old_config(
+    tmp_path: Path,
+) -> None:
+    settings = fake_settings(tmp_path, backend="cli")
+    state = tmp_path / "state"
+    async with serving(settings) as client:
+        assert (await client.post("/api/config", {"llm_params": {"temp": 0.5}}))[0] == 200
+        saved = (state / "config.json").read_bytes()
+        # The next save's temporary file is /dev/full: its write fails with ENOSPC.
+        (state / f".config.json.{os.getpid()}.tmp").symlink_to("/dev/full")
+        status, body = await client.post("/api/config", {"llm_params": {"temp": 0.9}})
+        assert status == 500 and body["error"]["type"] == "state_error"
+        assert "No space left on device" in body["error"]["message"]
+        assert (await client.get("/api/config"))[1]["llm_params"]["temp"] == 0.5
+        assert (state / "config.json").read_bytes() == saved
+        assert sorted(p.name for p in state.iterdir()) == ["config.json"]  # no debris
+        assert (await client.post("/api/config", {"llm_params": {"temp": 0.9}}))[0] == 200
