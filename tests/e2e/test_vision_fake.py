@@ -25,9 +25,9 @@ from tests.unit.test_process import alive
 from tests.unit.test_vision import png_header_bomb
 
 
-def jpeg(size: tuple[int, int] = (40, 30)) -> bytes:
+def jpeg(size: tuple[int, int] = (40, 30), fmt: str = "JPEG") -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", size, "green").save(out, "JPEG")
+    Image.effect_noise(size, 50).convert("RGB").save(out, fmt)
     return out.getvalue()
 
 
@@ -99,6 +99,7 @@ async def test_server_mode_sends_the_image_uncached_with_the_grammar(
     [
         (b"", "image/jpeg", 400),
         (jpeg()[:100], "image/jpeg", 400),
+        (jpeg((400, 300), "PNG")[:-2000], "image/png", 400),
         (png_header_bomb(100_000, 100_000), "image/png", 413),
         (os.urandom(5000), "image/png", 415),
         (b"<svg xmlns='http://www.w3.org/2000/svg'><rect/></svg>", "image/svg+xml", 415),
