@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: run test check setup venv llama model bench clean
+.PHONY: run test check setup venv llama model bench soak clean
 
 run: setup
 	$(VENV)/bin/ai-server serve $(ARGS)
@@ -38,6 +38,10 @@ model: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Minutes of mixed load with llama-server kills and mode switches; not part of `make test`.
+soak: setup
+	$(PY) -m tests.soak $(ARGS)
 
 bench: setup
 	$(PY) -m bench.overhead
