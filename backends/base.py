@@ -7,6 +7,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from backends.vision import PreparedImage
 from gateway.config import LlmParams
 from gateway.schemas import ChatMessage
 
@@ -18,7 +19,7 @@ class ChatTask(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class VisionTask(msgspec.Struct, frozen=True, kw_only=True):
-    image_png: bytes  # already through backends.vision.prepare_image
+    image: PreparedImage  # already through backends.vision.prepare_image
     prompt: str
     max_tokens: int
     params: LlmParams

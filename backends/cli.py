@@ -163,7 +163,7 @@ class CliBackend:
                 self._binary("llama-mtmd-cli"),
                 str(model),
                 str(mmproj),
-                write_private(tmp / "image.png", task.image_png),
+                write_private(tmp / f"image.{task.image.format}", task.image.data),
                 write_private(tmp / "prompt.txt", _text_bytes(task.prompt)),
                 task.params,
                 task.max_tokens,

@@ -56,7 +56,7 @@ def chat_payload(task: ChatTask) -> dict[str, Any]:
 def vision_payload(task: VisionTask) -> dict[str, Any]:
     """One user turn with the image as a data URL, kept out of the prompt cache (no pinned
     slot: `id_slot` is left to llama-server)."""
-    url = "data:image/png;base64," + base64.b64encode(task.image_png).decode()
+    url = f"data:{task.image.media_type};base64," + base64.b64encode(task.image.data).decode()
     content = [
         {"type": "image_url", "image_url": {"url": url}},
         {"type": "text", "text": task.prompt},

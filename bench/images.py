@@ -36,7 +36,7 @@ def naive(data: bytes) -> bytes:
 
 
 def ours(data: bytes) -> bytes:
-    return prepare_image(data, max_side=MAX_SIDE, max_pixels=100_000_000)
+    return prepare_image(data, max_side=MAX_SIDE, max_pixels=100_000_000).data
 
 
 def time_it(fn: Callable[[bytes], bytes], data: bytes) -> float:

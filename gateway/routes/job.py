@@ -60,9 +60,9 @@ class Job:
             raise PayloadTooLarge(f"the image is over {limits.max_image_bytes} bytes")
         prepare = partial(prepare_image, max_side=limits.max_side, max_pixels=limits.max_pixels)
         async with self.lane.slot():
-            png = await anyio.to_thread.run_sync(prepare, image)
+            prepared = await anyio.to_thread.run_sync(prepare, image)
             task = VisionTask(
-                image_png=png, prompt=prompt, max_tokens=max_tokens, params=params, grammar=grammar
+                image=prepared, prompt=prompt, max_tokens=max_tokens, params=params, grammar=grammar
             )
             result = await self.backend.vision(task)
         self.svc.metrics.record_generation(

@@ -86,7 +86,7 @@ async def test_server_mode_sends_the_image_uncached_with_the_grammar(
     image, text = body["messages"][0]["content"]
     assert text == {"type": "text", "text": "List short tags for this image."}
     url = image["image_url"]["url"]
-    assert url.startswith("data:image/png;base64,")
+    assert url.startswith("data:image/jpeg;base64,")  # a JPEG upload stays a JPEG
     sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert sent.size == (1024, 341)  # the longest side capped
     assert body["cache_prompt"] is False and "id_slot" not in body and "slot_id" not in body

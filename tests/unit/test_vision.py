@@ -8,7 +8,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from backends.vision import decode_base64_image, prepare_image
+from backends.vision import PreparedImage, decode_base64_image, prepare_image
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnsupportedMedia
 
 LIMITS = {"max_side": 64, "max_pixels": 50_000_000}
@@ -36,9 +36,9 @@ def png_header_bomb(width: int, height: int) -> bytes:
     )
 
 
-def decoded(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    assert image.format == "PNG" and image.mode == "RGB"
+def decoded(prepared: PreparedImage) -> Image.Image:
+    image = Image.open(io.BytesIO(prepared.data))
+    assert image.format == prepared.format.upper() and image.mode == "RGB"
     return image
 
 
@@ -54,8 +54,12 @@ def decoded(data: bytes) -> Image.Image:
         (Image.new("L", (300, 150), 128), "BMP"),
     ],
 )
-def test_prepare_image_gives_an_rgb_png_within_max_side(image: Image.Image, fmt: str) -> None:
-    assert decoded(prepare_image(encode(image, fmt), **LIMITS)).size == (64, 32)
+def test_prepare_image_gives_rgb_within_max_side_jpeg_for_jpeg_else_png(
+    image: Image.Image, fmt: str
+) -> None:
+    prepared = prepare_image(encode(image, fmt), **LIMITS)
+    assert prepared.format == ("jpeg" if fmt == "JPEG" else "png")
+    assert decoded(prepared).size == (64, 32)
 
 
 def test_prepare_image_applies_exif_orientation() -> None:
