@@ -43,7 +43,12 @@ clean:
 soak: setup
 	$(PY) -m tests.soak $(ARGS)
 
+# Rewrites BENCHMARKS.md. wrk (the load generator) comes from Debian; LiteLLM, the peer, is
+# installed by bench/litellm.py into its own venv in the cache on first use.
 bench: setup
+	command -v wrk >/dev/null || (apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk))
 	$(PY) -m bench.overhead
 	$(PY) -m bench.streaming
+	$(PY) -m bench.cli_mode
+	$(PY) -m bench.throughput
 	$(PY) -m bench.images

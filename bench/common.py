@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "BENCHMARKS.md"
@@ -32,34 +33,79 @@ def free_port() -> int:
         return port
 
 
+class Gateway(NamedTuple):
+    url: str
+    llama: str  # its (first) llama-server
+    pid: int
+
+
 @contextmanager
-def gateway(backend: str = "server") -> Iterator[tuple[str, str]]:
-    """`ai-server serve` on the default model; yields (gateway URL, llama-server URL)."""
+def gateway(backend: str = "server", extra: str = "") -> Iterator[Gateway]:
+    """`ai-server serve` on the default model, with `extra` TOML appended to its config;
+    its access log is formatted and written (to /dev/null), as in production."""
     port, llama_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as state:
         config = Path(state) / "config.toml"
         config.write_text(
-            f'port = {port}\nbackend = "{backend}"\nstate_dir = "{state}"\n'
+            f'port = {port}\nbackend = "{backend}"\nstate_dir = "{state}"\n{extra}\n'
             f"[llama_server]\nport = {llama_port}\n"
         )
         argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
         process = subprocess.Popen(argv, stderr=subprocess.DEVNULL)  # noqa: S603
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    with urllib.request.urlopen(url + "/ready", timeout=5):  # noqa: S310
-                        break  # 200; urllib raises on 503
-                except (urllib.error.URLError, ConnectionError):
-                    pass
-                time.sleep(0.1)
-            else:
-                raise RuntimeError("the gateway did not become ready")
-            yield url, f"http://127.0.0.1:{llama_port}"
+            wait_for(url + "/ready")
+            yield Gateway(url, f"http://127.0.0.1:{llama_port}", process.pid)
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def wait_for(url: str, within: float = 60) -> None:
+    """Poll `url` until it answers 200 (urllib raises on anything else)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5):  # noqa: S310
+                return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {within:.0f} s")
+
+
+def rss_mib(pid: int, descendants: bool = False) -> float:
+    """Resident memory of `pid` (and of its descendants, if asked), MiB."""
+    pids = [pid]
+    if descendants:
+        pids += [p for p in _pids() if _descends(p, pid)]
+    total = 0
+    for each in pids:
+        try:
+            status = Path(f"/proc/{each}/status").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        total += sum(int(line.split()[1]) for line in status.splitlines() if line[:6] == "VmRSS:")
+    return total / 1024
+
+
+def parent_pid(pid: int) -> int:
+    """0 for a process that is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _descends(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        pid = parent_pid(pid)
+        if pid == ancestor:
+            return True
+    return False
 
 
 def percentile(values: list[float], q: float) -> float:

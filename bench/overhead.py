@@ -1,7 +1,9 @@
 """What the gateway adds in server mode, measured side by side in one run.
 
 Figure 1: the same small request direct to llama-server and through the gateway (/api and /v1
-routes), interleaved: embeddings of a short text, chat with max_tokens=1. Figure 8: 32 texts
+routes), interleaved: embeddings of a short text, chat with max_tokens=1. The direct chat
+sends exactly the body the gateway sends upstream. Figure 2: the same requests through
+LiteLLM's proxy in front of the same llama-server (bench/litellm.py). Figure 8: 32 texts
 embedded in one request, gateway vs direct, as a throughput ratio."""
 
 from __future__ import annotations
@@ -14,12 +16,20 @@ from typing import Any
 import aiohttp
 import anyio
 
+from backends.base import ChatTask
+from backends.server import chat_payload
 from bench.common import gateway, percentile, write_section
+from bench.litellm import MODEL, VERSION, litellm_proxy
+from gateway.config import LlmParams
+from gateway.schemas import ChatMessage
 
 ROUNDS = 100
 BATCH_ROUNDS = 10
 CHAT = [{"role": "user", "content": "Hi"}]
-SAMPLING = {"temperature": 0.35, "top_p": 0.9, "top_k": 40, "presence_penalty": 0.2, "mirostat": 0}
+# What the gateway sends llama-server for CHAT (default parameters).
+UPSTREAM_CHAT = chat_payload(
+    ChatTask(messages=[ChatMessage(role="user", content="Hi")], max_tokens=1, params=LlmParams())
+)
 TEXTS = [f"sentence number {i} about llamas and their wool" for i in range(32)]
 
 
@@ -31,18 +41,23 @@ async def timed(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> 
     return time.perf_counter() - started
 
 
-async def measure(url: str, llama: str) -> dict[str, list[float]]:
+async def measure(url: str, llama: str, peer: str | None) -> dict[str, list[float]]:
     cases: dict[str, tuple[str, dict[str, Any]]] = {
         "embed direct": (llama + "/v1/embeddings", {"input": "hello world"}),
         "embed /api": (url + "/api/generate-embeddings", {"input": "hello world"}),
         "embed /v1": (url + "/v1/embeddings", {"input": "hello world"}),
-        "chat direct": (llama + "/v1/chat/completions",
-                        {"messages": CHAT, "max_tokens": 1, **SAMPLING}),
+        "chat direct": (llama + "/v1/chat/completions", UPSTREAM_CHAT),
         "chat /api": (url + "/api/chat", {"messages": CHAT, "max_tokens": 1}),
         "chat /v1": (url + "/v1/chat/completions", {"messages": CHAT, "max_tokens": 1}),
         "batch direct": (llama + "/v1/embeddings", {"input": TEXTS}),
         "batch gateway": (url + "/api/generate-embeddings", {"input": TEXTS}),
     }  # fmt: skip
+    if peer:
+        cases["embed litellm"] = (peer + "/v1/embeddings", {"input": "hello world", "model": MODEL})
+        cases["chat litellm"] = (
+            peer + "/v1/chat/completions",
+            {"messages": CHAT, "max_tokens": 1, "model": MODEL},
+        )
     out: dict[str, list[float]] = {name: [] for name in cases}
     async with aiohttp.ClientSession() as http:
         for target, body in cases.values():  # warm every path
@@ -63,9 +78,18 @@ def added(out: dict[str, list[float]], route: str, direct: str) -> str:
 
 
 def main() -> int:
-    with gateway() as (url, llama):
-        out = anyio.run(measure, url, llama)
+    with gateway() as (url, llama, _), litellm_proxy(llama) as peer:
+        out = anyio.run(measure, url, llama, peer)
     ms = {name: f"{statistics.median(v) * 1000:.2f}" for name, v in out.items()}
+    if peer:
+        peer_lines = [
+            f"| embeddings, 1 short text | {added(out, 'embed /v1', 'embed direct')} | "
+            f"{added(out, 'embed litellm', 'embed direct')} |",
+            f"| chat, max_tokens 1 | {added(out, 'chat /v1', 'chat direct')} | "
+            f"{added(out, 'chat litellm', 'chat direct')} |",
+        ]
+    else:
+        peer_lines = ["| LiteLLM could not be installed or started here: see the bench log | | |"]
     ratio = statistics.median(out["batch direct"]) / statistics.median(out["batch gateway"])
     write_section(
         "overhead",
@@ -79,6 +103,13 @@ def main() -> int:
             f"{added(out, 'embed /v1', 'embed direct')} |",
             f"| chat, max_tokens 1 | {ms['chat direct']} | "
             f"{added(out, 'chat /api', 'chat direct')} | {added(out, 'chat /v1', 'chat direct')} |",
+            "",
+            f"**The peer**: added p50 / p99 (ms) over direct, same rounds, LiteLLM {VERSION} "
+            "proxy (one worker) in front of the same llama-server",
+            "",
+            "| request | AI Server /v1 | LiteLLM /v1 |",
+            "|---|---|---|",
+            *peer_lines,
             "",
             f"**Embeddings batch** (32 texts, {BATCH_ROUNDS} rounds): gateway throughput "
             f"{ratio:.3f}x direct (median {ms['batch gateway']} vs {ms['batch direct']} ms).",

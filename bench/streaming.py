@@ -72,7 +72,7 @@ async def measure(url: str, llama: str) -> dict[str, Timings]:
 
 
 def main() -> int:
-    with gateway() as (url, llama):
+    with gateway() as (url, llama, _):
         result = anyio.run(measure, url, llama)
     d, g = result["direct"], result["gateway"]
     added = statistics.median(g["ttft"]) - statistics.median(d["ttft"])

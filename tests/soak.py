@@ -30,18 +30,12 @@ import aiohttp
 import anyio
 from PIL import Image
 
+from bench.common import parent_pid, rss_mib
 from supervisor.pidfile import cmdline
 from tests.conftest import free_port
 
 CLIENT_TIMEOUT = 180.0  # longer than any answer may take: past it, a request counts as hung
 LLAMA_BINARIES = ("llama-server", "llama-completion", "llama-embedding", "llama-mtmd-cli")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def llama_processes(ports: set[int], parent: int) -> list[int]:
@@ -52,8 +46,7 @@ def llama_processes(ports: set[int], parent: int) -> list[int]:
             continue
         if not Path(args[0]).name.startswith(LLAMA_BINARIES):
             continue
-        ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        if ppid == parent or any(str(port) in args for port in ports):
+        if parent_pid(int(entry.name)) == parent or any(str(port) in args for port in ports):
             found.append(int(entry.name))
     return found
 
@@ -119,10 +112,15 @@ class Soak:
 
     def classify(self, status: int, data: bytes, retry_after: str | None, route: str) -> str:
         if status == 200:
-            if route == "/v1/chat/completions" and not data.rstrip().endswith(b"data: [DONE]"):
+            if route != "/v1/chat/completions" or data.rstrip().endswith(b"data: [DONE]"):
+                return "200"
+            # A stream that fails after its first event must end with an error event.
+            last = data.rstrip().rsplit(b"\n\n", 1)[-1].removeprefix(b"data: ")
+            try:
+                return f"200, then an error event: {json.loads(last)['error']['type']}"
+            except (ValueError, KeyError, TypeError):
                 self.malformed += 1
-                return "200 stream without [DONE]"
-            return "200"
+                return "200 stream cut without [DONE] or an error event"
         try:
             kind = json.loads(data)["error"]["type"]
         except (ValueError, KeyError, TypeError):

@@ -1,0 +1,127 @@
+"""Throughput ceiling and memory (figures 3 and 7).
+
+An instant stub upstream (bench/stub_llama.py) stands where llama-server stands, so the
+gateway's own cost is all there is to measure. The gateway runs with every feature on: an API
+key, metrics, its access log, admission. The floor is bench/floor.py, the least a Starlette +
+aiohttp passthrough can do, under the same uvicorn. wrk (Debian's package) drives both with
+the same /v1/chat/completions request, rounds alternating ABBA; the ratio is of medians.
+
+Memory: the gateway's RSS when idle, after the first 10k requests and at the end; and in cli
+mode, the RSS of the gateway and everything under it when idle (only the gateway should be
+resident)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.common import ROOT, free_port, gateway, rss_mib, wait_for, write_section
+
+ROUNDS = 6  # ABBA: three each
+SECONDS = 5
+CONNECTIONS = 8
+KEY = "bench-key"
+BODY = '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":1}'
+LUA = f"""wrk.method = "POST"
+wrk.body = '{BODY}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {KEY}"
+"""
+
+
+@contextmanager
+def process(argv: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    child = subprocess.Popen(argv, stderr=subprocess.DEVNULL)  # noqa: S603
+    try:
+        wait_for(ready_url)
+        yield child
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+
+
+def wrk(url: str, script: Path) -> tuple[float, int]:
+    """(requests per second, requests) of one wrk run; fails on any non-2xx answer."""
+    argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "-s", str(script), url]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout  # noqa: S603
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    count = re.search(r"(\d+) requests in", out)
+    assert rate and count, out
+    return float(rate.group(1)), int(count.group(1))
+
+
+def main() -> int:
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: `make bench` installs Debian's package", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "post.lua"
+        script.write_text(LUA)
+        stub = Path(tmp) / "llama-server"  # what the gateway's supervisor starts
+        stub.write_text(f'#!/bin/sh\nexec {sys.executable} {ROOT}/bench/stub_llama.py "$@"\n')
+        stub.chmod(0o755)
+        stub_port, floor_port = free_port(), free_port()
+        extra = f'[auth]\napi_keys = ["{KEY}"]\n[binaries]\nllama_server = "{stub}"\n'
+        rates: dict[str, list[float]] = {"gateway": [], "floor": []}
+        floor = [sys.executable, "-m", "bench.floor", str(floor_port),
+                 f"http://127.0.0.1:{stub_port}"]  # fmt: skip
+        with (
+            process([str(stub), "--port", str(stub_port)], f"http://127.0.0.1:{stub_port}/health"),
+            process(floor, f"http://127.0.0.1:{floor_port}/health"),
+            gateway(extra=extra) as gw,
+        ):
+            urls = {"gateway": gw.url, "floor": f"http://127.0.0.1:{floor_port}"}
+            idle = rss_mib(gw.pid)
+            served = 0
+            after_10k = None
+            for name in ("gateway", "floor") * 2:  # warm both
+                wrk(urls[name] + "/v1/chat/completions", script)
+            for i in range(ROUNDS):
+                for name in ("gateway", "floor") if i % 2 == 0 else ("floor", "gateway"):
+                    rate, count = wrk(urls[name] + "/v1/chat/completions", script)
+                    rates[name].append(rate)
+                    if name == "gateway":
+                        served += count
+                        if after_10k is None and served >= 10_000:
+                            after_10k = rss_mib(gw.pid)
+            end = rss_mib(gw.pid)
+    with gateway("cli") as gw:
+        cli_idle = rss_mib(gw.pid, descendants=True)
+    gateway_rate, floor_rate = (
+        statistics.median(rates["gateway"]),
+        statistics.median(rates["floor"]),
+    )
+    write_section(
+        "throughput",
+        [
+            f"**Throughput ceiling** (instant stub upstream; wrk, {CONNECTIONS} connections, "
+            f"{ROUNDS} rounds of {SECONDS} s each, ABBA; /v1/chat/completions)",
+            "",
+            "| target | req/s median | rounds |",
+            "|---|---|---|",
+            f"| gateway: API key, metrics, access log, admission | {gateway_rate:.0f} | "
+            f"{', '.join(f'{r:.0f}' for r in rates['gateway'])} |",
+            f"| floor: minimal Starlette + aiohttp passthrough | {floor_rate:.0f} | "
+            f"{', '.join(f'{r:.0f}' for r in rates['floor'])} |",
+            "",
+            f"Gateway / floor: **{gateway_rate / floor_rate:.2f}x** (target >= 0.9x).",
+            "",
+            f"**Memory**: gateway RSS idle {idle:.1f} MiB, after the first 10k requests "
+            f"{after_10k or end:.1f} MiB, after all {served} {end:.1f} MiB. Cli mode, idle: "
+            f"{cli_idle:.1f} MiB for the gateway and everything under it.",
+        ],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
