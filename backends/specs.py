@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from backends import toolchain
@@ -12,9 +13,22 @@ from supervisor.command import ServerSpec
 ROLES = ("chat", "embedding", "vision")
 
 
+# Resolved model paths. Resolving (the cache dir from the environment, Path objects, a stat)
+# cost ~70 us, five times per request: a third of the gateway's own time per request under
+# load (bench/throughput.py, profiled). A hit is re-checked with one stat, so a file that
+# went away is reported, not assumed.
+_RESOLVED: dict[tuple[str | None, ...], Path] = {}
+
+
 def model_path(settings: Settings, role: str) -> Path:
     explicit: str | None = getattr(settings.models, role)
-    return toolchain.resolve_model(role, explicit, settings.cache_path())
+    env = os.environ
+    key = (role, explicit, settings.cache_dir, env.get("AI_SERVER_CACHE"),
+           env.get("XDG_CACHE_HOME"), env.get("HOME"))  # fmt: skip
+    if (path := _RESOLVED.get(key)) is not None and os.path.isfile(path):
+        return path
+    path = _RESOLVED[key] = toolchain.resolve_model(role, explicit, settings.cache_path())
+    return path
 
 
 def model_name(path: Path) -> str:
