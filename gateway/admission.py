@@ -29,7 +29,17 @@ class Lane:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        if self._slots.value == 0 and self.waiting >= self.max_queue:
+        if self._slots.value > 0:  # a free slot (nobody waits then): no queue, no timer
+            self._slots.acquire_nowait()
+        else:
+            await self._queue()
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    async def _queue(self) -> None:
+        if self.waiting >= self.max_queue:
             raise Overloaded(
                 f"{self.in_flight} requests in flight and {self.waiting} queued; try again",
                 retry_after=2,
@@ -44,10 +54,6 @@ class Lane:
             ) from None
         finally:
             self.waiting -= 1
-        try:
-            yield
-        finally:
-            self._slots.release()
 
 
 class Admission:
