@@ -59,6 +59,9 @@ def litellm_proxy(llama_url: str) -> Iterator[str | None]:
             "litellm_settings:\n"
             "  drop_params: true\n"
             "  telemetry: false\n"
+            # No key, like the gateway in this figure (it refuses to start keyless otherwise).
+            "general_settings:\n"
+            "  dangerously_permit_weak_or_unset_master_key: true\n"
         )
         # No network at run time: the bundled model cost map, not the one on GitHub.
         env = os.environ | {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
