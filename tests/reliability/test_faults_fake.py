@@ -1,11 +1,16 @@
 """Faults around llama rather than in it, through the whole gateway over the fake binaries:
-a port someone else holds, binaries that are gone or not executable, a full state disk.
+a port someone else holds, binaries that are gone or not executable, a read-only or full
+state directory.
 Each is a clear JSON error naming the cause, and the gateway keeps answering."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
@@ -77,6 +82,38 @@ async def test_a_broken_cli_binary_is_a_503_that_says_how_to_fix_it(
         status, embedded = await client.post("/api/generate-embeddings", {"input": "x"})
         assert status == 200 and embedded["backend"] == "cli"  # the other binary works
         await assert_still_answers(client)
+
+
+@contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """`chattr +i`: nothing in `path` can be created or renamed, even by root (a read-only
+    mount without mounting). Skips where the filesystem or the capability is missing."""
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i is not possible here: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+async def test_a_read_only_state_dir_is_a_500_naming_it_and_keeps_the_old_config(
+    tmp_path: Path,
+) -> None:
+    settings = fake_settings(tmp_path, backend="cli")
+    state = tmp_path / "state"
+    async with serving(settings) as client:
+        assert (await client.post("/api/config", {"llm_params": {"temp": 0.5}}))[0] == 200
+        saved = (state / "config.json").read_bytes()
+        with immutable(state):
+            status, body = await client.post("/api/config", {"llm_params": {"temp": 0.9}})
+            assert status == 500 and body["error"]["type"] == "state_error"
+            assert "Operation not permitted" in body["error"]["message"]
+            assert (await client.get("/api/config"))[1]["llm_params"]["temp"] == 0.5
+        assert (state / "config.json").read_bytes() == saved
+        assert sorted(p.name for p in state.iterdir()) == ["config.json"]
 
 
 async def test_a_full_state_disk_is_a_500_naming_it_and_keeps_the_old_config(
