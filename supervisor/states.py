@@ -5,6 +5,8 @@
   no progress; -> FAILED when it cannot start at all (port held, binary missing).
 - READY -> UNHEALTHY after N failed health checks or a failed wedge probe; the process is
   then killed, and its exit moves it to BACKOFF. READY -> BACKOFF when it exits by itself.
+  STARTING, READY and UNHEALTHY go to FAILED instead when the exit finds the restart
+  budget spent.
 - BACKOFF -> STARTING when the delay has passed; -> FAILED when the restart budget is spent.
 - FAILED is left by an explicit restart or a config change (STARTING), or a stop.
 - STARTING, READY and UNHEALTHY go to STOPPING when stopped on purpose (stop, reconfigure,
@@ -31,8 +33,8 @@ _S = State
 TRANSITIONS: dict[State, frozenset[State]] = {
     _S.STOPPED: frozenset({_S.STARTING}),
     _S.STARTING: frozenset({_S.READY, _S.BACKOFF, _S.FAILED, _S.STOPPING}),
-    _S.READY: frozenset({_S.UNHEALTHY, _S.BACKOFF, _S.STOPPING}),
-    _S.UNHEALTHY: frozenset({_S.BACKOFF, _S.STOPPING}),
+    _S.READY: frozenset({_S.UNHEALTHY, _S.BACKOFF, _S.FAILED, _S.STOPPING}),
+    _S.UNHEALTHY: frozenset({_S.BACKOFF, _S.FAILED, _S.STOPPING}),
     _S.BACKOFF: frozenset({_S.STARTING, _S.FAILED, _S.STOPPED}),
     _S.STOPPING: frozenset({_S.STOPPED}),
     _S.FAILED: frozenset({_S.STARTING, _S.STOPPED}),

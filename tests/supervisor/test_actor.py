@@ -86,6 +86,35 @@ async def test_supervisor_gives_up_after_the_restart_budget(
         assert (await sup.ensure_ready(SPEC)).port == failed.port
 
 
+@pytest.mark.parametrize("how", ["exits", "is killed while unhealthy"])
+async def test_a_ready_child_that_dies_past_the_budget_is_failed_and_the_actor_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Found by `make soak`: READY/UNHEALTHY -> FAILED was not an allowed edge, so the
+    exception killed the supervisor and the gateway answered 503 from then on."""
+    behave(monkeypatch)
+    async with running(fast_config(tmp_path, restart_limit=1)) as sup:
+        first = await sup.ensure_ready(SPEC)
+        os.kill(first.pid, signal.SIGKILL)  # the one restart the budget allows
+        await wait_until(lambda: history(sup, first.port).count(S.READY) == 2, within=10)
+        second = await sup.ensure_ready(SPEC)
+        if how == "exits":
+            os.kill(second.pid, signal.SIGKILL)
+        else:
+            behave(monkeypatch, hang_completion=True)
+            os.kill(second.pid, signal.SIGSTOP)  # the probe times out: UNHEALTHY, killed
+            sup.report_failure(SPEC)
+        failed = await wait_state(sup, S.FAILED)
+        assert history(sup, failed.port)[-2:] == (
+            [S.READY, S.FAILED] if how == "exits" else [S.UNHEALTHY, S.FAILED]
+        )
+        with pytest.raises(BackendUnavailable, match="has failed"):
+            await sup.ensure_ready(SPEC)
+        behave(monkeypatch)
+        await sup.restart(SPEC)  # the actor still answers
+        assert (await sup.ensure_ready(SPEC)).pid != second.pid
+
+
 async def test_supervisor_kills_a_child_that_ignores_sigterm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
