@@ -61,15 +61,20 @@ async def _run(server: uvicorn.Server) -> bool:
 
 def serve(settings: Settings) -> int:
     logs.configure(settings.logging.format, settings.logging.level)
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         lifespan="on",
         log_config=None,
         timeout_graceful_shutdown=settings.limits.shutdown_grace_s,
     )
-    started = anyio.run(_run, _Server(config))
+    server = _Server(config)
+    app.state.stop = lambda: setattr(server, "should_exit", True)  # see gateway.lifespan
+    started = anyio.run(_run, server)
+    if getattr(app.state, "fatal", None):
+        return 1
     return 0 if started else 3  # 3: uvicorn's code for a failed startup
 
 

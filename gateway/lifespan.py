@@ -81,7 +81,24 @@ def make_lifespan(settings: Settings, metrics: Metrics) -> Lifespan:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
         async with aiohttp.ClientSession(timeout=timeout) as http, anyio.create_task_group() as tg:
             supervisor = Supervisor(supervisor_config(settings), http)
-            await tg.start(supervisor.run)
+
+            async def supervise(
+                *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+            ) -> None:
+                """A supervisor that dies (a bug) must not leave a gateway that answers 503
+                to everything while /health says ok: /health fails, and `ai-server serve`
+                exits 1 for the service manager to restart it."""
+                try:
+                    await supervisor.run(task_status=task_status)
+                except Exception as exc:
+                    log.critical("gateway.supervisor_crashed %r", exc, exc_info=exc)
+                    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                        exc = exc.exceptions[0]  # the actor's own task group wraps it
+                    app.state.fatal = f"the supervisor crashed: {exc!r}"
+                    if (stop := getattr(app.state, "stop", None)) is not None:
+                        stop()
+
+            await tg.start(supervise)
             server = ServerBackend(
                 supervisor,
                 lambda params: server_specs(settings, params),

@@ -20,7 +20,9 @@ CLI_BINARIES = ("llama-completion", "llama-embedding", "llama-mtmd-cli")
 
 
 async def health(request: Request) -> Response:
-    """Liveness: 200 while the event loop runs."""
+    """Liveness: 200 while the event loop runs and the supervisor lives."""
+    if fatal := getattr(request.app.state, "fatal", None):
+        return json_response({"status": "failing", "reason": fatal}, 503)
     return json_response({"status": "ok"})
 
 

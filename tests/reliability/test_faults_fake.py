@@ -13,10 +13,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import anyio
 import msgspec
 import pytest
 
 from gateway.config import LlamaServer
+from supervisor.actor import Supervisor
+from tests.conftest import free_port
 from tests.e2e.conftest import Client, fake_settings, serving
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}]}
@@ -99,37 +102,50 @@ def immutable(path: Path) -> Iterator[None]:
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
-async def test_a_read_only_state_dir_is_a_500_naming_it_and_keeps_the_old_config(
-    tmp_path: Path,
+@contextmanager
+def full_disk(state: Path) -> Iterator[None]:
+    """The next save's temporary file is /dev/full: its write fails with ENOSPC."""
+    (state / f".config.json.{os.getpid()}.tmp").symlink_to("/dev/full")
+    yield
+
+
+@pytest.mark.parametrize(
+    ("fault", "says"), [("read-only", "Operation not permitted"), ("full", "No space left")]
+)
+async def test_an_unwritable_state_dir_is_a_500_naming_why_and_keeps_the_old_config(
+    tmp_path: Path, fault: str, says: str
 ) -> None:
     settings = fake_settings(tmp_path, backend="cli")
     state = tmp_path / "state"
     async with serving(settings) as client:
         assert (await client.post("/api/config", {"llm_params": {"temp": 0.5}}))[0] == 200
         saved = (state / "config.json").read_bytes()
-        with immutable(state):
+        with immutable(state) if fault == "read-only" else full_disk(state):
             status, body = await client.post("/api/config", {"llm_params": {"temp": 0.9}})
             assert status == 500 and body["error"]["type"] == "state_error"
-            assert "Operation not permitted" in body["error"]["message"]
+            assert says in body["error"]["message"]
             assert (await client.get("/api/config"))[1]["llm_params"]["temp"] == 0.5
-        assert (state / "config.json").read_bytes() == saved
-        assert sorted(p.name for p in state.iterdir()) == ["config.json"]
-
-
-async def test_a_full_state_disk_is_a_500_naming_it_and_keeps_the_old_config(
-    tmp_path: Path,
-) -> None:
-    settings = fake_settings(tmp_path, backend="cli")
-    state = tmp_path / "state"
-    async with serving(settings) as client:
-        assert (await client.post("/api/config", {"llm_params": {"temp": 0.5}}))[0] == 200
-        saved = (state / "config.json").read_bytes()
-        # The next save's temporary file is /dev/full: its write fails with ENOSPC.
-        (state / f".config.json.{os.getpid()}.tmp").symlink_to("/dev/full")
-        status, body = await client.post("/api/config", {"llm_params": {"temp": 0.9}})
-        assert status == 500 and body["error"]["type"] == "state_error"
-        assert "No space left on device" in body["error"]["message"]
-        assert (await client.get("/api/config"))[1]["llm_params"]["temp"] == 0.5
         assert (state / "config.json").read_bytes() == saved
         assert sorted(p.name for p in state.iterdir()) == ["config.json"]  # no debris
         assert (await client.post("/api/config", {"llm_params": {"temp": 0.9}}))[0] == 200
+
+
+async def test_a_crashed_supervisor_fails_health_instead_of_serving_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def crash(self: Supervisor) -> None:
+        raise RuntimeError("a bug in the actor")
+
+    monkeypatch.setattr(Supervisor, "_on_tick", crash)  # ticks come every 25 ms here
+    idle = LlamaServer(port=free_port(), idle_unload_s=0.1)
+    async with serving(fake_settings(tmp_path, llama_server=idle)) as client:
+        with anyio.fail_after(10):
+            while True:
+                status, body = await client.get("/health")
+                if status != 200:
+                    break
+                await anyio.sleep(0.05)
+        assert status == 503 and body["status"] == "failing"
+        assert "the supervisor crashed: RuntimeError('a bug in the actor')" in body["reason"]
+        status, answer = await client.post("/api/chat", CHAT)
+        assert status == 503 and answer["error"]["type"] == "backend_unavailable"
