@@ -33,6 +33,7 @@ from PIL import Image
 from bench.common import parent_pid, rss_mib
 from supervisor.pidfile import cmdline
 from tests.conftest import free_port
+from tests.e2e.test_gateway_process import wait_ready
 
 CLIENT_TIMEOUT = 180.0  # longer than any answer may take: past it, a request counts as hung
 LLAMA_BINARIES = ("llama-server", "llama-completion", "llama-embedding", "llama-mtmd-cli")
@@ -151,24 +152,16 @@ class Soak:
                 pass
 
 
-async def wait_ready(http: aiohttp.ClientSession, url: str) -> None:
-    with anyio.fail_after(120):
-        while True:
-            try:
-                async with http.get(url + "/ready") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await anyio.sleep(0.2)
-
-
-async def run(minutes: float, workers: int, seed: int) -> int:
+async def run(minutes: float, workers: int, seed: int, budget: int) -> int:
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     port, llama_port = free_port(), free_port()
     config = work / "config.toml"
+    # The chaos kills far more often than the default restart budget (5 in 5 minutes)
+    # allows: with it, server mode would sit FAILED between mode switches. --budget 5 shows
+    # that; the default tests recovery from every kill.
     config.write_text(
         f'port = {port}\nstate_dir = "{work / "state"}"\n[llama_server]\nport = {llama_port}\n'
+        f"restart_limit = {budget}\n"
     )
     temp_before = private_files()
     log = (work / "gateway.log").open("wb")
@@ -199,7 +192,8 @@ async def run(minutes: float, workers: int, seed: int) -> int:
     leftover = llama_processes(ports, gateway.pid)
     temp_left = private_files() - temp_before
     total = sum(soak.answers.values()) + soak.hung
-    print(f"# Soak report ({elapsed / 60:.1f} min, {workers} workers, seed {seed})\n")
+    print(f"# Soak report ({elapsed / 60:.1f} min, {workers} workers, seed {seed}, "
+          f"restart budget {budget})\n")  # fmt: skip
     print(f"- requests: {total} ({total / elapsed:.1f}/s)")
     for route, count in sorted(soak.by_route.items()):
         print(f"  - {route}: {count}")
@@ -223,8 +217,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--budget", type=int, default=1000, help="[llama_server] restart_limit")
     args = parser.parse_args()
-    sys.exit(anyio.run(run, args.minutes, args.workers, args.seed))
+    sys.exit(anyio.run(run, args.minutes, args.workers, args.seed, args.budget))
 
 
 if __name__ == "__main__":
