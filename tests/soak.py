@@ -73,6 +73,7 @@ class Soak:
         self.malformed = 0
         self.chaos: Counter[str] = Counter()
         self.image = image_b64()
+        self.rss: list[float] = []
 
     def request(self) -> tuple[str, dict[str, Any]]:
         pick = self.random.random()
@@ -132,6 +133,11 @@ class Soak:
             return "503 without Retry-After"
         return f"{status} {kind}"
 
+    async def sample_rss(self, pid: int) -> None:
+        while time.monotonic() < self.deadline:
+            await anyio.sleep(min(60.0, max(self.deadline - time.monotonic(), 0)))
+            self.rss.append(rss_mib(pid))
+
     async def chaos_loop(self, http: aiohttp.ClientSession) -> None:
         mode = "server"
         while time.monotonic() < self.deadline - 15:
@@ -183,6 +189,7 @@ async def run(minutes: float, workers: int, seed: int, budget: int) -> int:
             for _ in range(workers):
                 tg.start_soon(soak.worker, http)
             tg.start_soon(soak.chaos_loop, http)
+            tg.start_soon(soak.sample_rss, gateway.pid)
         elapsed = time.monotonic() - started
         rss_end = rss_mib(gateway.pid)
     gateway.send_signal(signal.SIGTERM)
@@ -203,7 +210,8 @@ async def run(minutes: float, workers: int, seed: int, budget: int) -> int:
     print(f"- chaos: {dict(soak.chaos)}")
     print(f"- hung (no answer within {CLIENT_TIMEOUT:.0f} s): {soak.hung}")
     print(f"- malformed answers: {soak.malformed}")
-    print(f"- gateway RSS after warm-up {rss_start:.1f} MiB, at the end {rss_end:.1f} MiB")
+    print(f"- gateway RSS after warm-up {rss_start:.1f} MiB, at the end {rss_end:.1f} MiB; "
+          f"each minute: {', '.join(f'{r:.1f}' for r in soak.rss)}")  # fmt: skip
     print(f"- gateway exit status after SIGTERM: {exit_code}")
     print(f"- llama.cpp processes left: {len(leftover)} {leftover}")
     print(f"- temp files left: {len(temp_left)} {sorted(temp_left)}")
