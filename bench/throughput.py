@@ -6,23 +6,32 @@ key, metrics, its access log, admission. The floor is bench/floor.py, the least 
 aiohttp passthrough can do, under the same uvicorn. wrk (Debian's package) drives both with
 the same /v1/chat/completions request, rounds alternating ABBA; the ratio is of medians.
 
+Added latency without contention: one request at a time, interleaved, to the gateway and
+straight to an identical stub. With the real llama-server (bench/overhead.py) llama's two
+threads compete with the gateway for this machine's two cores; here nothing does.
+
 Memory: the gateway's RSS when idle, after the first 10k requests and at the end; and in cli
 mode, the RSS of the gateway and everything under it when idle (only the gateway should be
 resident)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.common import ROOT, free_port, gateway, rss_mib, wait_for, write_section
+import aiohttp
+
+from bench.common import ROOT, free_port, gateway, percentile, rss_mib, wait_for, write_section
 
 ROUNDS = 6  # ABBA: three each
 SECONDS = 5
@@ -59,6 +68,35 @@ def wrk(url: str, script: Path) -> tuple[float, int]:
     return float(rate.group(1)), int(count.group(1))
 
 
+LATENCY_ROUNDS = 400
+
+
+async def added_latency(gateway_url: str, stub_url: str) -> tuple[float, float, float]:
+    """(direct p50, through the gateway p50, gateway p99 - direct p99), seconds."""
+    body = json.loads(BODY)
+    times: dict[str, list[float]] = {"direct": [], "gateway": []}
+    targets = {
+        "direct": (stub_url, {}),
+        "gateway": (gateway_url, {"Authorization": f"Bearer {KEY}"}),
+    }
+    async with aiohttp.ClientSession() as http:
+        for i in range(LATENCY_ROUNDS):
+            for name in ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct"):
+                url, headers = targets[name]
+                started = time.perf_counter()
+                async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
+                    await r.read()
+                    r.raise_for_status()
+                if i >= 50:  # warm-up rounds left out
+                    times[name].append(time.perf_counter() - started)
+    direct, through = times["direct"], times["gateway"]
+    return (
+        statistics.median(direct),
+        statistics.median(through),
+        percentile(through, 0.99) - percentile(direct, 0.99),
+    )
+
+
 def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed: `make bench` installs Debian's package", file=sys.stderr)
@@ -81,6 +119,9 @@ def main() -> int:
         ):
             urls = {"gateway": gw.url, "floor": f"http://127.0.0.1:{floor_port}"}
             idle = rss_mib(gw.pid)
+            direct, through, added_p99 = asyncio.run(
+                added_latency(gw.url, f"http://127.0.0.1:{stub_port}")
+            )
             served = 0
             after_10k = None
             for name in ("gateway", "floor") * 2:  # warm both
@@ -114,6 +155,11 @@ def main() -> int:
             f"{', '.join(f'{r:.0f}' for r in rates['floor'])} |",
             "",
             f"Gateway / floor: **{gateway_rate / floor_rate:.2f}x** (target >= 0.9x).",
+            "",
+            f"**Added latency without contention** ({LATENCY_ROUNDS - 50} requests each, one at "
+            f"a time, interleaved, same request): stub direct {direct * 1000:.3f} ms, through "
+            f"the gateway {through * 1000:.3f} ms p50: **+{(through - direct) * 1000:.2f} ms "
+            f"p50**, {added_p99 * 1000:+.2f} ms p99.",
             "",
             f"**Memory**: gateway RSS idle {idle:.1f} MiB, after the first 10k requests "
             f"{after_10k or end:.1f} MiB, after all {served} {end:.1f} MiB. Cli mode, idle: "
