@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ctypes
 import io
 import json
 import os
@@ -50,6 +51,13 @@ def llama_processes(ports: set[int], parent: int) -> list[int]:
         if parent_pid(int(entry.name)) == parent or any(str(port) in args for port in ports):
             found.append(int(entry.name))
     return found
+
+
+def _term_with_parent() -> None:
+    """In the gateway's child, before exec: SIGTERM it when this runner dies, however it
+    dies (a killed soak otherwise leaves its gateway and llama-server running)."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def private_files() -> set[str]:
@@ -175,6 +183,7 @@ async def run(minutes: float, workers: int, seed: int, budget: int) -> int:
         [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=_term_with_parent,
     )
     url = f"http://127.0.0.1:{port}"
     soak = Soak(url, minutes * 60, seed)
