@@ -32,9 +32,9 @@ import anyio
 from PIL import Image
 
 from bench.common import parent_pid, rss_mib
-from supervisor.pidfile import cmdline
 from tests.conftest import free_port
 from tests.e2e.test_gateway_process import wait_ready
+from tests.integration.test_supervisor_real import llama_pids
 
 CLIENT_TIMEOUT = 180.0  # longer than any answer may take: past it, a request counts as hung
 LLAMA_BINARIES = ("llama-server", "llama-completion", "llama-embedding", "llama-mtmd-cli")
@@ -42,15 +42,11 @@ LLAMA_BINARIES = ("llama-server", "llama-completion", "llama-embedding", "llama-
 
 def llama_processes(ports: set[int], parent: int) -> list[int]:
     """llama.cpp processes this soak started: on its llama-server ports or children of it."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or not (args := cmdline(int(entry.name))):
-            continue
-        if not Path(args[0]).name.startswith(LLAMA_BINARIES):
-            continue
-        if parent_pid(int(entry.name)) == parent or any(str(port) in args for port in ports):
-            found.append(int(entry.name))
-    return found
+    return [
+        pid
+        for pid, args in llama_pids(LLAMA_BINARIES).items()
+        if parent_pid(pid) == parent or any(str(port) in args for port in ports)
+    ]
 
 
 def _term_with_parent() -> None:

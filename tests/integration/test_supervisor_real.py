@@ -19,17 +19,19 @@ from tests.unit.test_process import alive
 pytestmark = pytest.mark.llama
 
 
-def llama_servers_on(port: int) -> list[int]:
-    """Pids of every llama-server on this machine listening on `port`, from /proc."""
+def llama_pids(binaries: tuple[str, ...]) -> dict[int, list[str]]:
+    """Every live process on this machine running one of `binaries`, from /proc: its argv."""
     pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    return [
-        pid
+    return {
+        pid: args
         for pid in pids
-        if (args := cmdline(pid))
-        and args[0].endswith("llama-server")
-        and str(port) in args
-        and alive(pid)
-    ]
+        if (args := cmdline(pid)) and Path(args[0]).name in binaries and alive(pid)
+    }
+
+
+def llama_servers_on(port: int) -> list[int]:
+    """Pids of every llama-server on this machine listening on `port`."""
+    return [pid for pid, args in llama_pids(("llama-server",)).items() if str(port) in args]
 
 
 async def test_supervisor_recovers_the_real_llama_server_from_kill_9(

@@ -11,26 +11,14 @@ from typing import Any
 
 import pytest
 
-from supervisor.pidfile import cmdline
 from tests.e2e.conftest import Client, real_settings, serving
-from tests.unit.test_process import alive
+from tests.integration.test_supervisor_real import llama_pids
 
 pytestmark = pytest.mark.llama
 
 HOSTILE = ("-n 5 --help; $(touch pwned) `touch pwned` | cat /etc/passwd && ' \" \\ " * 20000)[
     : 2**20
 ]
-
-
-def llama_cli_pids() -> list[int]:
-    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    return [
-        pid
-        for pid in pids
-        if (args := cmdline(pid))
-        and args[0].endswith(("llama-completion", "llama-embedding"))
-        and alive(pid)
-    ]
 
 
 async def post_big(client: Client, path: str, body: object) -> tuple[int, Any]:
@@ -57,4 +45,4 @@ async def test_a_1mb_hostile_prompt_is_a_400_in_both_modes(
         ok = {"messages": [{"role": "user", "content": "-n 1"}], "max_tokens": 2}
         assert (await client.post("/api/chat", ok))[0] == 200
     assert not list(tmp_path.glob("pwned*"))
-    assert not llama_cli_pids()
+    assert not llama_pids(("llama-completion", "llama-embedding"))
