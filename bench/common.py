@@ -51,14 +51,21 @@ def gateway(backend: str = "server", extra: str = "") -> Iterator[Gateway]:
             f"[llama_server]\nport = {llama_port}\n"
         )
         argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
-        process = subprocess.Popen(argv, stderr=subprocess.DEVNULL)  # noqa: S603
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_for(url + "/ready")
-            yield Gateway(url, f"http://127.0.0.1:{llama_port}", process.pid)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+        url = f"http://127.0.0.1:{port}"
+        with process(argv, url + "/ready") as child:
+            yield Gateway(url, f"http://127.0.0.1:{llama_port}", child.pid)
+
+
+@contextmanager
+def process(argv: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`argv` running (stderr discarded) once `ready_url` answers 200; terminated on exit."""
+    child = subprocess.Popen(argv, stderr=subprocess.DEVNULL)  # noqa: S603
+    try:
+        wait_for(ready_url)
+        yield child
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
 
 
 def wait_for(url: str, within: float = 60) -> None:

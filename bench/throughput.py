@@ -25,13 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
 
-from bench.common import ROOT, free_port, gateway, percentile, rss_mib, wait_for, write_section
+from bench.common import ROOT, free_port, gateway, percentile, process, rss_mib, write_section
 
 ROUNDS = 6  # ABBA: three each
 SECONDS = 5
@@ -43,17 +41,6 @@ wrk.body = '{BODY}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {KEY}"
 """
-
-
-@contextmanager
-def process(argv: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
-    child = subprocess.Popen(argv, stderr=subprocess.DEVNULL)  # noqa: S603
-    try:
-        wait_for(ready_url)
-        yield child
-    finally:
-        child.terminate()
-        child.wait(timeout=30)
 
 
 def wrk(url: str, script: Path) -> tuple[float, int]:
