@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import msgspec
 
+# llama.cpp's built-in templates that backends.prompt ports for cli mode: a model whose
+# `chat_template` is one of these names runs with --no-jinja.
+BUILTIN_TEMPLATES = frozenset({"gemma", "chatml"})
+
 
 class ServerSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything that needs a llama-server restart to change. Roles with equal specs share
-    one process."""
+    """Everything that needs a llama-server restart to change: one model's startup."""
 
+    name: str = ""  # the model's name, answered as `model` in every response (--alias)
     model: str
     mmproj: str | None = None
     ctx_size: int
@@ -16,7 +20,18 @@ class ServerSpec(msgspec.Struct, frozen=True, kw_only=True):
     ubatch_size: int
     embeddings: bool = False
     pooling: str = "mean"
-    chat_template: str = "gemma"
+    # None: the GGUF's own Jinja template; a BUILTIN_TEMPLATES name; else Jinja source.
+    chat_template: str | None = None
+
+
+def template_argv(template: str | None) -> list[str]:
+    if template is None:
+        return []  # Jinja is llama-server's default: the GGUF's own template
+    if template in BUILTIN_TEMPLATES:
+        # With Jinja on, `--chat-template gemma` would be a literal Jinja template rendering
+        # every conversation as "gemma"; --no-jinja makes it llama.cpp's built-in one.
+        return ["--no-jinja", "--chat-template", template]
+    return ["--jinja", "--chat-template", template]
 
 
 def build_server_argv(binary: str, spec: ServerSpec, *, host: str, port: int) -> list[str]:
@@ -30,11 +45,10 @@ def build_server_argv(binary: str, spec: ServerSpec, *, host: str, port: int) ->
         "--ctx-size", str(spec.ctx_size),
         "--batch-size", str(spec.batch_size),
         "--ubatch-size", str(spec.ubatch_size),
-        # The default model's GGUF has no template. With Jinja on, `--chat-template gemma`
-        # would be a literal Jinja template rendering every conversation as "gemma";
-        # --no-jinja makes it llama.cpp's built-in template of that name.
-        "--no-jinja", "--chat-template", spec.chat_template,
+        *template_argv(spec.chat_template),
     ]  # fmt: skip
+    if spec.name:
+        argv += ["--alias", spec.name]
     if spec.embeddings:
         # pooling `none` is rejected by /v1/embeddings as "not OAI compatible".
         argv += ["--embeddings", "--pooling", spec.pooling]

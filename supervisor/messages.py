@@ -4,6 +4,8 @@ so news about a process that has since been replaced is recognised and dropped).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from typing import Generic, TypeVar
 
 import anyio
@@ -11,6 +13,7 @@ import msgspec
 
 from supervisor.command import ServerSpec
 from supervisor.health import Health
+from supervisor.pool import Policy
 
 T = TypeVar("T")
 
@@ -24,6 +27,7 @@ class Reply(Generic[T]):
         self._error: BaseException | None = None
         # Set by a caller that stopped waiting: the actor must not count it as a lease holder.
         self.abandoned = False
+        self.since = time.monotonic()  # a wait for memory is bounded from here
 
     @property
     def done(self) -> bool:
@@ -73,7 +77,12 @@ class Release(_Msg, frozen=True):
 
 
 class Apply(_Msg, frozen=True):
-    specs: frozenset[ServerSpec]
+    plan: Mapping[ServerSpec, Policy]
+    reply: Reply[None]
+
+
+class Unload(_Msg, frozen=True):
+    spec: ServerSpec
     reply: Reply[None]
 
 
@@ -94,6 +103,7 @@ class SuspectWedge(_Msg, frozen=True):
 class BecameReady(_Msg, frozen=True):
     spec: ServerSpec
     gen: Generation
+    rss_mb: int | None = None
 
 
 class StartTimedOut(_Msg, frozen=True):
@@ -112,6 +122,7 @@ class HealthResult(_Msg, frozen=True):
     spec: ServerSpec
     gen: Generation
     health: Health
+    rss_mb: int | None = None
 
 
 class ProbeResult(_Msg, frozen=True):

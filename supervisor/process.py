@@ -106,3 +106,15 @@ async def spawn(
         task_group.start_soon(_collect, process.stdout, stdout)
     task_group.start_soon(_drain, process.stderr, tail)
     return ChildProcess(process, tail)
+
+
+def resident_mb(pid: int) -> int | None:
+    """The process's resident memory (VmRSS) in MiB, rounded up; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return -(-int(line.split()[1]) // 1024)
+    except (OSError, ValueError):
+        return None
+    return None

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.errors import BackendUnavailable
 from supervisor import pidfile
+from supervisor.pool import Policy
 from supervisor.states import State
 from tests.conftest import wait_until
 from tests.supervisor.conftest import (
@@ -28,6 +29,7 @@ from tests.supervisor.conftest import (
 from tests.unit.test_process import alive
 
 S = State
+AUTO = Policy(autostart=True)  # loaded as soon as applied, as role defaults are
 
 
 async def test_supervisor_starts_on_demand_and_reports_ready(
@@ -186,7 +188,7 @@ async def test_supervisor_stops_a_child_that_is_still_loading(
 ) -> None:
     behave(monkeypatch, load_delay=60)
     async with running(fast_config(tmp_path)) as sup:
-        await sup.apply(frozenset({SPEC}))
+        await sup.apply({SPEC: AUTO})
         starting = await wait_state(sup, S.STARTING)
         assert starting.pid is not None
         await sup.stop_all()
@@ -245,7 +247,7 @@ async def test_supervisor_reconfigure_replaces_the_process_on_its_port(
     async with running(config) as sup:
         old = await sup.ensure_ready(SPEC)
         async with sup.lease(SPEC):
-            await sup.apply(frozenset({OTHER}))
+            await sup.apply({OTHER: AUTO})
             # The old process keeps serving the lease it handed out.
             assert alive(old.pid)
             [serving] = [p for p in sup.snapshot() if p.pid == old.pid]
@@ -253,7 +255,7 @@ async def test_supervisor_reconfigure_replaces_the_process_on_its_port(
         new = await sup.ensure_ready(OTHER)
         assert new.port == config.base_port and new.pid != old.pid
         assert not alive(old.pid)
-        await sup.apply(frozenset())  # cli mode: nothing resident
+        await sup.apply({})  # cli mode: nothing resident
         await wait_until(lambda: not alive(new.pid), within=5)
 
 
@@ -261,7 +263,8 @@ async def test_supervisor_unloads_an_idle_process_and_restarts_on_demand(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     behave(monkeypatch)
-    async with running(fast_config(tmp_path, idle_unload_s=0.2)) as sup:
+    async with running(fast_config(tmp_path)) as sup:
+        await sup.apply({SPEC: Policy(ttl_s=0.2)})
         first = await sup.ensure_ready(SPEC)
         await wait_until(lambda: at_port(sup, first.port).state is S.STOPPED, within=5)
         assert not alive(first.pid)

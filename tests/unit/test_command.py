@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import pytest
+
 from supervisor.command import ServerSpec, build_server_argv
 
-SPEC = ServerSpec(model="/m/gemma.gguf", ctx_size=12192, batch_size=8192, ubatch_size=1024)
+SPEC = ServerSpec(
+    name="gemma-3-270m", model="/m/gemma.gguf", ctx_size=12192, batch_size=8192,
+    ubatch_size=1024, chat_template="gemma",
+)  # fmt: skip
 
 
 def test_build_server_argv_golden() -> None:
@@ -15,7 +20,23 @@ def test_build_server_argv_golden() -> None:
         "--batch-size", "8192",
         "--ubatch-size", "1024",
         "--no-jinja", "--chat-template", "gemma",
+        "--alias", "gemma-3-270m",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("template", "flags"),
+    [
+        (None, []),  # the GGUF's own Jinja template: llama-server's default
+        ("chatml", ["--no-jinja", "--chat-template", "chatml"]),  # a built-in, ported for cli
+        ("{{ messages }}", ["--jinja", "--chat-template", "{{ messages }}"]),  # Jinja source
+    ],
+)
+def test_build_server_argv_chat_template_rule(template: str | None, flags: list[str]) -> None:
+    spec = ServerSpec(model="/m/a.gguf", ctx_size=512, batch_size=64, ubatch_size=32,
+                      chat_template=template)  # fmt: skip
+    argv = build_server_argv("llama-server", spec, host="127.0.0.1", port=8081)
+    assert argv[argv.index("--ubatch-size") + 2 :] == flags
 
 
 def test_build_server_argv_embeddings_and_mmproj() -> None:
