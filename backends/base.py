@@ -7,18 +7,21 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from backends.catalog import ModelDef
 from backends.vision import PreparedImage
 from gateway.config import LlmParams
 from gateway.schemas import ChatMessage
 
 
 class ChatTask(msgspec.Struct, frozen=True, kw_only=True):
+    model: ModelDef
     messages: Sequence[ChatMessage]
     max_tokens: int
     params: LlmParams  # the config's eight parameters with this request's overrides
 
 
 class VisionTask(msgspec.Struct, frozen=True, kw_only=True):
+    model: ModelDef  # one with a projector
     image: PreparedImage  # already through backends.vision.prepare_image
     prompt: str
     max_tokens: int
@@ -44,6 +47,8 @@ class Backend(Protocol):
         """SSE events of OpenAI `chat.completion.chunk`s, ending with `data: [DONE]`."""
         ...
 
-    async def embed(self, texts: Sequence[str], params: LlmParams) -> list[list[float]]: ...
+    async def embed(
+        self, model: ModelDef, texts: Sequence[str], params: LlmParams
+    ) -> list[list[float]]: ...
 
     async def vision(self, task: VisionTask) -> ChatResult: ...

@@ -24,9 +24,9 @@ import msgspec
 
 from backends import toolchain
 from backends.base import ChatResult, ChatTask, VisionTask
+from backends.catalog import ModelDef
 from backends.cli_args import completion_argv, embedding_argv, mtmd_argv
 from backends.prompt import render_chat
-from backends.specs import model_name, model_path, vision_model
 from backends.sse import DONE, ChunkWriter
 from gateway.config import LlmParams, Settings
 from gateway.errors import BackendTimeout, BadRequest, GatewayError, UpstreamError
@@ -97,14 +97,18 @@ class CliBackend:
     def _prompt_file(self, task: ChatTask) -> Iterator[list[str]]:
         """The llama-completion argv for `task`, its rendered prompt in a private file that
         is gone when the block ends."""
-        prompt = render_chat(self._settings.models.chat_template, task.messages)
+        model = task.model.file()
+        prompt = render_chat(task.model.chat_template, task.messages, model)
         data = _text_bytes(prompt)
-        model = str(model_path(self._settings, "chat"))
         with private_dir() as tmp:
             # llama.cpp's --file drops one trailing newline; the template's own must stay.
             prompt_file = write_private(tmp / "prompt.txt", data + b"\n")
             yield completion_argv(
-                self._binary("llama-completion"), model, prompt_file, task.params, task.max_tokens
+                self._binary("llama-completion"),
+                str(model),
+                prompt_file,
+                _sized(task.model, task.params),
+                task.max_tokens,
             )
 
     async def chat(self, task: ChatTask) -> ChatResult:
@@ -116,7 +120,7 @@ class CliBackend:
     async def chat_stream(self, task: ChatTask, include_usage: bool) -> AsyncGenerator[bytes, None]:
         """OpenAI chunks of llama-completion's stdout, as it writes it. Leaving the loop early
         (the client went away) stops the process group."""
-        writer = ChunkWriter(model_name(model_path(self._settings, "chat")))
+        writer = ChunkWriter(task.model.name)
         tail = LogTail(max_lines=200)
         failure: GatewayError | None = None
         with self._prompt_file(task) as argv:
@@ -157,17 +161,17 @@ class CliBackend:
 
     async def vision(self, task: VisionTask) -> ChatResult:
         """llama-mtmd-cli on the image, from a private 0600 file like the prompt."""
-        model, mmproj = vision_model(self._settings)
+        model, mmproj = task.model.file(), task.model.projector()
         with private_dir() as tmp:
             argv = mtmd_argv(
                 self._binary("llama-mtmd-cli"),
                 str(model),
-                str(mmproj),
+                mmproj,
                 write_private(tmp / f"image.{task.image.format}", task.image.data),
                 write_private(tmp / "prompt.txt", _text_bytes(task.prompt)),
-                task.params,
+                _sized(task.model, task.params),
                 task.max_tokens,
-                self._settings.models.chat_template,
+                task.model.chat_template,
                 task.grammar,
             )
             stdout, _ = await self._run(argv)
@@ -175,15 +179,17 @@ class CliBackend:
         return ChatResult(content=stdout.decode(errors="replace").strip(), prompt_tokens=0,
                           completion_tokens=0)  # fmt: skip
 
-    async def embed(self, texts: Sequence[str], params: LlmParams) -> list[list[float]]:
+    async def embed(
+        self, model: ModelDef, texts: Sequence[str], params: LlmParams
+    ) -> list[list[float]]:
         # A separator no input contains: inputs may hold newlines (the default separator).
         separator = f"<|ai-server-{secrets.token_hex(8)}|>"
         data = _text_bytes(separator.join(texts))
-        model = str(model_path(self._settings, "embedding"))
+        path = str(model.file())
         with private_dir() as tmp:
             input_file = write_private(tmp / "input.txt", data)
             argv = embedding_argv(
-                self._binary("llama-embedding"), model, input_file, separator, params
+                self._binary("llama-embedding"), path, input_file, separator, _sized(model, params)
             )
             stdout, _ = await self._run(argv)
         try:
@@ -232,6 +238,16 @@ def exit_error(name: str, code: int, tail: LogTail) -> GatewayError:
             return BadRequest(f"the input is too long: {tokens} tokens, the context takes {limit}")
     errors = [line for line in lines if " E " in line] or lines
     return UpstreamError(f"{name} exited with status {code}: " + "\n".join(errors[-5:]))
+
+
+def _sized(model: ModelDef, params: LlmParams) -> LlmParams:
+    """The parameters with the model's own startup overrides, as server mode starts it."""
+    overrides = {
+        name: value
+        for name in ("ctx_size", "batch_size", "ubatch_size")
+        if (value := getattr(model, name)) is not None
+    }
+    return msgspec.structs.replace(params, **overrides) if overrides else params
 
 
 def _text_bytes(text: str) -> bytes:

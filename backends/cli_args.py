@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from gateway.config import LlmParams
+from supervisor.command import template_argv
 
 
 def _sampling(p: LlmParams) -> list[str]:
@@ -49,7 +50,7 @@ def mtmd_argv(
     prompt_file: str,
     params: LlmParams,
     max_tokens: int,
-    chat_template: str,
+    chat_template: str | None,
     grammar: str | None,
 ) -> list[str]:
     """`llama-mtmd-cli` on one image; it wraps the prompt in the chat template itself (it
@@ -63,7 +64,8 @@ def mtmd_argv(
         "--n-predict", str(max_tokens),
         *_sizes(params),
         *_sampling(params),
-        "--no-jinja", "--chat-template", chat_template,
+        # As llama-server runs it; llama-mtmd-cli's Jinja is off by default.
+        *(template_argv(chat_template) or ["--jinja"]),
     ]  # fmt: skip
     return [*argv, "--grammar", grammar] if grammar else argv
 

@@ -1,26 +1,32 @@
-"""Picks the backend for each request from the current mode, and tells the supervisor which
-llama-server processes the current config needs."""
+"""Picks the backend for each request from the current mode, holds the current model catalog,
+and tells the supervisor which models the current config may run."""
 
 from __future__ import annotations
 
 import logging
 
 from backends.base import Backend
-from backends.specs import server_specs
+from backends.catalog import Catalog, build_catalog
+from backends.specs import server_plan
 from gateway.config import Settings
-from gateway.errors import MissingComponent
 from gateway.schemas import RuntimeConfig
 from supervisor.actor import Supervisor
-from supervisor.command import ServerSpec
 
 log = logging.getLogger("ai_server.dispatcher")
 
 
 class Dispatcher:
     def __init__(
-        self, settings: Settings, supervisor: Supervisor, *, server: Backend, cli: Backend
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        supervisor: Supervisor,
+        *,
+        server: Backend,
+        cli: Backend,
     ) -> None:
         self._settings = settings
+        self.catalog = catalog  # replaced whole on a rescan; a request keeps the one it read
         self._supervisor = supervisor
         self._backends = {"server": server, "cli": cli}
 
@@ -29,13 +35,15 @@ class Dispatcher:
         return self._backends[config.backend]
 
     async def reconfigure(self, config: RuntimeConfig) -> None:
-        """Server mode: run exactly the processes `config` needs (a changed startup parameter
-        replaces its process after draining; a sampling parameter changes nothing). Cli mode:
-        none at all, which is the point of that mode."""
-        specs: frozenset[ServerSpec] = frozenset()
-        if config.backend == "server":
-            try:
-                specs = frozenset(server_specs(self._settings, config.llm_params).values())
-            except MissingComponent as exc:
-                log.error("dispatcher.model_missing %s", exc.message)
-        await self._supervisor.apply(specs)
+        """Server mode: the models `config` may run (a changed startup parameter replaces a
+        loaded model's process after draining; a sampling parameter changes nothing). Cli
+        mode: none at all, which is the point of that mode."""
+        plan = server_plan(self.catalog, config.llm_params) if config.backend == "server" else {}
+        await self._supervisor.apply(plan)
+
+    async def rescan(self, config: RuntimeConfig) -> Catalog:
+        """Read `[pool] models_dir` again (POST /api/models/rescan, SIGHUP) and apply it."""
+        self.catalog = build_catalog(self._settings)
+        log.info("dispatcher.rescanned models=%d", len(self.catalog.models))
+        await self.reconfigure(config)
+        return self.catalog

@@ -6,7 +6,7 @@ import base64
 import io
 import logging
 import re
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from typing import Any, Literal, NoReturn
 
@@ -15,15 +15,11 @@ import anyio
 import msgspec
 
 from backends.base import ChatResult, ChatTask, VisionTask
+from backends.catalog import ModelDef
+from backends.specs import server_spec
 from backends.sse import read_event
 from gateway.config import LlmParams
-from gateway.errors import (
-    BackendTimeout,
-    BackendUnavailable,
-    BadRequest,
-    MissingComponent,
-    UpstreamError,
-)
+from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest, UpstreamError
 from supervisor.actor import Supervisor
 from supervisor.command import ServerSpec
 from supervisor.messages import Endpoint
@@ -110,26 +106,21 @@ class _ConnectionLost(BackendUnavailable):
 class ServerBackend:
     name: Literal["server"] = "server"
 
-    def __init__(
-        self,
-        supervisor: Supervisor,
-        specs: Callable[[LlmParams], dict[str, ServerSpec]],
-        timeout: float,
-    ) -> None:
+    def __init__(self, supervisor: Supervisor, timeout: float) -> None:
         self._supervisor = supervisor
-        self._specs = specs
         self._timeout = timeout
 
+    def _spec(self, model: ModelDef, params: LlmParams) -> ServerSpec:
+        model.file()  # a missing file is named (with its fix), not left to llama-server
+        return server_spec(model, params)
+
     async def chat(self, task: ChatTask) -> ChatResult:
-        spec = self._specs(task.params)["chat"]
+        spec = self._spec(task.model, task.params)
         return self._result(await self._post(spec, "/v1/chat/completions", chat_payload(task)))
 
     async def vision(self, task: VisionTask) -> ChatResult:
-        spec = self._specs(task.params).get("vision")
-        if spec is None:
-            raise MissingComponent(
-                "no vision model: set [models] vision and mmproj, or run `make model`"
-            )
+        task.model.projector()
+        spec = self._spec(task.model, task.params)
         return self._result(await self._post(spec, "/v1/chat/completions", vision_payload(task)))
 
     def _result(self, answer: _Upstream) -> ChatResult:
@@ -145,8 +136,10 @@ class ServerBackend:
         except (IndexError, KeyError, TypeError) as exc:
             raise UpstreamError(f"llama-server answered an unexpected shape: {exc!r}") from None
 
-    async def embed(self, texts: Sequence[str], params: LlmParams) -> list[list[float]]:
-        spec = self._specs(params)["embedding"]
+    async def embed(
+        self, model: ModelDef, texts: Sequence[str], params: LlmParams
+    ) -> list[list[float]]:
+        spec = self._spec(model, params)
         payload = {"input": list(texts)}
         try:
             answer = await self._post(spec, "/v1/embeddings", payload)
@@ -160,7 +153,7 @@ class ServerBackend:
         """llama-server's own SSE events, each passed on as soon as it is read. Leaving the
         loop early (the client went away) closes the upstream connection, which makes
         llama-server stop generating and free its slot."""
-        spec = self._specs(task.params)["chat"]
+        spec = self._spec(task.model, task.params)
         payload = chat_payload(task) | {
             "stream": True,
             "stream_options": {"include_usage": include_usage},

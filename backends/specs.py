@@ -1,66 +1,62 @@
-"""Which llama-server processes the config asks for: one per distinct model spec."""
+"""From models (configuration) to what the supervisor runs: one llama-server spec per model,
+with its pool policy (memory estimate, pinned, TTL, load at startup)."""
 
 from __future__ import annotations
 
+import logging
 import os
-from pathlib import Path
+from functools import lru_cache
 
-from backends import toolchain
-from gateway.config import LlmParams, Settings
-from gateway.errors import MissingComponent
+from backends import gguf_meta
+from backends.catalog import Catalog, ModelDef
+from gateway.config import LlmParams
 from supervisor.command import ServerSpec
+from supervisor.pool import Policy
 
-ROLES = ("chat", "embedding", "vision")
-
-
-# Resolved model paths. Resolving (the cache dir from the environment, Path objects, a stat)
-# cost ~70 us, five times per request: a third of the gateway's own time per request under
-# load (bench/throughput.py, profiled). A hit is re-checked with one stat, so a file that
-# went away is reported, not assumed.
-_RESOLVED: dict[tuple[str | None, ...], Path] = {}
+log = logging.getLogger("ai_server.specs")
 
 
-def model_path(settings: Settings, role: str) -> Path:
-    explicit: str | None = getattr(settings.models, role)
-    env = os.environ
-    key = (role, explicit, settings.cache_dir, env.get("AI_SERVER_CACHE"),
-           env.get("XDG_CACHE_HOME"), env.get("HOME"))  # fmt: skip
-    if (path := _RESOLVED.get(key)) is not None and os.path.isfile(path):
-        return path
-    path = _RESOLVED[key] = toolchain.resolve_model(role, explicit, settings.cache_path())
-    return path
+@lru_cache(maxsize=1024)
+def server_spec(model: ModelDef, params: LlmParams) -> ServerSpec:
+    """`model`'s llama-server under the current parameters, unless it overrides one; built
+    once per (model, parameters), so the hot path is a cache hit."""
+    return ServerSpec(
+        name=model.name,
+        model=model.path,
+        mmproj=model.mmproj if model.mmproj and os.path.isfile(model.mmproj) else None,
+        ctx_size=model.ctx_size or params.ctx_size,
+        batch_size=model.batch_size or params.batch_size,
+        ubatch_size=model.ubatch_size or params.ubatch_size,
+        embeddings=model.embeddings,
+        chat_template=model.chat_template,
+    )
 
 
-def model_name(path: Path) -> str:
-    return path.name.removesuffix(".gguf")
-
-
-def vision_model(settings: Settings) -> tuple[Path, Path]:
-    """The vision model and its projector (MissingComponent names what is missing)."""
-    return model_path(settings, "vision"), model_path(settings, "mmproj")
-
-
-def server_specs(settings: Settings, params: LlmParams) -> dict[str, ServerSpec]:
-    """Role -> spec. Roles on the same model share one spec, hence one process; it serves
-    embeddings if any of its roles is `embedding`, and images (--mmproj) if the vision model
-    is that model. Without a projector there is no vision role; the others still run."""
-    models = {role: str(model_path(settings, role)) for role in ("chat", "embedding")}
-    mmproj = None
+def estimate_mb(spec: ServerSpec) -> int:
+    """The pool's estimate before loading (backends.gguf_meta); 0 for an unreadable file,
+    which then fails its load with llama-server's own message."""
     try:
-        vision, projector = vision_model(settings)
-    except MissingComponent:
-        pass
-    else:
-        models["vision"], mmproj = str(vision), str(projector)
-    return {
-        role: ServerSpec(
-            model=model,
-            mmproj=mmproj if model == models.get("vision") else None,
-            ctx_size=params.ctx_size,
-            batch_size=params.batch_size,
-            ubatch_size=params.ubatch_size,
-            embeddings=model == models["embedding"],
-            chat_template=settings.models.chat_template,
+        return gguf_meta.estimate_mb(spec.model, spec.mmproj, spec.ctx_size)
+    except (OSError, gguf_meta.NotGguf) as exc:
+        log.warning("specs.no_estimate model=%s %s", spec.name, exc)
+        return 0
+
+
+def server_plan(catalog: Catalog, params: LlmParams) -> dict[ServerSpec, Policy]:
+    """Every model whose file exists, with its policy: pinned models and the roles' models
+    load at startup (when they fit). The roles' models come first, so the chat model gets
+    the first port ([llama_server] port), as before there were several."""
+    defaults = list(dict.fromkeys(catalog.roles.values()))
+    ordered = [*defaults, *(name for name in catalog.models if name not in defaults)]
+    plan = {}
+    for model in (catalog.models[name] for name in ordered):
+        if not os.path.isfile(model.path):
+            continue  # a missing built-in (`make model` not run): its requests say so
+        spec = server_spec(model, params)
+        plan[spec] = Policy(
+            estimate_mb=estimate_mb(spec),
+            pinned=model.pinned,
+            ttl_s=model.ttl_s,
+            autostart=model.pinned or model.name in defaults,
         )
-        for role, model in models.items()
-    }
+    return plan

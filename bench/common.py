@@ -20,6 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
+from backends import toolchain
+from backends.catalog import GEMMA, builtin_models
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "BENCHMARKS.md"
 
@@ -33,6 +36,10 @@ def free_port() -> int:
         return port
 
 
+# The model every figure runs (the gateway's llama-server is compared with): gemma-3-270m.
+BENCH_MODEL = builtin_models(toolchain.cache_dir())[GEMMA]
+
+
 class Gateway(NamedTuple):
     url: str
     llama: str  # its (first) llama-server
@@ -41,18 +48,21 @@ class Gateway(NamedTuple):
 
 @contextmanager
 def gateway(backend: str = "server", extra: str = "") -> Iterator[Gateway]:
-    """`ai-server serve` on the default model, with `extra` TOML appended to its config;
-    its access log is formatted and written (to /dev/null), as in production."""
+    """`ai-server serve` with gemma-3-270m in every role (one llama-server, which the
+    figures compare against), with `extra` TOML appended to its config; its access log is
+    formatted and written (to /dev/null), as in production."""
     port, llama_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as state:
         config = Path(state) / "config.toml"
         config.write_text(
             f'port = {port}\nbackend = "{backend}"\nstate_dir = "{state}"\n{extra}\n'
-            f"[llama_server]\nport = {llama_port}\n"
+            f'[roles]\nchat = "{GEMMA}"\n[llama_server]\nport = {llama_port}\n'
         )
         argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
         url = f"http://127.0.0.1:{port}"
         with process(argv, url + "/ready") as child:
+            if backend == "server":  # /ready is 200 while loadable: wait for the load
+                wait_for(f"{url}/api/models/{GEMMA}/load", method="POST")
             yield Gateway(url, f"http://127.0.0.1:{llama_port}", child.pid)
 
 
@@ -68,12 +78,13 @@ def process(argv: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]
         child.wait(timeout=30)
 
 
-def wait_for(url: str, within: float = 60) -> None:
+def wait_for(url: str, within: float = 60, method: str = "GET") -> None:
     """Poll `url` until it answers 200 (urllib raises on anything else)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=5):  # noqa: S310
+            request = urllib.request.Request(url, method=method)  # noqa: S310
+            with urllib.request.urlopen(request, timeout=within):  # noqa: S310
                 return
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.1)

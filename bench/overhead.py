@@ -18,7 +18,7 @@ import anyio
 
 from backends.base import ChatTask
 from backends.server import chat_payload
-from bench.common import gateway, percentile, write_section
+from bench.common import BENCH_MODEL, gateway, percentile, write_section
 from bench.litellm import MODEL, VERSION, litellm_proxy
 from gateway.config import LlmParams
 from gateway.schemas import ChatMessage
@@ -28,7 +28,12 @@ BATCH_ROUNDS = 10
 CHAT = [{"role": "user", "content": "Hi"}]
 # What the gateway sends llama-server for CHAT (default parameters).
 UPSTREAM_CHAT = chat_payload(
-    ChatTask(messages=[ChatMessage(role="user", content="Hi")], max_tokens=1, params=LlmParams())
+    ChatTask(
+        model=BENCH_MODEL,
+        messages=[ChatMessage(role="user", content="Hi")],
+        max_tokens=1,
+        params=LlmParams(),
+    )
 )
 TEXTS = [f"sentence number {i} about llamas and their wool" for i in range(32)]
 

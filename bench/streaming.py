@@ -15,7 +15,7 @@ import anyio
 
 from backends.base import ChatTask
 from backends.server import chat_payload
-from bench.common import gateway, summary_ms, write_section
+from bench.common import BENCH_MODEL, gateway, summary_ms, write_section
 from gateway.config import LlmParams
 from gateway.schemas import ChatMessage
 
@@ -42,6 +42,7 @@ async def stream_once(
 
 async def measure(url: str, llama: str) -> dict[str, Timings]:
     task = ChatTask(
+        model=BENCH_MODEL,
         messages=[ChatMessage(role="user", content=PROMPT)],
         max_tokens=16,
         params=LlmParams(temp=0.0),

@@ -1,4 +1,6 @@
-"""Admission control: a bounded number in flight per backend, a bounded queue behind it.
+"""Admission control: a bounded number in flight, a bounded queue behind it. In server mode
+each model has its lane (`max_concurrency` per running instance, a queue per model); in cli
+mode one lane bounds the processes of every model.
 
 llama-server's own queue is unbounded; ours is not. Beyond the queue a request is refused
 at once (429); one that waits longer than the queue timeout gives up (503). Both carry
@@ -58,10 +60,23 @@ class Lane:
 
 class Admission:
     def __init__(self, limits: Limits) -> None:
-        self.lanes = {
-            "server": Lane(limits.max_concurrency, limits.max_queue, limits.queue_timeout_s),
-            "cli": Lane(limits.cli_concurrency, limits.max_queue, limits.queue_timeout_s),
-        }
+        self._limits = limits
+        self.cli = Lane(limits.cli_concurrency, limits.max_queue, limits.queue_timeout_s)
+        self.models: dict[str, Lane] = {}  # server mode, by model name
+
+    def lane(self, backend: str, model: str) -> Lane:
+        if backend == "cli":
+            return self.cli
+        if (lane := self.models.get(model)) is None:
+            limits = self._limits
+            lane = Lane(limits.max_concurrency, limits.max_queue, limits.queue_timeout_s)
+            self.models[model] = lane
+        return lane
+
+    def queued(self, model: str) -> int:
+        """Server-mode requests of `model` waiting for a slot (the pool's anti-thrash)."""
+        lane = self.models.get(model)
+        return lane.waiting if lane else 0
 
 
 async def admitted(lane: Lane, events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:

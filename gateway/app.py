@@ -2,24 +2,51 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from backends.catalog import Catalog, build_catalog
+from backends.specs import server_plan
 from gateway.auth import RequireKeys, check_exposure, load_keys
-from gateway.config import Settings
+from gateway.config import ConfigError, LlmParams, Settings
 from gateway.error_handlers import EXCEPTION_HANDLERS
 from gateway.lifespan import make_lifespan
 from gateway.metrics import Metrics
 from gateway.middleware import CancelOnDisconnect, RequestLog
-from gateway.routes import api, openai, openapi, probes, vision
+from gateway.routes import api, models, openai, openapi, probes, vision
+from gateway.runtime_config import ConfigStore
+from supervisor.pool import memory_budget_mb
+
+
+def check_budget(catalog: Catalog, params: LlmParams, budget_mb: int) -> None:
+    """A pinned model or a role's default that can never fit the budget, even alone, is a
+    startup error (any other such model is listed as failed)."""
+    for spec, policy in server_plan(catalog, params).items():
+        if policy.autostart and policy.estimate_mb > budget_mb:
+            why = "pinned" if policy.pinned else f"the default for {catalog.roles_of(spec.name)}"
+            raise ConfigError(
+                f"model {spec.name} ({why}) needs ~{policy.estimate_mb} MB, more than the "
+                f"whole memory budget of {budget_mb} MB ([pool] memory_budget_mb)"
+            )
 
 
 def create_app(settings: Settings) -> Starlette:
     """The gateway for `settings`; ConfigError if it must not start as configured."""
     keys = load_keys(settings)
     check_exposure(settings, keys)
+    store = ConfigStore.open(settings)
+    catalog = build_catalog(settings)
+    meminfo = "" if settings.pool.memory_budget_mb else Path("/proc/meminfo").read_text()
+    budget_mb = memory_budget_mb(settings.pool.memory_budget_mb, meminfo)
+    if store.current.backend == "server":
+        check_budget(catalog, store.current.llm_params, budget_mb)
     metrics = Metrics()
-    routes = [*probes.routes, *api.routes, *vision.routes, *openai.routes, *openapi.routes]
+    routes = [
+        *probes.routes, *api.routes, *vision.routes, *openai.routes, *models.routes,
+        *openapi.routes,
+    ]  # fmt: skip
     paths = frozenset(route.path for route in routes)
     return Starlette(
         routes=routes,
@@ -29,5 +56,5 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(CancelOnDisconnect),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=make_lifespan(settings, metrics),
+        lifespan=make_lifespan(settings, metrics, store, catalog, budget_mb),
     )

@@ -1,8 +1,9 @@
 """API keys as bearer tokens, checked by a pure ASGI middleware in constant time.
 
-/api and /v1 need an API or admin key; POST /api/config needs an admin key (403 for an API
-key); the probes are open unless `protect_probes`. With no keys at all everything is open,
-which `check_exposure` allows only on a loopback host (or when explicitly allowed)."""
+/api and /v1 need an API or admin key; POST /api/config and POST /api/models/... (load,
+unload, rescan) need an admin key (403 for an API key); the probes are open unless
+`protect_probes`. With no keys at all everything is open, which `check_exposure` allows only
+on a loopback host (or when explicitly allowed)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ def _matches(token: bytes, keys: tuple[bytes, ...]) -> bool:
     return found
 
 
+def _for_admins(path: str) -> bool:
+    """Changes to the config and to the model pool (load, unload, rescan)."""
+    return path == "/api/config" or path.startswith("/api/models/")
+
+
 class RequireKeys:
     def __init__(self, app: ASGIApp, keys: Keys, protect_probes: bool) -> None:
         self.app = app
@@ -92,8 +98,8 @@ class RequireKeys:
         if not known:
             message = "an API key is required: Authorization: Bearer <key>"
             response = error_response(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
-        elif scope["path"] == "/api/config" and scope["method"] != "GET" and not admin:
-            response = error_response(403, "forbidden", "changing the config needs an admin key")
+        elif not admin and scope["method"] != "GET" and _for_admins(scope["path"]):
+            response = error_response(403, "forbidden", "this change needs an admin key")
         else:
             await self.app(scope, receive, send)
             return

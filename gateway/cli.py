@@ -8,9 +8,11 @@ import logging
 import signal
 import sys
 from collections.abc import Iterator
+from typing import cast
 
 import anyio
 import uvicorn
+from starlette.applications import Starlette
 
 from gateway import logs, systemd
 from gateway.app import create_app
@@ -29,13 +31,28 @@ class _Server(uvicorn.Server):
 
 
 async def _on_signals(server: uvicorn.Server) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                await _rescan(server)
+                continue
             if server.should_exit and signum == signal.SIGINT:
                 server.force_exit = True  # a second Ctrl-C: stop waiting
             log.info("gateway.stopping signal=%s", signal.Signals(signum).name)
             systemd.notify("STOPPING=1")
             server.should_exit = True
+
+
+async def _rescan(server: uvicorn.Server) -> None:
+    """SIGHUP: read `[pool] models_dir` again, as POST /api/models/rescan does."""
+    app = cast(Starlette, server.config.app)
+    rescan = getattr(app.state, "rescan", None)
+    if rescan is None:
+        return
+    try:
+        await rescan()
+    except ConfigError as exc:
+        log.error("gateway.rescan_failed %s", exc)
 
 
 async def _announce(server: uvicorn.Server) -> None:

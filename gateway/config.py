@@ -50,15 +50,39 @@ class LlmParams(_Section, frozen=True):
             raise ValueError("`ubatch_size` must not exceed `batch_size`")
 
 
-class Models(_Section, frozen=True):
-    """GGUF paths per role; unset means the default model from the cache."""
+class ModelConfig(_Section, frozen=True):
+    """One named model, `[models.NAME]`: NAME is its id in requests."""
+
+    path: str | None = None  # the GGUF file; optional only to redefine a built-in model
+    mmproj: str | None = None  # a projector: makes it a vision model
+    aliases: list[str] = []
+    # None: the GGUF's own (Jinja) template; a llama.cpp built-in name ("gemma", "chatml")
+    # with --no-jinja; anything else is Jinja source.
+    chat_template: str | None = None
+    ctx_size: CtxSize | None = None  # overrides of the startup parameters, for this model
+    batch_size: BatchSize | None = None
+    ubatch_size: BatchSize | None = None
+    embeddings: bool = True  # serves /v1/embeddings too
+    # Unload after this long idle; unset: [llama_server] idle_unload_s; 0: never.
+    ttl_s: Annotated[float, Meta(ge=0)] | None = None
+    pinned: bool = False  # never evicted to make room; loaded at startup
+
+
+# The keys of the old one-model-per-role `[models]` section: string values, reserved names.
+LEGACY_MODEL_KEYS = ("chat", "embedding", "vision", "mmproj", "chat_template")
+
+
+class Roles(_Section, frozen=True):
+    """Which model a request that names none gets; unset: the built-in defaults."""
 
     chat: str | None = None
     embedding: str | None = None
     vision: str | None = None
-    mmproj: str | None = None
-    # Built-in llama.cpp template, applied with --no-jinja (see README: chat template).
-    chat_template: str = "gemma"
+
+
+class Pool(_Section, frozen=True):
+    memory_budget_mb: Annotated[int, Meta(ge=0)] = 0  # 0: 75% of physical memory
+    models_dir: str = ""  # every GGUF file in it is a model named after the file
 
 
 class LlamaServer(_Section, frozen=True):
@@ -92,11 +116,12 @@ class Binaries(_Section, frozen=True):
 
 
 class Limits(_Section, frozen=True):
-    # In flight at once: server mode (llama-server runs 4 slots) and cli mode (processes).
+    # In flight at once per running llama-server (it runs 4 slots), and cli processes in all.
     max_concurrency: Annotated[int, Meta(ge=1)] = 4
     cli_concurrency: Annotated[int, Meta(ge=1)] = 1
-    max_queue: Annotated[int, Meta(ge=0)] = 16  # waiting beyond that: 429
-    queue_timeout_s: Annotated[float, Meta(gt=0)] = 60.0  # waited longer: 503
+    max_queue: Annotated[int, Meta(ge=0)] = 16  # waiting per model beyond that: 429
+    # Waited longer (for a slot, or for memory to load a model in): 503.
+    queue_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
     request_timeout_s: Annotated[float, Meta(gt=0)] = 300.0  # total (streams: per event): 504
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 16 * 2**20
     default_max_tokens: Annotated[int, Meta(ge=1)] = 512
@@ -134,7 +159,10 @@ class Settings(_Section, frozen=True):
     state_dir: str = "~/.local/state/ai-server"
     cache_dir: str | None = None
     llm_params: LlmParams = LlmParams()
-    models: Models = Models()
+    # `[models.NAME]` tables are named models; string values are the old per-role keys.
+    models: dict[str, str | ModelConfig] = {}
+    roles: Roles = Roles()
+    pool: Pool = Pool()
     llama_server: LlamaServer = LlamaServer()
     binaries: Binaries = Binaries()
     limits: Limits = Limits()

@@ -1,8 +1,9 @@
 """`ai-server doctor`: what this machine has for the configured server, and what is missing.
 
-Prints each llama.cpp binary with its resolved path and version, each configured model with
-its size and GGUF header, and whether the configured ports are free. Exits non-zero when a
-binary or model is missing or unreadable; a busy port is reported, not fatal (it may be us).
+Prints each llama.cpp binary with its resolved path and version, every model with its roles,
+size, GGUF header and memory estimate, and whether the configured ports are free. Exits
+non-zero when a binary or a role's model is missing or unreadable; a busy port is reported,
+not fatal (it may be us).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from backends import toolchain
-from backends.gguf_header import NotGguf, read_gguf
-from gateway.config import Settings
+from backends.catalog import build_catalog
+from backends.gguf_meta import NotGguf, read_meta
+from backends.specs import estimate_mb, server_spec
+from gateway.config import ConfigError, Settings
 from gateway.errors import MissingComponent
 from supervisor.process import bind_error
 
@@ -57,29 +60,32 @@ def check_binaries(settings: Settings, say: Print) -> bool:
     return ok
 
 
-def model_paths(settings: Settings) -> dict[str, str | None]:
-    m = settings.models
-    roles = {"chat": m.chat, "embedding": m.embedding, "vision": m.vision}
-    if m.mmproj:
-        roles["mmproj"] = m.mmproj
-    return roles
-
-
 def check_models(settings: Settings, say: Print) -> bool:
+    """Every model of the catalog: its file and projector, GGUF header, estimate, roles.
+    A missing file fails the check only for a model a role points at."""
+    try:
+        catalog = build_catalog(settings)
+    except ConfigError as exc:
+        say(f"  INVALID  {exc}")
+        return False
     ok = True
-    for role, explicit in model_paths(settings).items():
+    params = settings.llm_params
+    for name, model in catalog.models.items():
+        roles = ",".join(catalog.roles_of(name)) or "-"
         try:
-            path = toolchain.resolve_model(role, explicit, settings.cache_path())
-            info = read_gguf(path)
+            meta = read_meta(model.file())
         except (MissingComponent, NotGguf) as exc:
-            say(f"  MISSING  {exc}")
-            ok = False
+            needed = roles != "-"
+            say(f"  {'MISSING' if needed else 'absent':<8} {name} ({roles}): {exc}")
+            ok = ok and not needed
             continue
-        arch = info.metadata.get("general.architecture", "?")
-        size = path.stat().st_size / 2**20
+        size = Path(model.path).stat().st_size / 2**20
+        estimate = estimate_mb(server_spec(model, params))
+        projector = ", projector" if model.mmproj and Path(model.mmproj).is_file() else ""
         say(
-            f"  ok       {role:<10} {path}  {size:.0f} MiB, GGUF v{info.version}, {arch}, "
-            f"{info.tensor_count} tensors"
+            f"  ok       {name} ({roles}) {model.path}  {size:.0f} MiB, GGUF v{meta.version}, "
+            f"{meta.architecture}, {meta.tensor_count} tensors{projector}; "
+            f"estimate {estimate} MiB at ctx {model.ctx_size or params.ctx_size}"
         )
     return ok
 

@@ -16,10 +16,17 @@ log = logging.getLogger("ai_server.gateway")
 
 
 def error_response(
-    status: int, type_: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    type_: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    code: str | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
     # `code` too: the OpenAI envelope, so /v1 clients show our messages.
-    body = {"error": {"type": type_, "code": type_, "message": message}}
+    error = {"type": type_, "code": code or type_, "message": message}
+    body = {"error": error | {"param": param} if param else error}
     return JSONResponse(body, status, headers)
 
 
@@ -30,7 +37,9 @@ async def gateway_error(request: Request, exc: Exception) -> Response:
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
-    return error_response(exc.status, exc.type, exc.message, headers)
+    return error_response(
+        exc.status, exc.type, exc.message, headers, code=exc.code, param=exc.param
+    )
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

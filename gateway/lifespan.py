@@ -17,10 +17,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 
 from backends import toolchain
+from backends.catalog import Catalog
 from backends.cli import CliBackend
 from backends.dispatcher import Dispatcher
 from backends.server import ServerBackend
-from backends.specs import server_specs
 from gateway.admission import Admission
 from gateway.config import Settings
 from gateway.errors import MissingComponent
@@ -38,6 +38,7 @@ class Services(msgspec.Struct, frozen=True, kw_only=True):
     supervisor: Supervisor
     admission: Admission
     metrics: Metrics
+    budget_mb: int  # the model pool's memory budget
 
 
 def services(request: Request) -> Services:
@@ -45,7 +46,7 @@ def services(request: Request) -> Services:
     return found
 
 
-def supervisor_config(settings: Settings) -> SupervisorConfig:
+def supervisor_config(settings: Settings, budget_mb: int) -> SupervisorConfig:
     try:
         binary = str(
             toolchain.resolve_binary(
@@ -61,7 +62,8 @@ def supervisor_config(settings: Settings) -> SupervisorConfig:
         state_dir=str(settings.state_path()),
         host=settings.llama_server.host,
         base_port=settings.llama_server.port,
-        idle_unload_s=settings.llama_server.idle_unload_s,
+        memory_budget_mb=budget_mb,
+        memory_wait=settings.limits.queue_timeout_s,
         restart_limit=settings.llama_server.restart_limit,
         restart_window=settings.llama_server.restart_window_s,
         backoff_initial=settings.llama_server.backoff_initial_s,
@@ -73,14 +75,17 @@ def supervisor_config(settings: Settings) -> SupervisorConfig:
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[dict[str, Services]]]
 
 
-def make_lifespan(settings: Settings, metrics: Metrics) -> Lifespan:
+def make_lifespan(
+    settings: Settings, metrics: Metrics, store: ConfigStore, catalog: Catalog, budget_mb: int
+) -> Lifespan:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
-        store = ConfigStore.open(settings)
         # No total timeout here: each backend bounds its own calls.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
         async with aiohttp.ClientSession(timeout=timeout) as http, anyio.create_task_group() as tg:
-            supervisor = Supervisor(supervisor_config(settings), http)
+            admission = Admission(settings.limits)
+            config = supervisor_config(settings, budget_mb)
+            supervisor = Supervisor(config, http, queued=admission.queued)
 
             async def supervise(
                 *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -99,14 +104,11 @@ def make_lifespan(settings: Settings, metrics: Metrics) -> Lifespan:
                         stop()
 
             await tg.start(supervise)
-            server = ServerBackend(
-                supervisor,
-                lambda params: server_specs(settings, params),
-                settings.limits.request_timeout_s,
-            )
-            dispatcher = Dispatcher(settings, supervisor, server=server, cli=CliBackend(settings))
+            server = ServerBackend(supervisor, settings.limits.request_timeout_s)
+            cli = CliBackend(settings)
+            dispatcher = Dispatcher(settings, catalog, supervisor, server=server, cli=cli)
             await dispatcher.reconfigure(store.current)
-            admission = Admission(settings.limits)
+            app.state.rescan = lambda: dispatcher.rescan(store.current)  # SIGHUP
             unwatch = metrics.watch(supervisor, admission)
             try:
                 yield {
@@ -117,6 +119,7 @@ def make_lifespan(settings: Settings, metrics: Metrics) -> Lifespan:
                         supervisor=supervisor,
                         admission=admission,
                         metrics=metrics,
+                        budget_mb=budget_mb,
                     )
                 }
             finally:

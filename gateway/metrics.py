@@ -2,14 +2,15 @@
 
 Counted as requests happen: requests by route/method/status/backend, latency, rejections,
 tokens generated and generation speed. Read at scrape time from their owners: in-flight
-and queued per backend (admission), each llama-server's state and restarts (supervisor)."""
+and queued per backend and model (admission); each model instance's state, restarts,
+memory, loads, evictions and load time, and the pool's swaps and memory (supervisor)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.admission import Admission
@@ -60,22 +61,56 @@ class _Live(Collector):
 
     def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(
-            "ai_server_in_flight", "Requests being served", labels=["backend"]
+            "ai_server_in_flight", "Requests being served", labels=["backend", "model"]
         )
-        queued = GaugeMetricFamily("ai_server_queued", "Requests waiting", labels=["backend"])
-        for name, lane in self.admission.lanes.items():
-            in_flight.add_metric([name], lane.in_flight)
-            queued.add_metric([name], lane.waiting)
-        state = GaugeMetricFamily(
-            "ai_server_llama_server_state", "1 for the state each llama-server is in",
-            labels=["port", "model", "state"],
-        )  # fmt: skip
-        restarts = GaugeMetricFamily(
+        queued = GaugeMetricFamily(
+            "ai_server_queued", "Requests waiting", labels=["backend", "model"]
+        )
+        lanes = [("cli", "", self.admission.cli)]
+        lanes += [("server", name, lane) for name, lane in self.admission.models.items()]
+        for backend, model, lane in lanes:
+            in_flight.add_metric([backend, model], lane.in_flight)
+            queued.add_metric([backend, model], lane.waiting)
+        yield from (in_flight, queued)
+        yield from _pool(self.supervisor)
+
+
+def _pool(supervisor: Supervisor) -> Iterator[Metric]:
+    """Every model instance: state, memory, loads, evictions, load time; and swaps."""
+    state = GaugeMetricFamily(
+        "ai_server_llama_server_state", "1 for the state each llama-server is in",
+        labels=["port", "model", "state"],
+    )  # fmt: skip
+    families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+        "restarts": GaugeMetricFamily(
             "ai_server_llama_server_restarts", "Restarts after failures", labels=["port", "model"]
-        )
-        for process in self.supervisor.snapshot():
-            labels = [str(process.port), process.model]
-            for candidate in State:
-                state.add_metric([*labels, candidate], float(process.state is candidate))
-            restarts.add_metric(labels, process.restarts)
-        yield from (in_flight, queued, state, restarts)
+        ),
+        "memory_mb": GaugeMetricFamily(
+            "ai_server_model_memory_mb", "Memory held: measured RSS once loaded, else the estimate",
+            labels=["port", "model"],
+        ),
+        "loads": CounterMetricFamily(
+            "ai_server_model_loads", "Loads that reached READY", labels=["port", "model"]
+        ),
+        "evictions": CounterMetricFamily(
+            "ai_server_model_evictions", "Unloads to make room for another model",
+            labels=["port", "model"],
+        ),
+        "load_seconds": GaugeMetricFamily(
+            "ai_server_model_load_seconds", "The last load, from spawn to READY",
+            labels=["port", "model"],
+        ),
+    }  # fmt: skip
+    for process in supervisor.snapshot():
+        labels = [str(process.port), process.name or process.model]
+        for candidate in State:
+            state.add_metric([*labels, candidate], float(process.state is candidate))
+        for field, family in families.items():
+            value = getattr(process, field)
+            if value is not None:
+                family.add_metric(labels, value)
+    swaps = CounterMetricFamily("ai_server_model_swaps", "Loads that had to evict a model")
+    swaps.add_metric([], supervisor.swaps)
+    budget = GaugeMetricFamily("ai_server_memory_used_mb", "Memory the model pool holds")
+    budget.add_metric([], supervisor.memory_used_mb())
+    yield from (state, *families.values(), swaps, budget)

@@ -44,8 +44,13 @@ class SamplingOverrides(_Body):
         )
 
 
+# A model's name or alias; unset: the route's role's model.
+ModelName = Annotated[str, Meta(min_length=1, max_length=256)]
+
+
 class ChatRequest(SamplingOverrides, kw_only=True):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    model: ModelName | None = None
     max_tokens: MaxTokens | UnsetType = UNSET
     stream: bool = False  # SSE of OpenAI chat.completion.chunk events, usage in the last
 
@@ -65,6 +70,7 @@ class ChatResponse(_Body):
 
 class EmbeddingsRequest(_Body):
     input: EmbedText | Annotated[list[EmbedText], Meta(min_length=1)]
+    model: ModelName | None = None
 
 
 class EmbeddingsResponse(_Body):

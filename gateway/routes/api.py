@@ -9,7 +9,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from backends.specs import model_name, model_path
 from gateway.bodies import decode_json, json_response
 from gateway.lifespan import Services, services
 from gateway.routes.job import Job
@@ -27,6 +26,7 @@ from gateway.schemas import (
 async def chat(request: Request) -> Response:
     job = Job(request)
     body = await decode_json(request, ChatRequest, job.max_body)
+    job.use(body.model, "chat")
     task = job.chat_task(
         body.messages, body.max_tokens or None, body.apply_to(job.config.llm_params)
     )
@@ -37,7 +37,7 @@ async def chat(request: Request) -> Response:
         ChatResponse(
             message=ChatMessage(role="assistant", content=result.content),
             backend=job.backend.name,
-            model=model_name(model_path(job.svc.settings, "chat")),
+            model=job.model.name,
             usage=Usage(
                 prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
             ),
@@ -49,27 +49,28 @@ async def chat(request: Request) -> Response:
 async def generate_embeddings(request: Request) -> Response:
     job = Job(request)
     body = await decode_json(request, EmbeddingsRequest, job.max_body)
+    job.use(body.model, "embedding")
     vectors = await job.embed(body.input)
     return json_response(
         EmbeddingsResponse(
             embeddings=vectors,
             dimensions=len(vectors[0]),
-            model=model_name(model_path(job.svc.settings, "embedding")),
+            model=job.model.name,
             backend=job.backend.name,
         )
     )
 
 
 def config_view(svc: Services) -> dict[str, Any]:
-    models = svc.settings.models
+    catalog = svc.dispatcher.catalog
     return {
         **msgspec.to_builtins(svc.store.current),
         "models": {
-            role: getattr(models, role)
-            for role in ("chat", "embedding", "vision", "mmproj")
-            if getattr(models, role)
-        }
-        | {"chat_template": models.chat_template},
+            name: msgspec.to_builtins(model) | {"roles": catalog.roles_of(name)}
+            for name, model in catalog.models.items()
+        },
+        "roles": catalog.roles,
+        "pool": msgspec.to_builtins(svc.settings.pool) | {"memory_budget_mb": svc.budget_mb},
         "llama_server": msgspec.to_builtins(svc.settings.llama_server),
     }
 

@@ -10,6 +10,7 @@ import anyio
 from starlette.requests import Request
 
 from backends.base import ChatResult, ChatTask, VisionTask
+from backends.catalog import ModelDef
 from backends.vision import prepare_image
 from gateway.admission import admitted
 from gateway.config import LlmParams
@@ -24,8 +25,14 @@ class Job:
         self.svc = services(request)
         self.config = self.svc.store.current  # the mode the request started in, to its end
         self.backend = self.svc.dispatcher.backend_for(self.config)
-        self.lane = self.svc.admission.lanes[self.backend.name]
         request.state.backend = self.backend.name  # for the access log and metrics
+
+    def use(self, requested: str | None, role: str) -> ModelDef:
+        """The model this request asked for by name or alias (404 for neither), else its
+        role's; and the admission lane that model's requests share."""
+        self.model = self.svc.dispatcher.catalog.resolve(requested, role)
+        self.lane = self.svc.admission.lane(self.backend.name, self.model.name)
+        return self.model
 
     @property
     def max_body(self) -> int:
@@ -35,7 +42,12 @@ class Job:
         self, messages: Sequence[ChatMessage], max_tokens: int | None, params: LlmParams
     ) -> ChatTask:
         wanted = max_tokens or self.svc.settings.limits.default_max_tokens
-        return ChatTask(messages=messages, max_tokens=min(wanted, params.ctx_size), params=params)
+        return ChatTask(
+            model=self.model,
+            messages=messages,
+            max_tokens=min(wanted, self.model.ctx_size or params.ctx_size),
+            params=params,
+        )
 
     async def chat(self, task: ChatTask) -> ChatResult:
         async with self.lane.slot():
@@ -56,13 +68,19 @@ class Job:
         """Clean the image in a worker thread (inside the slot: concurrent decodes are bounded
         like everything else), then ask the backend about it."""
         limits = self.svc.settings.vision
+        self.model.projector()
         if len(image) > limits.max_image_bytes:
             raise PayloadTooLarge(f"the image is over {limits.max_image_bytes} bytes")
         prepare = partial(prepare_image, max_side=limits.max_side, max_pixels=limits.max_pixels)
         async with self.lane.slot():
             prepared = await anyio.to_thread.run_sync(prepare, image)
             task = VisionTask(
-                image=prepared, prompt=prompt, max_tokens=max_tokens, params=params, grammar=grammar
+                model=self.model,
+                image=prepared,
+                prompt=prompt,
+                max_tokens=max_tokens,
+                params=params,
+                grammar=grammar,
             )
             result = await self.backend.vision(task)
         self.svc.metrics.record_generation(
@@ -74,5 +92,7 @@ class Job:
         texts = [inputs] if isinstance(inputs, str) else inputs
         if empty := [i for i, text in enumerate(texts) if not text.strip()]:
             raise BadRequest(f"input {empty[0]} is empty: there is nothing to embed")
+        if not self.model.embeddings:
+            raise BadRequest(f"model {self.model.name} does not serve embeddings")
         async with self.lane.slot():
-            return await self.backend.embed(texts, self.config.llm_params)
+            return await self.backend.embed(self.model, texts, self.config.llm_params)

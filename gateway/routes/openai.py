@@ -15,10 +15,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from backends.base import ChatResult
-from backends.specs import ROLES, model_name, model_path, vision_model
 from backends.vision import decode_base64_image
 from gateway.bodies import decode_json, json_response
-from gateway.lifespan import services
 from gateway.openai_schemas import ChatCompletionRequest, EmbeddingRequest
 from gateway.routes.job import Job
 
@@ -31,9 +29,11 @@ async def chat_completions(request: Request) -> Response:
     max_tokens = body.max_completion_tokens or body.max_tokens
     if image := body.image_request():
         url, prompt = image
+        job.use(body.model, "vision")
         budget = max_tokens or job.svc.settings.limits.default_max_tokens
         result = await job.vision(decode_base64_image(url), prompt, budget, params, None)
-        return _completion(result, model_name(vision_model(job.svc.settings)[0]))
+        return _completion(result, job.model.name)
+    job.use(body.model, "chat")
     task = job.chat_task(
         [m.as_chat() for m in body.messages],
         max_tokens,
@@ -43,7 +43,7 @@ async def chat_completions(request: Request) -> Response:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await job.chat_stream(task, include_usage)
     result = await job.chat(task)
-    return _completion(result, model_name(model_path(job.svc.settings, "chat")))
+    return _completion(result, job.model.name)
 
 
 def _completion(result: ChatResult, model: str) -> Response:
@@ -80,6 +80,7 @@ async def embeddings(request: Request) -> Response:
     job = Job(request)
     body = await decode_json(request, EmbeddingRequest, job.max_body)
     body.check_supported()
+    job.use(body.model, "embedding")
     vectors = await job.embed(body.input)
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
@@ -89,26 +90,13 @@ async def embeddings(request: Request) -> Response:
         {
             "object": "list",
             "data": data,
-            "model": model_name(model_path(job.svc.settings, "embedding")),
+            "model": job.model.name,
             "usage": {"prompt_tokens": 0, "total_tokens": 0},
         }
     )
 
 
-async def models(request: Request) -> Response:
-    svc = services(request)
-    roles: dict[str, list[str]] = {}
-    for role in ROLES:
-        roles.setdefault(model_name(model_path(svc.settings, role)), []).append(role)
-    data = [
-        {"id": name, "object": "model", "created": 0, "owned_by": "ai-server", "roles": r}
-        for name, r in roles.items()
-    ]
-    return json_response({"object": "list", "data": data})
-
-
 routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
-    Route("/v1/models", models, methods=["GET"]),
 ]

@@ -9,12 +9,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from backends import toolchain
-from backends.specs import ROLES, model_path, server_specs
+from backends.specs import server_spec
 from gateway.bodies import json_response
-from gateway.errors import MissingComponent
+from gateway.errors import GatewayError, MissingComponent
 from gateway.lifespan import Services, services
-from supervisor.actor import ProcessInfo
-from supervisor.states import State
 
 CLI_BINARIES = ("llama-completion", "llama-embedding", "llama-mtmd-cli")
 
@@ -27,51 +25,51 @@ async def health(request: Request) -> Response:
 
 
 def _cli_problems(svc: Services) -> list[str]:
-    """Why cli mode cannot serve every configured role: a model or binary is missing."""
+    """Why cli mode cannot serve every role: a model or binary is missing."""
+    catalog = svc.dispatcher.catalog
     try:
-        for role in (*ROLES, "mmproj"):
-            model_path(svc.settings, role)
+        for name in sorted(set(catalog.roles.values())):
+            catalog.models[name].file()
+        catalog.models[catalog.roles["vision"]].projector()
         for name in CLI_BINARIES:
             explicit = svc.settings.binaries.get(name)
             toolchain.resolve_binary(name, explicit, svc.settings.cache_path())
-    except MissingComponent as exc:
+    except GatewayError as exc:
         return [exc.message]
     return []
 
 
-def _server_problems(roles: dict[str, list[str]], processes: list[ProcessInfo]) -> list[str]:
-    """Why server mode cannot: a llama-server the config needs is not READY."""
-    running = {p.model: p for p in processes if p.model in roles}
+def _server_problems(svc: Services) -> list[str]:
+    """Why server mode cannot: a role's model is missing, has failed or is backing off
+    after a crash (an unloaded one is fine: it loads on its first request)."""
+    catalog = svc.dispatcher.catalog
     problems = []
-    for model in sorted(roles):
-        process = running.get(model)
-        if process is None or process.state is not State.READY:
-            state = process.state if process else "not started"
-            problems.append(f"llama-server for {model} is {state}")
+    for name in sorted(set(catalog.roles.values())):
+        model = catalog.models[name]
+        try:
+            model.file()
+        except MissingComponent as exc:
+            problems.append(exc.message)
+            continue
+        info = svc.supervisor.instance(server_spec(model, svc.store.current.llm_params))
+        if info is not None and info.status in ("failed", "backoff"):
+            problems.append(f"model {name} is {info.status}: {info.last_error}")
     return problems
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: 200 only when the current mode can serve every configured role."""
+    """Readiness: 200 while the current mode can serve every role's model."""
     svc = services(request)
-    processes = svc.supervisor.snapshot()
-    roles: dict[str, list[str]] = {}  # model -> the roles its llama-server serves
-    try:
-        for role, spec in server_specs(svc.settings, svc.store.current.llm_params).items():
-            roles.setdefault(spec.model, []).append(role)
-        unresolved = []
-    except MissingComponent as exc:
-        unresolved = [exc.message]
-    if svc.store.current.backend == "cli":
-        problems = _cli_problems(svc)
-    else:
-        problems = unresolved or _server_problems(roles, processes)
+    cli = svc.store.current.backend == "cli"
+    problems = _cli_problems(svc) if cli else _server_problems(svc)
+    catalog = svc.dispatcher.catalog
     body = {
         "ready": not problems,
         "backend": svc.store.current.backend,
         "problems": problems,
         "processes": [
-            {"roles": roles.get(p.model, []), **msgspec.to_builtins(p)} for p in processes
+            {"roles": catalog.roles_of(p.name), **msgspec.to_builtins(p)}
+            for p in svc.supervisor.snapshot()
         ],
     }
     return json_response(body, 200 if not problems else 503)

@@ -13,12 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from backends.specs import model_name, vision_model
 from backends.vision import decode_base64_image
 from gateway.bodies import decode_json, json_response
 from gateway.errors import BadRequest, PayloadTooLarge, UpstreamError
 from gateway.routes.job import Job
-from gateway.schemas import MaxTokens, SamplingOverrides
+from gateway.schemas import MaxTokens, ModelName, SamplingOverrides
 
 TAG_PROMPT = "List short tags for this image."
 DESCRIBE_PROMPT = "Describe this image."
@@ -29,6 +28,7 @@ class VisionOptions(SamplingOverrides, kw_only=True):
     """The fields of a multipart upload besides its file part `image`."""
 
     prompt: str | UnsetType = UNSET
+    model: ModelName | None = None
     max_tags: Annotated[int, Meta(ge=1, le=50)] = 10
     max_tokens: MaxTokens | UnsetType = UNSET
 
@@ -85,6 +85,7 @@ async def read_request(request: Request, job: Job) -> tuple[VisionOptions, bytes
 async def tag(request: Request) -> Response:
     job = Job(request)
     body, image = await read_request(request, job)
+    job.use(body.model, "vision")
     prompt = body.prompt if body.prompt is not UNSET else TAG_PROMPT
     budget = body.max_tokens or body.max_tags * (TAG_CHARS + 4) + 16
     result = await job.vision(
@@ -97,6 +98,7 @@ async def tag(request: Request) -> Response:
 async def describe(request: Request) -> Response:
     job = Job(request)
     body, image = await read_request(request, job)
+    job.use(body.model, "vision")
     prompt = body.prompt if body.prompt is not UNSET else DESCRIBE_PROMPT
     budget = body.max_tokens or job.svc.settings.limits.default_max_tokens
     result = await job.vision(image, prompt, budget, body.apply_to(job.config.llm_params), None)
@@ -104,7 +106,7 @@ async def describe(request: Request) -> Response:
 
 
 def _about(job: Job) -> dict[str, str]:
-    return {"backend": job.backend.name, "model": model_name(vision_model(job.svc.settings)[0])}
+    return {"backend": job.backend.name, "model": job.model.name}
 
 
 routes = [

@@ -14,9 +14,9 @@ import msgspec
 import uvicorn
 
 from gateway.app import create_app
-from gateway.config import Binaries, Limits, LlamaServer, Models, Settings
+from gateway.config import Binaries, Limits, LlamaServer, Settings
 from tests.conftest import free_port, wait_until
-from tests.unit.test_gguf_header import gguf_bytes
+from tests.unit.test_gguf_meta import gguf_bytes
 
 FAKES = Path(__file__).parents[1] / "fakes"
 
@@ -79,9 +79,13 @@ def fake_settings(tmp_path: Path, **changes: Any) -> Settings:
     )
     defaults: dict[str, Any] = {
         "binaries": binaries,
-        "models": Models(
-            chat=str(model), embedding=str(model), vision=str(model), mmproj=str(model)
-        ),
+        # The old per-role keys: one model, named after its file ("stub"), in every role.
+        "models": {
+            "chat": str(model),
+            "embedding": str(model),
+            "vision": str(model),
+            "mmproj": str(model),
+        },
         "limits": Limits(request_timeout_s=10),
     }
     return real_settings(tmp_path, **(defaults | changes))

@@ -13,7 +13,7 @@ import anyio
 import msgspec
 import pytest
 
-from gateway.config import Limits, LlamaServer, Models
+from gateway.config import Limits, LlamaServer
 from tests.e2e.conftest import Client, real_settings, serving
 from tests.integration.test_supervisor_real import llama_servers_on
 
@@ -120,7 +120,7 @@ async def test_a_corrupt_model_fails_visibly_and_cli_mode_still_works(
     port = real_settings(tmp_path).llama_server.port
     settings = real_settings(
         tmp_path,
-        models=Models(chat=str(corrupt)),
+        models={"chat": str(corrupt)},
         llama_server=LlamaServer(port=port, restart_limit=2, backoff_initial_s=0.1),
     )
     async with serving(settings) as client:
@@ -142,7 +142,7 @@ async def test_a_corrupt_model_fails_visibly_and_cli_mode_still_works(
         assert "exited with status" in process["last_error"]
         refused = await call(client, "/api/chat", LONG_CHAT)
         assert refused.status == 503 and refused.retry_after
-        assert "corrupt.gguf has failed" in refused.body["error"]["message"]
+        assert "llama-server for corrupt has failed" in refused.body["error"]["message"]
         assert (await client.get("/health"))[0] == 200
         # The embedding model's process is another one, and serves on.
         assert (await call(client, "/api/generate-embeddings", BATCH)).status == 200

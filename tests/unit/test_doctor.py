@@ -5,10 +5,10 @@ from pathlib import Path
 import msgspec
 
 from backends import toolchain
-from gateway.config import Binaries, Models, Settings
+from gateway.config import Binaries, Settings
 from gateway.doctor import run_doctor
 from tests.conftest import free_port, write_script
-from tests.unit.test_gguf_header import gguf_bytes
+from tests.unit.test_gguf_meta import gguf_bytes
 
 VERSION = 'import sys; print("version: 42 (fake)", file=sys.stderr)\n'
 BROKEN = 'import sys; print("cannot open shared object file", file=sys.stderr); sys.exit(127)\n'
@@ -27,7 +27,7 @@ def fake_settings(tmp_path: Path, broken: str | None = None) -> Settings:
         port=free_port(),
         cache_dir=str(tmp_path / "cache"),
         binaries=msgspec.convert(paths, Binaries),
-        models=Models(chat=str(model), embedding=str(model), vision=str(model)),
+        models={"chat": str(model), "embedding": str(model), "vision": str(model)},
     )
 
 
@@ -56,8 +56,8 @@ def test_doctor_fails_on_a_binary_that_does_not_run(tmp_path: Path) -> None:
 
 def test_doctor_fails_on_missing_model_and_names_it(tmp_path: Path) -> None:
     settings = msgspec.structs.replace(
-        fake_settings(tmp_path), models=Models(vision=str(tmp_path / "gone.gguf"))
+        fake_settings(tmp_path), models={"vision": str(tmp_path / "gone.gguf")}
     )
     code, out = run(settings)
     assert code == 1
-    assert "MISSING  model for vision:" in out and "gone.gguf" in out
+    assert "MISSING  gone (vision): model gone:" in out and "gone.gguf does not exist" in out
