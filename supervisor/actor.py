@@ -158,6 +158,11 @@ class Supervisor(Lifecycle):
     def snapshot(self) -> list[ProcessInfo]:
         return [m.info() for m in self._records.values()]
 
+    def instance(self, spec: ServerSpec) -> ProcessInfo | None:
+        """The instance running `spec`, if there is a record of it."""
+        m = self._records.get(spec)
+        return m.info() if m is not None else None
+
     def memory_used_mb(self) -> int:
         return sum(m.memory_mb for m in self._records.values() if m.holds_memory)
 
