@@ -224,13 +224,12 @@ def build_catalog(settings: Settings) -> Catalog:
         if isinstance(value, ModelConfig):
             models[name] = _named(name, value, models.get(name), ttl)
     _check_names(models.values())
-    explicit = {k: v for k, v in msgspec.structs.asdict(settings.roles).items() if v}
-    roles = DEFAULT_ROLES | roles | explicit
-    catalog = Catalog(models, roles)
-    for role, name in explicit.items():
-        if name not in catalog.models:
-            raise ConfigError(
-                f"[roles] {role} = {name!r} names no model; the models are: "
-                + ", ".join(sorted(catalog.models))
-            )
+    catalog = Catalog(models, DEFAULT_ROLES | roles)
+    for role, name in msgspec.structs.asdict(settings.roles).items():
+        if name is None:
+            continue
+        try:
+            catalog.roles[role] = catalog.resolve(name, role).name  # an alias is fine too
+        except ModelNotFound as exc:
+            raise ConfigError(f"[roles] {role} = {name!r} names no model: {exc.message}") from None
     return catalog
