@@ -12,6 +12,8 @@ JSON in $FAKE_LLAMA, e.g. {"load_delay": 1, "ignore_sigterm": true}:
   ignore_sigterm     ignore SIGTERM (only SIGKILL stops it)
   fail_status        answer /v1/* with this HTTP status and an error body
   record             append {"argv"} at start and {"path", "body"} per request to this JSONL file
+  hold_mb            keep this many MiB resident (a model's memory, as the pool measures it)
+  answer_delay       seconds before each /v1/* answer (a request in flight for that long)
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Handler(BaseHTTPRequestHandler):
         record({"path": self.path, "body": body})
         if BEHAVIOUR.get("hang_completion"):
             threading.Event().wait()
+        time.sleep(BEHAVIOUR.get("answer_delay", 0))
         if status := BEHAVIOUR.get("fail_status"):
             return self.reply(status, {"error": {"code": status, "message": "fake failure"}})
         if self.path == "/completion":
@@ -95,10 +98,12 @@ def main() -> None:
     if BEHAVIOUR.get("silent"):
         threading.Event().wait()
     print("fake llama-server: loading model", file=sys.stderr, flush=True)
+    held = b"\x01" * (BEHAVIOUR.get("hold_mb", 0) << 20)  # written, so resident
     server = ThreadingHTTPServer((arg("--host", "127.0.0.1"), int(arg("--port", "8080"))), Handler)
     server.daemon_threads = True
     print(f"fake llama-server: listening on port {server.server_port}", file=sys.stderr, flush=True)
     server.serve_forever()
+    del held
 
 
 if __name__ == "__main__":
