@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from backends.catalog import GEMMA, SMOLLM2
 from tests.conftest import wait_until
 from tests.e2e.conftest import Client, real_settings, serving
 from tests.integration.test_supervisor_real import llama_servers_on
@@ -33,11 +34,12 @@ def cosine(a: list[float], b: list[float]) -> float:
 async def chat_and_embed(client: Client, backend: str) -> tuple[int, list[list[float]]]:
     status, chat = await client.post("/api/chat", CONVERSATION)
     assert status == 200, chat
-    assert chat["backend"] == backend and chat["model"] == "gemma-3-270m-q4_k_m"
+    assert chat["backend"] == backend and chat["model"] == SMOLLM2
     assert chat["message"]["role"] == "assistant" and isinstance(chat["message"]["content"], str)
     assert 1 <= chat["usage"]["completion_tokens"] <= 8
     status, embedded = await client.post("/api/generate-embeddings", {"input": TEXTS})
     assert status == 200, embedded
+    assert embedded["model"] == GEMMA  # the embedding model stays gemma: 640 dimensions
     assert embedded["backend"] == backend and embedded["dimensions"] == 640
     assert [len(v) for v in embedded["embeddings"]] == [640, 640, 640]
     return chat["usage"]["prompt_tokens"], embedded["embeddings"]

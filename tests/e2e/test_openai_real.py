@@ -10,6 +10,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from backends.catalog import GEMMA, SMOLLM2
 from gateway.config import Settings
 from supervisor.pidfile import cmdline
 from tests.conftest import wait_until
@@ -39,7 +40,7 @@ async def test_openai_client_chat_stream_embeddings_models(tmp_path: Path, backe
     settings = real_settings(tmp_path, backend=backend)
     async with serving(settings), sdk(settings) as client:
         chat = await client.chat.completions.create(
-            model="anything", messages=[{"role": "user", "content": "Hi"}], max_tokens=5
+            model=SMOLLM2, messages=[{"role": "user", "content": "Hi"}], max_tokens=5
         )
         assert chat.choices[0].message.role == "assistant"
         assert isinstance(chat.choices[0].message.content, str)
@@ -50,7 +51,7 @@ async def test_openai_client_chat_stream_embeddings_models(tmp_path: Path, backe
         text: list[str] = []
         usage = None
         stream = await client.chat.completions.create(
-            model="anything",
+            model=GEMMA,  # a base model: it writes up to max_tokens
             messages=STORY,
             max_tokens=24,
             stream=True,
@@ -64,16 +65,16 @@ async def test_openai_client_chat_stream_embeddings_models(tmp_path: Path, backe
         assert len(arrivals) >= 10 and arrivals[0] < arrivals[-1]  # chunks came as generated
         assert "".join(text)
 
-        embedded = await client.embeddings.create(model="x", input=["hello", "world", "!"])
+        embedded = await client.embeddings.create(model=GEMMA, input=["hello", "world", "!"])
         assert [len(d.embedding) for d in embedded.data] == [640, 640, 640]
         assert [d.index for d in embedded.data] == [0, 1, 2]
         as_floats = await client.embeddings.create(
-            model="x", input="hello", encoding_format="float"
+            model=GEMMA, input="hello", encoding_format="float"
         )
         assert as_floats.data[0].embedding == pytest.approx(embedded.data[0].embedding, abs=1e-6)
 
         models = await client.models.list()
-        assert [m.id for m in models.data] == ["gemma-3-270m-q4_k_m"]
+        assert {m.id for m in models.data} == {SMOLLM2, GEMMA}
 
 
 async def test_openai_errors_use_the_openai_envelope(tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ async def test_openai_errors_use_the_openai_envelope(tmp_path: Path) -> None:
     async with serving(settings), sdk(settings) as client:
         with pytest.raises(openai.BadRequestError) as caught:
             await client.chat.completions.create(
-                model="x", messages=[{"role": "user", "content": "Hi"}], n=2
+                model=SMOLLM2, messages=[{"role": "user", "content": "Hi"}], n=2
             )
     assert caught.value.status_code == 400
     assert "not supported by this server: n" in caught.value.message
