@@ -60,6 +60,7 @@ async def test_both_models_serve_by_name_and_alias_in_both_modes(tmp_path: Path)
                 canonical = GEMMA if name != SMOLLM2 else SMOLLM2
                 assert answer["model"] == canonical  # the name, never the file path
                 prompt_tokens[backend, canonical] = answer["usage"]["prompt_tokens"]
+            await related_scores_closer(client)
             if backend == "server":
                 listed = await models_of(client)
                 pids = {listed[n]["pid"] for n in (SMOLLM2, GEMMA)}
@@ -75,6 +76,23 @@ async def test_both_models_serve_by_name_and_alias_in_both_modes(tmp_path: Path)
     # Each model's own template renders the same prompt in both modes.
     for name in (SMOLLM2, GEMMA):
         assert prompt_tokens["server", name] == prompt_tokens["cli", name] > 5
+
+
+async def related_scores_closer(client: Client) -> None:
+    """The README's retrieval check, for both models: a related sentence scores closer to the
+    query than an unrelated one."""
+    texts = ["The cat sleeps on the sofa.", "A kitten is napping on the couch.",
+             "Interest rates rose by half a percent."]  # fmt: skip
+    for name, dimensions in ((GEMMA, 640), (SMOLLM2, 576)):
+        status, body = await client.post("/v1/embeddings", {"model": name, "input": texts})
+        assert status == 200, body
+        query, related, unrelated = (row["embedding"] for row in body["data"])
+        assert len(query) == dimensions
+        assert dot(query, related) > dot(query, unrelated)
+
+
+def dot(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))  # L2-normalised: the cosine
 
 
 async def stream_to_the_end(client: Client, body: dict[str, Any]) -> list[str]:
