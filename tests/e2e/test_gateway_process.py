@@ -57,13 +57,14 @@ def gateway(config: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 
 async def wait_ready(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    """Poll /ready until it answers 200; its body."""
+    """Poll /ready until it answers 200 and the first llama-server (the chat model's, which
+    loads at startup) is ready; its body."""
     with anyio.fail_after(30):
         while True:
             try:
                 async with http.get(url + "/ready") as resp:
-                    if resp.status == 200:
-                        body: dict[str, Any] = await resp.json()
+                    body: dict[str, Any] = await resp.json()
+                    if resp.status == 200 and body["processes"][0]["state"] == "ready":
                         return body
             except aiohttp.ClientConnectionError:
                 pass
@@ -96,6 +97,32 @@ async def test_a_killed_gateways_llama_server_is_reclaimed_by_the_next(
             assert second.wait(timeout=20) == 0
             assert b"Application shutdown complete" in (tmp_path / "gateway.log").read_bytes()
         assert not alive(successor)  # a clean stop stops its children
+
+
+async def test_sighup_rescans_the_models_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA", json.dumps({}))
+    port, folder = free_port(), tmp_path / "models"
+    folder.mkdir()
+    config = write_config(tmp_path, port, free_port())
+    config.write_text(config.read_text() + f'[pool]\nmodels_dir = "{folder}"\n')
+    url = f"http://127.0.0.1:{port}"
+
+    async def names(http: aiohttp.ClientSession) -> set[str]:
+        async with http.get(url + "/v1/models") as resp:
+            return {m["id"] for m in (await resp.json())["data"]}
+
+    async with aiohttp.ClientSession() as http:
+        with gateway(config) as process:
+            await wait_ready(http, url)
+            assert "added" not in await names(http)
+            (folder / "added.gguf").write_bytes(b"GGUF")  # adding a model: copy a file
+            process.send_signal(signal.SIGHUP)
+            with anyio.fail_after(10):
+                while "added" not in await names(http):  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            assert process.poll() is None  # SIGHUP did not stop it
 
 
 def test_serve_refuses_an_unknown_config_key_naming_it(tmp_path: Path) -> None:

@@ -222,3 +222,23 @@ async def test_cli_mode_selects_the_gguf_by_name(
         assert status == 200 and embedded["model"] == "a"
     models = [run["argv"][run["argv"].index("--model") + 1] for run in recorded(record)]
     assert models == [b, a]
+
+
+async def test_rescan_adds_models_dir_files_and_vision_needs_a_projector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    settings = pool_settings(tmp_path, 0, a=ModelConfig(path=stub(tmp_path, "a")))
+    settings = msgspec.structs.replace(settings, pool=Pool(models_dir=str(folder)))
+    async with serving(settings) as client:
+        assert "late" not in await models_of(client)
+        stub(folder, "late")
+        stub(folder, "mmproj-late")
+        status, body = await client.post("/api/models/rescan", {})
+        assert status == 200 and "late" in body["models"] and "mmproj-late" not in body["models"]
+        assert (await chat(client, "late"))[0] == 200
+        # "a" has no projector: an image for it is a 400 that says so.
+        status, refused = await client.post("/api/tag", {"image": "aGk=", "model": "a"})
+        assert status == 400 and "no projector" in refused["error"]["message"]
