@@ -44,7 +44,7 @@ ERROR = {
         "error": {
             "type": "object",
             "required": ["type", "code", "message"],
-            "properties": {k: {"type": "string"} for k in ("type", "code", "message")},
+            "properties": {k: {"type": "string"} for k in ("type", "code", "message", "param")},
         }
     },
 }
@@ -79,10 +79,16 @@ def build_document() -> dict[str, Any]:
         if request is not None:
             operation["requestBody"] = {"required": True, **_json(by_type[request])}
         paths[path] = {method: operation}
-    for path in ("/health", "/ready", "/v1/models", "/api/config"):
-        paths.setdefault(path, {})["get"] = {
-            "responses": {"200": {"description": "OK", **_json({"type": "object"})}}
-        }
+    plain = {
+        "responses": {"200": {"description": "OK", **_json({"type": "object"})},
+                      "default": {"description": "an error", **_json(ERROR)}},
+    }  # fmt: skip
+    for path in ("/health", "/ready", "/v1/models", "/api/config", "/api/models"):
+        paths.setdefault(path, {})["get"] = plain
+    paths["/api/models/rescan"] = {"post": plain}
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    for action in ("load", "unload"):
+        paths[f"/api/models/{{name}}/{action}"] = {"post": plain | {"parameters": [name]}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "AI Server", "version": "0.1.0"},
