@@ -57,14 +57,15 @@ def gateway(config: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 
 async def wait_ready(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    """Poll /ready until it answers 200 and the first llama-server (the chat model's, which
-    loads at startup) is ready; its body."""
+    """Poll /ready until it answers 200 and the first llama-server, if any (server mode: the
+    chat model's, which loads at startup), is ready; its body."""
     with anyio.fail_after(30):
         while True:
             try:
                 async with http.get(url + "/ready") as resp:
                     body: dict[str, Any] = await resp.json()
-                    if resp.status == 200 and body["processes"][0]["state"] == "ready":
+                    first = body["processes"][:1]
+                    if resp.status == 200 and all(p["state"] == "ready" for p in first):
                         return body
             except aiohttp.ClientConnectionError:
                 pass
