@@ -78,6 +78,7 @@ def fake_settings(tmp_path: Path, **changes: Any) -> Settings:
         llama_mtmd_cli=str(bin_dir / "llama-mtmd-cli"),
     )
     defaults: dict[str, Any] = {
+        "cache_dir": str(tmp_path / "cache"),  # no built-in models: only the stub
         "binaries": binaries,
         # The old per-role keys: one model, named after its file ("stub"), in every role.
         "models": {

@@ -46,10 +46,13 @@ async def test_metrics_parse_and_count_requests_and_processes(
     assert samples[("ai_server_tokens_generated_total", (("backend", "server"),))] == 2
     latency = (("backend", "server"), ("route", "/api/chat"))
     assert samples[("ai_server_request_duration_seconds_count", latency)] == 1
-    ready = (("model", str(tmp_path / "stub.gguf")), ("port", port), ("state", "ready"))
+    ready = (("model", "stub"), ("port", port), ("state", "ready"))
     assert samples[("ai_server_llama_server_state", ready)] == 1
-    assert samples[("ai_server_in_flight", (("backend", "server"),))] == 0
-    assert samples[("ai_server_queued", (("backend", "cli"),))] == 0
+    assert samples[("ai_server_model_loads_total", (("model", "stub"), ("port", port)))] == 1
+    assert samples[("ai_server_model_memory_mb", (("model", "stub"), ("port", port)))] > 0
+    assert samples[("ai_server_model_swaps_total", ())] == 0
+    assert samples[("ai_server_in_flight", (("backend", "server"), ("model", "stub")))] == 0
+    assert samples[("ai_server_queued", (("backend", "cli"), ("model", "")))] == 0
 
 
 async def test_request_id_is_echoed_or_made_and_in_the_access_log(
@@ -93,15 +96,15 @@ async def test_ready_flips_when_the_llama_server_dies_and_comes_back(
             return status
 
         with anyio.fail_after(30):
+            # 200 while the chat model is loaded or loadable: loading counts.
+            while (process := (await client.get("/ready"))[1]["processes"][0])["state"] != "ready":
+                assert await ready_status() == 200
+            os.kill(process["pid"], signal.SIGKILL)
+            while await ready_status() != 503:  # crashed: backing off
+                pass
             while await ready_status() != 200:
                 pass
-            pid = (await client.get("/ready"))[1]["processes"][0]["pid"]
-            os.kill(pid, signal.SIGKILL)
-            while await ready_status() != 503:
-                pass
-            while await ready_status() != 200:
-                pass
-        assert statuses == [503, 200, 503, 200]
+        assert statuses == [200, 503, 200]
 
 
 async def test_openapi_documents_every_route(tmp_path: Path) -> None:
