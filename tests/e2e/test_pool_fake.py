@@ -93,7 +93,7 @@ async def test_pool_never_evicts_a_model_with_a_request_in_flight(
 ) -> None:
     a, b = stub(tmp_path, "a"), stub(tmp_path, "b")
     need = estimate(a)
-    behave(monkeypatch, hold_mb=need, answer_delay=1.0)
+    behave(monkeypatch, hold_mb=need, answer_delay=3.0)
     settings = pool_settings(tmp_path, need * 3 // 2, a=ModelConfig(path=a), b=ModelConfig(path=b))
     async with serving(settings) as client:
         await client.post("/api/models/a/load", {})
@@ -106,10 +106,13 @@ async def test_pool_never_evicts_a_model_with_a_request_in_flight(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(ask, "a")
-            await anyio.sleep(0.3)
+            with anyio.fail_after(10):
+                while (await models_of(client))["a"]["in_flight"] == 0:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
             tg.start_soon(ask, "b")
-            await anyio.sleep(0.3)
+            await anyio.sleep(0.5)
             waiting = await models_of(client)
+            assert "a" not in ended, "the request to a should still be in flight"
             assert waiting["a"]["status"] == "loaded" and waiting["a"]["in_flight"] == 1
             assert waiting["b"]["status"] == "unloaded"  # waiting for memory, not loading
         assert ended["a"] < ended["b"]
