@@ -13,12 +13,15 @@ import anyio
 import msgspec
 import pytest
 
-from gateway.config import Limits, LlamaServer
+from backends.catalog import GEMMA
+from gateway.config import Limits, LlamaServer, Roles
 from tests.e2e.conftest import Client, real_settings, serving
 from tests.integration.test_supervisor_real import llama_servers_on
 
 pytestmark = pytest.mark.llama
 
+# Chat and embeddings from one llama-server, the first one /ready lists: gemma-3-270m.
+ONE_MODEL = Roles(chat=GEMMA)
 LONG_CHAT = {"messages": [{"role": "user", "content": "Count to fifty."}], "max_tokens": 96}
 BATCH = {"input": [f"text number {i} about llamas" for i in range(32)]}
 
@@ -49,7 +52,7 @@ async def ready_pid(client: Client, other_than: int | None = None) -> int:
 async def test_kill_9_under_load_answers_200_or_503_and_retries_embeddings(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = real_settings(tmp_path)
+    settings = real_settings(tmp_path, roles=ONE_MODEL)
     async with serving(settings) as client:
         assert (await call(client, "/api/generate-embeddings", BATCH)).status == 200  # loaded
         first = await ready_pid(client)
@@ -87,6 +90,7 @@ async def test_kill_9_under_load_answers_200_or_503_and_retries_embeddings(
 async def test_a_stopped_llama_server_is_a_504_and_is_replaced(tmp_path: Path) -> None:
     settings = real_settings(
         tmp_path,
+        roles=ONE_MODEL,
         limits=Limits(request_timeout_s=3),
         llama_server=LlamaServer(port=real_settings(tmp_path).llama_server.port, probe_timeout_s=2),
     )
