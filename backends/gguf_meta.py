@@ -4,7 +4,7 @@ how much memory a llama-server running it will take.
 `read_meta` memory-maps the file and reads only the metadata key/values (never tensor data);
 a result is cached per file and version, so asking again is a stat. `estimate_mb` adds the
 file sizes, the KV cache llama.cpp allocates for a context and a measured allowance for the
-compute buffers; `resident_mb` is what a running process really holds, for checking it.
+compute buffers; `supervisor.process.resident_mb` is what a running process really holds.
 """
 
 from __future__ import annotations
@@ -311,15 +311,3 @@ def estimate_mb(
 
 def _file_size(path: str | Path) -> int:
     return os.stat(path).st_size
-
-
-def resident_mb(pid: int) -> int | None:
-    """VmRSS of process `pid` in MiB (rounded up); None if it is gone, a zombie or unreadable."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return math.ceil(int(line.split()[1]) / 1024)  # reported in kB
-    except (OSError, ValueError, IndexError):
-        return None
-    return None

@@ -36,7 +36,13 @@ def estimate_mb(spec: ServerSpec) -> int:
     """The pool's estimate before loading (backends.gguf_meta); 0 for an unreadable file,
     which then fails its load with llama-server's own message."""
     try:
-        return gguf_meta.estimate_mb(spec.model, spec.mmproj, spec.ctx_size)
+        return gguf_meta.estimate_mb(
+            spec.model,
+            spec.mmproj,
+            spec.ctx_size,
+            ubatch_size=spec.ubatch_size,
+            embeddings=spec.embeddings,
+        )
     except (OSError, gguf_meta.NotGguf) as exc:
         log.warning("specs.no_estimate model=%s %s", spec.name, exc)
         return 0

@@ -109,12 +109,12 @@ async def spawn(
 
 
 def resident_mb(pid: int) -> int | None:
-    """The process's resident memory (VmRSS) in MiB, rounded up; None once it is gone."""
+    """VmRSS of process `pid` in MiB (rounded up); None if it is gone, a zombie or unreadable."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
                 if line.startswith("VmRSS:"):
-                    return -(-int(line.split()[1]) // 1024)
-    except (OSError, ValueError):
+                    return -(-int(line.split()[1]) // 1024)  # reported in kB
+    except (OSError, ValueError, IndexError):
         return None
     return None

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from backends import toolchain
-from backends.gguf_meta import estimate_mb, read_meta, resident_mb
+from backends.gguf_meta import estimate_mb, read_meta
+from supervisor.process import resident_mb
 from tests.integration.conftest import running_llama_server
 
 pytestmark = pytest.mark.llama

@@ -22,8 +22,8 @@ from backends.gguf_meta import (
     estimate_mb,
     kv_cache_bytes,
     read_meta,
-    resident_mb,
 )
+from supervisor.process import resident_mb
 
 GEMMA_270M = GgufMeta(
     architecture="gemma3",
