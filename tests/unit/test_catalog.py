@@ -96,7 +96,7 @@ def test_catalog_models_dir_pairs_projectors_by_name(tmp_path: Path) -> None:
         ('[models.chat]\npath = "{m}"\n', "reserved name"),
         ('[models.a]\npath = "{m}"\naliases = ["gemma-3-270m"]\n', "used by both"),
         ('[roles]\nchat = "nobody"\n', "names no model"),
-        ('[models]\nchat = "{m}"\n[roles]\nembedding = "gemma-3-270m"\n', r'\[models.m\]\npath'),
+        ('[models]\nchat = "{m}"\n[roles]\nembedding = "gemma-3-270m"\n', r"\[models.m\]\npath"),
     ],
 )
 def test_catalog_startup_errors_name_the_problem(tmp_path: Path, toml: str, message: str) -> None:
