@@ -124,6 +124,8 @@ async def test_sighup_rescans_the_models_dir(
                 while "added" not in await names(http):  # noqa: ASYNC110
                     await anyio.sleep(0.05)
             assert process.poll() is None  # SIGHUP did not stop it
+            process.send_signal(signal.SIGTERM)  # which stops its llama-server too
+            assert await anyio.to_thread.run_sync(process.wait, 20) == 0
 
 
 def test_serve_refuses_an_unknown_config_key_naming_it(tmp_path: Path) -> None:
