@@ -49,7 +49,7 @@ def main() -> int:
     params = LlmParams()
     with tempfile.TemporaryDirectory() as tmp, gateway("cli") as gw:
         prompt = Path(tmp) / "prompt.txt"
-        rendered = render_chat("gemma", [ChatMessage(role="user", content=CONTENT)])
+        rendered = render_chat("gemma", [ChatMessage(role="user", content=CONTENT)], Path(model))
         prompt.write_text(rendered + "\n")  # as the cli backend writes it
         text = Path(tmp) / "input.txt"
         text.write_text(TEXT)

@@ -101,4 +101,4 @@ async def test_cli_rendering_matches_llama_server_apply_template(
         for messages in CONVERSATIONS:
             rendered = await server.post("/apply-template", {"messages": messages})
             parsed = [msgspec.convert(m, ChatMessage) for m in messages]
-            assert render_chat(template, parsed) == rendered["prompt"], messages
+            assert render_chat(template, parsed, default_model) == rendered["prompt"], messages
