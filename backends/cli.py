@@ -94,11 +94,10 @@ class CliBackend:
         return str(toolchain.resolve_binary(name, explicit, self._settings.cache_path()))
 
     @contextmanager
-    def _prompt_file(self, task: ChatTask) -> Iterator[list[str]]:
-        """The llama-completion argv for `task`, its rendered prompt in a private file that
-        is gone when the block ends."""
+    def _prompt_file(self, task: ChatTask, prompt: str) -> Iterator[list[str]]:
+        """The llama-completion argv for `task`, its rendered `prompt` in a private file
+        that is gone when the block ends."""
         model = task.model.file()
-        prompt = render_chat(task.model.chat_template, task.messages, model)
         data = _text_bytes(prompt)
         with private_dir() as tmp:
             # llama.cpp's --file drops one trailing newline; the template's own must stay.
@@ -111,8 +110,14 @@ class CliBackend:
                 task.max_tokens,
             )
 
+    async def _render(self, task: ChatTask) -> str:
+        """The prompt, in a worker thread: a model's first render reads its GGUF."""
+        model = task.model.file()
+        template = task.model.chat_template
+        return await anyio.to_thread.run_sync(render_chat, template, task.messages, model)
+
     async def chat(self, task: ChatTask) -> ChatResult:
-        with self._prompt_file(task) as argv:
+        with self._prompt_file(task, await self._render(task)) as argv:
             stdout, tail = await self._run(argv)
         content = stdout.decode(errors="replace")
         return completion_result(content, tail.text(last=200), task.max_tokens)
@@ -123,7 +128,7 @@ class CliBackend:
         writer = ChunkWriter(task.model.name)
         tail = LogTail(max_lines=200)
         failure: GatewayError | None = None
-        with self._prompt_file(task) as argv:
+        with self._prompt_file(task, await self._render(task)) as argv:
             async with anyio.create_task_group() as tg:
                 child = await spawn(argv, tg, tail, stdout="caller")
                 assert child.process.stdout is not None
