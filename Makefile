@@ -51,4 +51,5 @@ bench: setup
 	$(PY) -m bench.streaming
 	$(PY) -m bench.cli_mode
 	$(PY) -m bench.throughput
+	$(PY) -m bench.pool
 	$(PY) -m bench.images
