@@ -5,6 +5,7 @@ little."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import statistics
@@ -62,7 +63,7 @@ def gateway(backend: str = "server", extra: str = "") -> Iterator[Gateway]:
         url = f"http://127.0.0.1:{port}"
         with process(argv, url + "/ready") as child:
             if backend == "server":  # /ready is 200 while loadable: wait for the load
-                wait_for(f"{url}/api/models/{GEMMA}/load", method="POST")
+                wait_loaded(url, GEMMA)
             yield Gateway(url, f"http://127.0.0.1:{llama_port}", child.pid)
 
 
@@ -78,13 +79,24 @@ def process(argv: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]
         child.wait(timeout=30)
 
 
-def wait_for(url: str, within: float = 60, method: str = "GET") -> None:
+def wait_loaded(url: str, model: str, within: float = 60) -> None:
+    """Poll /ready (a probe: no API key needed) until `model`'s llama-server is READY."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url + "/ready", timeout=within) as resp:  # noqa: S310
+            processes = json.load(resp)["processes"]
+        if any(p["name"] == model and p["state"] == "ready" for p in processes):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{model} was not loaded within {within:.0f} s")
+
+
+def wait_for(url: str, within: float = 60) -> None:
     """Poll `url` until it answers 200 (urllib raises on anything else)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
-            request = urllib.request.Request(url, method=method)  # noqa: S310
-            with urllib.request.urlopen(request, timeout=within):  # noqa: S310
+            with urllib.request.urlopen(url, timeout=5):  # noqa: S310
                 return
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.1)

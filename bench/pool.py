@@ -309,8 +309,6 @@ def stub_runs(
         stub = Path(tmp) / "llama-server"  # what the gateway's supervisor starts
         stub.write_text(f'#!/bin/sh\nexec {sys.executable} {ROOT}/bench/stub_llama.py "$@"\n')
         stub.chmod(0o755)
-        # No API key, unlike bench/throughput.py: gateway() waits for the load with a POST
-        # to /api/models/NAME/load that carries none.
         with gateway(extra=f'[binaries]\nllama_server = "{stub}"\n') as gw:
             url = gw.url + "/v1/embeddings"
             wrk(url, scripts[next(iter(scripts))])  # warm up
