@@ -23,8 +23,9 @@ message. It has no await, so it cannot interleave with a handler halfway through
 it only counts in flight, which is what the handler it replaces did. The message round trip
 cost 90 us of the 730 us the gateway spent per request under load (bench/throughput.py).
 
-The process lifecycle is in `supervisor.lifecycle`, the helper tasks in `supervisor.tasks`,
-the pool's decisions in `supervisor.pool`.
+The process lifecycle is in `supervisor.lifecycle`, loading within the memory budget in
+`supervisor.loading`, the helper tasks in `supervisor.tasks`, the pool's decisions (pure
+functions) in `supervisor.pool`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import cast
 
 import aiohttp
 import anyio
@@ -45,7 +45,8 @@ from gateway.errors import BackendUnavailable, ModelExceedsBudget
 from supervisor import pidfile, tasks
 from supervisor.command import ServerSpec
 from supervisor.instance import Instance, ProcessInfo
-from supervisor.lifecycle import Lifecycle, StateEvent, SupervisorConfig
+from supervisor.lifecycle import StateEvent, SupervisorConfig
+from supervisor.loading import Loading
 from supervisor.messages import (
     Acquire,
     Apply,
@@ -65,7 +66,7 @@ from supervisor.messages import (
     Tick,
     Unload,
 )
-from supervisor.pool import Held, Policy, idle_expired, plan_load
+from supervisor.pool import Policy
 from supervisor.states import LIVE, State
 
 __all__ = ["ProcessInfo", "StateEvent", "Supervisor", "SupervisorConfig"]
@@ -73,20 +74,14 @@ __all__ = ["ProcessInfo", "StateEvent", "Supervisor", "SupervisorConfig"]
 log = logging.getLogger("ai_server.supervisor")
 
 
-class Supervisor(Lifecycle):
+class Supervisor(Loading):
     def __init__(
         self,
         config: SupervisorConfig,
         http: aiohttp.ClientSession,
         queued: Callable[[str], int] = lambda name: 0,
     ) -> None:
-        super().__init__(config, http)
-        # Requests of a model waiting for admission: a model with a queue is not idle, so
-        # two models alternating under a budget for one serve their queues before a swap.
-        self._queued = queued
-        self._pending: list[Instance] = []  # loads waiting for memory, first come first
-        self._draining_pending = False
-        self.swaps = 0  # loads that had to evict another model
+        super().__init__(config, http, queued)
 
     # ----------------------------------------------------------------- caller API
 
@@ -162,9 +157,6 @@ class Supervisor(Lifecycle):
         """The instance running `spec`, if there is a record of it."""
         m = self._records.get(spec)
         return m.info() if m is not None else None
-
-    def memory_used_mb(self) -> int:
-        return sum(m.memory_mb for m in self._records.values() if m.holds_memory)
 
     async def _ask(self, make: Callable[[Reply[None]], object]) -> None:
         reply: Reply[None] = Reply()
@@ -367,15 +359,6 @@ class Supervisor(Lifecycle):
             if policy.autostart and m.state is State.STOPPED and not m.too_big:
                 await self._want(m)
 
-    def _too_big(self, m: Instance) -> str | None:
-        need, budget = m.policy.estimate_mb, self.config.memory_budget_mb
-        if need <= budget:
-            return None
-        return (
-            f"model {m.spec.name} needs ~{need} MB (estimated), more than the whole memory "
-            f"budget of {budget} MB ([pool] memory_budget_mb)"
-        )
-
     async def _retire(self, m: Instance) -> None:
         """Stop `m` once its in-flight requests finish (bounded by drain_timeout), and forget
         it: its spec is no longer wanted."""
@@ -435,78 +418,3 @@ class Supervisor(Lifecycle):
         self._spawn_task(
             tasks.probe, self._send, self.http, m.spec, m.gen, m.url, self.config.probe_timeout
         )
-
-    # --------------------------------------------------------------- the pool
-
-    def _tick_interval(self) -> float:
-        ttls = [m.policy.ttl_s for m in self._records.values() if m.policy.ttl_s]
-        return min([1.0, *(t / 4 for t in ttls)]) if ttls else 1.0
-
-    async def _on_tick(self) -> None:
-        now = time.monotonic()
-        for m in list(self._records.values()):
-            if m.state is State.READY and idle_expired(self._held(m), m.policy.ttl_s, now):
-                log.info(
-                    "supervisor.idle_unload model=%s idle_s=%.0f", m.spec.name, now - m.last_used
-                )
-                await self._stop(m)
-        for m in list(self._pending):
-            expired = [r for r in m.waiters if now - r.since >= self.config.memory_wait]
-            if expired:
-                m.waiters = [r for r in m.waiters if r not in expired]
-                error = BackendUnavailable(self._no_room(m), retry_after=5)
-                for reply in expired:
-                    reply.fail(error)
-            if not m.waiters and not m.policy.autostart:
-                self._pending.remove(m)
-
-    def _held(self, m: Instance) -> Held:
-        return m.held(self._queued(m.spec.name))
-
-    def _no_room(self, m: Instance) -> str:
-        busy = [r.spec.name for r in self._records.values() if r.holds_memory and r is not m]
-        return (
-            f"no memory to load {m.spec.name} (~{m.policy.estimate_mb} MB) within "
-            f"{self.config.memory_wait:.0f} s: the memory budget is "
-            f"{self.config.memory_budget_mb} MB and {self.memory_used_mb()} MB are held by "
-            f"models that are busy or loading ({', '.join(busy) or 'none'})"
-        )
-
-    async def _want(self, m: Instance) -> None:
-        if m not in self._pending:
-            self._pending.append(m)
-        await self._memory_freed()
-
-    async def _memory_freed(self) -> None:
-        """Start what now fits of the loads waiting for memory, evicting idle models for
-        loads that requests wait for (not for autostarts)."""
-        if self._draining_pending or not self._pending:
-            return
-        self._draining_pending = True
-        try:
-            for m in list(self._pending):
-                await self._try_load(m)
-        finally:
-            self._draining_pending = False
-
-    async def _try_load(self, m: Instance) -> None:
-        if m.state is not State.STOPPED or m.spec not in self._records:
-            self._pending.remove(m)
-            return
-        if not m.waiters and not m.policy.autostart:
-            self._pending.remove(m)
-            return
-        others = [self._held(r) for r in self._records.values() if r is not m and r.holds_memory]
-        plan = plan_load(
-            others, m.policy.estimate_mb, self.config.memory_budget_mb, may_evict=bool(m.waiters)
-        )
-        if plan.action == "start":
-            self._pending.remove(m)
-            await self._start(m)
-        elif plan.action == "evict":
-            self.swaps += 1
-            for key in plan.victims:
-                victim = self._records[cast(ServerSpec, key)]
-                victim.evictions += 1
-                log.info("supervisor.evict model=%s for=%s", victim.spec.name, m.spec.name)
-                await self._stop(victim)
