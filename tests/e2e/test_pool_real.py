@@ -185,10 +185,10 @@ async def test_pool_budget_for_one_model_swaps_without_touching_a_stream(
 
 async def test_pool_real_model_over_the_budget_and_ttl(tmp_path: Path) -> None:
     """smollm2 with a 64k context can never fit 1 GB (its KV cache alone is ~1.5 GB);
-    gemma with ttl_s unloads when idle."""
+    gemma (chat only: ~0.5 GB at ctx 2048) with ttl_s unloads when idle."""
     models = {
         SMOLLM2: ModelConfig(ctx_size=65536),
-        GEMMA: ModelConfig(ttl_s=1),
+        GEMMA: ModelConfig(ttl_s=1, embeddings=False),
     }
     settings = real_settings(
         tmp_path,
