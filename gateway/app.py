@@ -25,7 +25,8 @@ def check_budget(catalog: Catalog, params: LlmParams, budget_mb: int) -> None:
     startup error (any other such model is listed as failed)."""
     for spec, policy in server_plan(catalog, params).items():
         if policy.autostart and policy.estimate_mb > budget_mb:
-            why = "pinned" if policy.pinned else f"the default for {catalog.roles_of(spec.name)}"
+            roles = ", ".join(catalog.roles_of(spec.name))
+            why = "pinned" if policy.pinned else f"the {roles} default"
             raise ConfigError(
                 f"model {spec.name} ({why}) needs ~{policy.estimate_mb} MB, more than the "
                 f"whole memory budget of {budget_mb} MB ([pool] memory_budget_mb)"
