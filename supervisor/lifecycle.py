@@ -122,8 +122,11 @@ class Lifecycle:
         m.measured_mb = None
         m.load_started = time.monotonic()
         if (held := _port_problem(self.config.host, m.port)) is not None:
-            await self._fail(m, held)
-            return
+            if m.port == self.config.base_port or (port := self._other_port(m)) is None:
+                await self._fail(m, held)  # the configured port is a promise: say so
+                return
+            log.warning("supervisor.port_moved model=%s %s; now %d", m.spec.name, held, port)
+            m.port, m.url = port, f"http://{self.config.host}:{port}"
         argv = build_server_argv(self.config.binary, m.spec, host=self.config.host, port=m.port)
         assert self._tg is not None
         try:
@@ -138,6 +141,15 @@ class Lifecycle:
             tasks.await_ready, self._send, self.http, m.spec, m.gen, m.child, m.url,
             load_timeout=self.config.load_timeout, health_timeout=self.config.health_timeout,
         )  # fmt: skip
+
+    def _other_port(self, m: Instance) -> int | None:
+        """A free port above the configured one for `m`, whose own was taken by another
+        program (an ephemeral client port, say) since it was assigned."""
+        taken = {r.port for r in self._records.values() if r is not m and not r.retiring}
+        for port in range(self.config.base_port + 1, 65536):
+            if port not in taken and bind_error(self.config.host, port) is None:
+                return port
+        return None
 
     def _on_ready(self, m: Instance, rss_mb: int | None) -> None:
         if m.state is not State.STARTING:

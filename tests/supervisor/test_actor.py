@@ -273,3 +273,19 @@ async def test_supervisor_unloads_an_idle_process_and_restarts_on_demand(
         assert history(sup, first.port) == [
             S.STARTING, S.READY, S.STOPPING, S.STOPPED, S.STARTING, S.READY
         ]  # fmt: skip
+
+
+async def test_a_second_model_moves_off_a_port_another_program_took(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    config = fast_config(tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", config.base_port + 1))  # e.g. an ephemeral client port
+        holder.listen()
+        async with running(config) as sup:
+            await sup.apply({SPEC: AUTO, OTHER: AUTO})
+            first, second = await sup.ensure_ready(SPEC), await sup.ensure_ready(OTHER)
+            assert first.port == config.base_port  # the configured one
+            assert second.port not in (config.base_port, config.base_port + 1)
+            assert alive(second.pid)
