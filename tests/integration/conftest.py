@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import anyio
 
+from gateway.config import LlmParams
 from supervisor.command import ServerSpec, build_server_argv
 from supervisor.process import ChildProcess, spawn
 from tests.conftest import free_port
@@ -47,18 +48,20 @@ async def running_llama_server(
     model: Path,
     *,
     embeddings: bool = True,
-    chat_template: str = "gemma",
+    chat_template: str | None = "gemma",
     mmproj: Path | None = None,
+    params: LlmParams | None = None,
 ) -> AsyncIterator[RunningServer]:
-    """The real llama-server on `model` on a free port, stopped (group and all) on exit.
+    """The real llama-server on `model` on a free port, with server mode's flags for
+    `chat_template` (supervisor.command), stopped (group and all) on exit.
 
     A context manager rather than a fixture: its task group must open and close in the
     test's own task."""
     spec = ServerSpec(
         model=str(model),
-        ctx_size=2048,
-        batch_size=512,
-        ubatch_size=512,
+        ctx_size=params.ctx_size if params else 2048,
+        batch_size=params.batch_size if params else 512,
+        ubatch_size=params.ubatch_size if params else 512,
         embeddings=embeddings,
         chat_template=chat_template,
         mmproj=str(mmproj) if mmproj else None,

@@ -4,12 +4,10 @@ GGUF without a template, and Jinja source given on the command line."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
-import anyio
 import msgspec
 import pytest
 
@@ -18,10 +16,7 @@ from backends.gguf_meta import read_meta
 from backends.prompt import render_chat
 from gateway.config import LlmParams
 from gateway.schemas import ChatMessage
-from supervisor.command import ServerSpec, build_server_argv
-from supervisor.process import spawn
-from tests.conftest import free_port
-from tests.integration.conftest import RunningServer, wait_healthy
+from tests.integration.conftest import RunningServer, running_llama_server
 
 pytestmark = pytest.mark.llama
 
@@ -65,53 +60,15 @@ turns={{ ns.n }} meta={{ {'k': '<b>&', 'u': 'é'} | tojson }} none={{ undefined_
 """
 
 
-def without_template_flags(argv: Sequence[str]) -> list[str]:
-    """build_server_argv's argv minus its chat template flags, whatever they are."""
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--chat-template":
-            skip = True
-        elif arg not in ("--jinja", "--no-jinja"):
-            out.append(arg)
-    return out
-
-
-def template_flags(template: str | None) -> list[str]:
-    """The rule server mode follows: None → no flag (the GGUF's own template, Jinja on by
-    default); a built-in name → --no-jinja; any other string is Jinja source."""
-    if template is None:
-        return []
-    if template in ("gemma", "chatml"):
-        return ["--no-jinja", "--chat-template", template]
-    return ["--chat-template", template]
-
-
 @asynccontextmanager
 async def llama_server(
     llama_bin: Path, model: Path, template: str | None, params: LlmParams | None = None
 ) -> AsyncIterator[RunningServer]:
-    """A real llama-server on `model` with exactly `template`'s flags, stopped on exit."""
-    spec = ServerSpec(
-        model=str(model),
-        ctx_size=params.ctx_size if params else 2048,
-        batch_size=params.batch_size if params else 512,
-        ubatch_size=params.ubatch_size if params else 512,
-        chat_template="chatml",  # replaced below
-    )
-    port = free_port()
-    base = build_server_argv(str(llama_bin / "llama-server"), spec, host="127.0.0.1", port=port)
-    argv = [*without_template_flags(base), *template_flags(template)]
-    async with aiohttp.ClientSession() as http, anyio.create_task_group() as tg:
-        child = await spawn(argv, tg)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            await wait_healthy(http, url, child)
-            yield RunningServer(child, url, http)
-        finally:
-            await child.stop()
+    """A real llama-server with exactly the template flags server mode gives `template`."""
+    async with running_llama_server(
+        llama_bin, model, embeddings=False, chat_template=template, params=params
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
