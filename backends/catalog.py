@@ -70,7 +70,7 @@ class Catalog:
     def __init__(self, models: Mapping[str, ModelDef], roles: Mapping[str, str]) -> None:
         self.models = dict(models)
         self.roles = dict(roles)
-        self._names = {name: m for name, m in self.models.items()}
+        self._names = dict(self.models)
         for m in self.models.values():
             for alias in m.aliases:
                 self._names.setdefault(alias, m)

@@ -119,8 +119,7 @@ class ServerBackend:
         return self._result(await self._post(spec, "/v1/chat/completions", chat_payload(task)))
 
     async def vision(self, task: VisionTask) -> ChatResult:
-        task.model.projector()
-        spec = self._spec(task.model, task.params)
+        spec = self._spec(task.model, task.params)  # its projector: checked by the Job
         return self._result(await self._post(spec, "/v1/chat/completions", vision_payload(task)))
 
     def _result(self, answer: _Upstream) -> ChatResult:
