@@ -1,5 +1,9 @@
 """Pidfiles in the state directory: how a gateway that was SIGKILLed finds, on its next start,
-the llama-servers it left running (holding the port and the RAM) and stops them."""
+the llama-servers it left running (holding the port and the RAM) and stops them.
+
+A pidfile is keyed by state directory, host and port, and a supervisor reclaims only its own
+host's: an `ai-server worker` and a gateway on one machine never stop each other's
+processes, even sharing a state directory."""
 
 from __future__ import annotations
 
@@ -12,19 +16,19 @@ from pathlib import Path
 import anyio
 
 
-def pidfile_path(state_dir: Path, port: int) -> Path:
-    return state_dir / f"llama-server-{port}.pid"
+def pidfile_path(state_dir: Path, host: str, port: int) -> Path:
+    return state_dir / f"server-{host}-{port}.pid"
 
 
-def write_pidfile(state_dir: Path, port: int, pid: int) -> None:
+def write_pidfile(state_dir: Path, host: str, port: int, pid: int) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = pidfile_path(state_dir, port).with_suffix(".tmp")
+    tmp = pidfile_path(state_dir, host, port).with_suffix(".tmp")
     tmp.write_text(str(pid))
-    tmp.replace(pidfile_path(state_dir, port))
+    tmp.replace(pidfile_path(state_dir, host, port))
 
 
-def remove_pidfile(state_dir: Path, port: int) -> None:
-    pidfile_path(state_dir, port).unlink(missing_ok=True)
+def remove_pidfile(state_dir: Path, host: str, port: int) -> None:
+    pidfile_path(state_dir, host, port).unlink(missing_ok=True)
 
 
 def cmdline(pid: int) -> list[str]:
@@ -36,7 +40,7 @@ def cmdline(pid: int) -> list[str]:
 
 
 def is_our_server(pid: int, port: int, binary: str) -> bool:
-    """Whether `pid` still is the llama-server we started on `port` (pids get reused)."""
+    """Whether `pid` still is the server we started on `port` (pids get reused)."""
     args = cmdline(pid)
     return binary in args and any(
         a == "--port" and b == str(port) for a, b in itertools.pairwise(args)
@@ -63,10 +67,12 @@ async def _kill_group(pid: int, grace: float) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _pidfiles(state_dir: Path) -> list[tuple[int, int]]:
-    """(pid, port) of every pidfile, removing them: each is read once, by this start."""
+def _pidfiles(state_dir: Path, host: str) -> list[tuple[int, int]]:
+    """(pid, port) of every pidfile of `host` (and of the old name, from before hosts),
+    removing them: each is read once, by this start."""
     found = []
-    for path in sorted(state_dir.glob("llama-server-*.pid")):
+    paths = [*state_dir.glob(f"server-{host}-*.pid"), *state_dir.glob("llama-server-*.pid")]
+    for path in sorted(paths):
         try:
             found.append((int(path.read_text()), int(path.stem.rsplit("-", 1)[1])))
         except (OSError, ValueError):
@@ -75,10 +81,10 @@ def _pidfiles(state_dir: Path) -> list[tuple[int, int]]:
     return found
 
 
-async def reclaim_orphans(state_dir: Path, binary: str, grace: float) -> list[int]:
-    """Stop every llama-server of ours named by a pidfile; return their pids."""
+async def reclaim_orphans(state_dir: Path, host: str, binary: str, grace: float) -> list[int]:
+    """Stop every server of ours on `host` named by a pidfile; return their pids."""
     reclaimed = []
-    for pid, port in await anyio.to_thread.run_sync(_pidfiles, state_dir):
+    for pid, port in await anyio.to_thread.run_sync(_pidfiles, state_dir, host):
         if is_our_server(pid, port, binary):
             await _kill_group(pid, grace)
             reclaimed.append(pid)

@@ -43,9 +43,9 @@ async def test_supervisor_starts_on_demand_and_reports_ready(
         assert endpoint.url == f"http://127.0.0.1:{config.base_port}"
         assert alive(endpoint.pid)
         assert history(sup, endpoint.port) == [S.STARTING, S.READY]
-        assert pidfile.pidfile_path(Path(config.state_dir), endpoint.port).read_text() == str(
-            endpoint.pid
-        )
+        assert pidfile.pidfile_path(
+            Path(config.state_dir), config.host, endpoint.port
+        ).read_text() == str(endpoint.pid)
     assert not alive(endpoint.pid)
 
 
@@ -225,9 +225,9 @@ async def test_supervisor_reclaims_an_orphan_from_a_killed_gateway(
     state_dir.mkdir()
     # What a SIGKILLed gateway leaves: our llama-server running, its pidfile.
     orphan = subprocess.Popen([str(FAKE), "--port", str(config.base_port)], start_new_session=True)
-    pidfile.write_pidfile(state_dir, config.base_port, orphan.pid)
+    pidfile.write_pidfile(state_dir, config.host, config.base_port, orphan.pid)
     # A stale pidfile naming a process that is not ours must not be killed.
-    pidfile.write_pidfile(state_dir, config.base_port + 1, os.getpid())
+    pidfile.write_pidfile(state_dir, config.host, config.base_port + 1, os.getpid())
     try:
         async with running(config) as sup:
             assert orphan.wait(timeout=5) == -signal.SIGTERM
@@ -237,6 +237,27 @@ async def test_supervisor_reclaims_an_orphan_from_a_killed_gateway(
     finally:
         orphan.kill()
         orphan.wait()
+
+
+async def test_supervisor_leaves_another_hosts_processes_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker and a gateway sharing a state directory: pidfiles are keyed by host, and
+    the gateway never reclaims the worker's process."""
+    behave(monkeypatch)
+    config = fast_config(tmp_path)
+    state_dir = Path(config.state_dir)
+    state_dir.mkdir()
+    worker = subprocess.Popen([str(FAKE), "--port", "9100"], start_new_session=True)
+    pidfile.write_pidfile(state_dir, "10.231.1.2", 9100, worker.pid)
+    try:
+        async with running(config) as sup:
+            await sup.ensure_ready(SPEC)
+            assert worker.poll() is None
+        assert pidfile.pidfile_path(state_dir, "10.231.1.2", 9100).exists()
+    finally:
+        worker.kill()
+        worker.wait()
 
 
 async def test_supervisor_reconfigure_replaces_the_process_on_its_port(
