@@ -23,8 +23,9 @@ from pathlib import Path
 import msgspec
 
 from backends import toolchain
-from gateway.config import LEGACY_MODEL_KEYS, ConfigError, ModelConfig, Settings
+from gateway.config import LEGACY_MODEL_KEYS, ConfigError, ModelConfig, RemoteConfig, Settings
 from gateway.errors import BadRequest, MissingComponent, ModelNotFound
+from supervisor.remote import RemoteSpec
 
 ROLES = ("chat", "embedding", "vision")
 
@@ -35,7 +36,7 @@ DEFAULT_ROLES = {"chat": SMOLLM2, "embedding": GEMMA, "vision": GEMMA}
 
 class ModelDef(msgspec.Struct, frozen=True, kw_only=True):
     name: str
-    path: str
+    path: str  # "" for a model with only remote instances
     mmproj: str | None = None
     aliases: tuple[str, ...] = ()
     chat_template: str | None = None
@@ -46,9 +47,23 @@ class ModelDef(msgspec.Struct, frozen=True, kw_only=True):
     ttl_s: float | None = None  # resolved: None means never unloaded for idleness
     pinned: bool = False
     source: str = "config"  # "built-in", "models_dir", "config"
+    replicas: int = 1  # local llama-servers
+    remotes: tuple[RemoteSpec, ...] = ()
+    rpc_workers: tuple[str, ...] = ()  # HOST:PORT of llama.cpp rpc-servers
+    gpu_layers: int | None = None  # layers put on the RPC workers (-ngl)
+
+    def public(self) -> dict[str, object]:
+        """As /api/config shows it: remote keys redacted."""
+        view: dict[str, object] = msgspec.to_builtins(self)
+        return view | {"remotes": [r.public() for r in self.remotes]}
 
     def file(self) -> Path:
         """The GGUF file; MissingComponent (naming the fix) if it is not there."""
+        if not self.path:
+            raise MissingComponent(
+                f"model {self.name} has no local file, only remote instances (cli mode and "
+                "local replicas need one)"
+            )
         if not os.path.isfile(self.path):
             fix = f"; run `{toolchain.FIX_MODEL}`" if self.source == "built-in" else ""
             raise MissingComponent(f"model {self.name}: {self.path} does not exist{fix}")
@@ -157,10 +172,39 @@ def _legacy(
     return models, roles
 
 
+def _remote(name: str, entry: RemoteConfig) -> RemoteSpec:
+    where = f"[[models.{name}.remote]] {entry.url}"
+    if not entry.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: url must be http://HOST:PORT (or https://)")
+    if entry.api_key is not None and entry.api_key_file is not None:
+        raise ConfigError(f"{where}: set api_key or api_key_file, not both")
+    key = entry.api_key
+    if entry.api_key_file is not None:
+        try:
+            key = Path(entry.api_key_file).expanduser().read_text().strip().splitlines()[0]
+        except (OSError, IndexError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "it is empty"
+            raise ConfigError(
+                f"{where}: cannot read api_key_file {entry.api_key_file}: {why}"
+            ) from None
+    return RemoteSpec(url=entry.url.rstrip("/"), api_key=key or None, weight=entry.weight)
+
+
+def _rpc_worker(name: str, address: str) -> str:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"[models.{name}] rpc_workers: {address!r} is not HOST:PORT")
+    return address
+
+
 def _named(name: str, entry: ModelConfig, base: ModelDef | None, ttl: float | None) -> ModelDef:
-    if entry.path is None and base is None:
+    if entry.replicas == 0 and not entry.remote:
+        raise ConfigError(f"[models.{name}] replicas = 0 needs [[models.{name}.remote]] instances")
+    if entry.gpu_layers is not None and not entry.rpc_workers:
+        raise ConfigError(f"[models.{name}] gpu_layers puts layers on rpc_workers: name them")
+    if entry.path is None and base is None and entry.replicas:
         raise ConfigError(f"[models.{name}] needs `path`, the GGUF file")
-    path = str(Path(entry.path).expanduser()) if entry.path else base.path  # type: ignore[union-attr]
+    path = str(Path(entry.path).expanduser()) if entry.path else base.path if base else ""
     if entry.path and not os.path.isfile(path):
         raise ConfigError(f"[models.{name}] path {path} does not exist")
     mmproj = entry.mmproj or (base.mmproj if base else None)
@@ -182,6 +226,13 @@ def _named(name: str, entry: ModelConfig, base: ModelDef | None, ttl: float | No
         ttl_s=ttl if entry.ttl_s is None else (entry.ttl_s or None),
         pinned=entry.pinned,
         source=base.source if base and entry.path is None else "config",
+        replicas=entry.replicas,
+        remotes=tuple(_remote(name, r) for r in entry.remote),
+        rpc_workers=tuple(_rpc_worker(name, a) for a in entry.rpc_workers),
+        # Every layer on the workers unless told otherwise: that is what they are for.
+        gpu_layers=entry.gpu_layers
+        if entry.gpu_layers is not None or not entry.rpc_workers
+        else 999,
     )
 
 

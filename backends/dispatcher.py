@@ -7,6 +7,7 @@ import logging
 
 from backends.base import Backend
 from backends.catalog import Catalog, build_catalog
+from backends.router import Router
 from backends.specs import server_plan
 from gateway.config import Settings
 from gateway.schemas import RuntimeConfig
@@ -21,6 +22,7 @@ class Dispatcher:
         settings: Settings,
         catalog: Catalog,
         supervisor: Supervisor,
+        router: Router,
         *,
         server: Backend,
         cli: Backend,
@@ -28,6 +30,7 @@ class Dispatcher:
         self._settings = settings
         self.catalog = catalog  # replaced whole on a rescan; a request keeps the one it read
         self._supervisor = supervisor
+        self._router = router
         self._backends = {"server": server, "cli": cli}
 
     def backend_for(self, config: RuntimeConfig) -> Backend:
@@ -37,9 +40,10 @@ class Dispatcher:
     async def reconfigure(self, config: RuntimeConfig) -> None:
         """Server mode: the models `config` may run (a changed startup parameter replaces a
         loaded model's process after draining; a sampling parameter changes nothing). Cli
-        mode: none at all, which is the point of that mode."""
-        plan = server_plan(self.catalog, config.llm_params) if config.backend == "server" else {}
-        await self._supervisor.apply(plan)
+        mode: none at all, which is the point of that mode, and no remote ones either."""
+        server = config.backend == "server"
+        self._router.configure(self.catalog, config.llm_params, server_mode=server)
+        await self._supervisor.apply(server_plan(self.catalog, config.llm_params) if server else {})
 
     async def rescan(self, config: RuntimeConfig) -> Catalog:
         """Read `[pool] models_dir` again (POST /api/models/rescan, SIGHUP) and apply it."""

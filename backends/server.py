@@ -16,13 +16,20 @@ import msgspec
 
 from backends.base import ChatResult, ChatTask, VisionTask
 from backends.catalog import ModelDef
+from backends.router import Router, Target, key_of
 from backends.specs import server_spec
 from backends.sse import read_event
 from gateway.config import LlmParams
-from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest, UpstreamError
+from gateway.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    BadRequest,
+    GatewayError,
+    UpstreamError,
+)
 from supervisor.actor import Supervisor
 from supervisor.command import ServerSpec
-from supervisor.messages import Endpoint
+from supervisor.remote import Remote
 
 log = logging.getLogger("ai_server.backend")
 
@@ -87,6 +94,13 @@ class _Upstream(msgspec.Struct):
     timings: dict[str, Any] = {}
 
 
+def _decode(body: bytes) -> _Upstream:
+    try:
+        return msgspec.json.decode(body, type=_Upstream)
+    except msgspec.DecodeError as exc:
+        raise UpstreamError(f"llama-server answered invalid JSON: {exc}") from None
+
+
 def _upstream_message(body: bytes) -> str:
     try:
         error = msgspec.json.decode(body).get("error", {})
@@ -98,16 +112,25 @@ def _upstream_message(body: bytes) -> str:
 class _ConnectionLost(BackendUnavailable):
     """The connection to llama-server broke (it died or is restarting): 503, Retry-After."""
 
-    def __init__(self, message: str, pid: int) -> None:
+    def __init__(self, message: str, pid: int | None) -> None:
         super().__init__(message, retry_after=1)
         self.pid = pid
+
+
+class _BeforeFirstByte(Exception):
+    """A routed request failed before any of its answer arrived: another instance may take
+    it (once). `error` is what the client gets if none does."""
+
+    def __init__(self, error: GatewayError) -> None:
+        self.error = error
 
 
 class ServerBackend:
     name: Literal["server"] = "server"
 
-    def __init__(self, supervisor: Supervisor, timeout: float) -> None:
+    def __init__(self, supervisor: Supervisor, router: Router, timeout: float) -> None:
         self._supervisor = supervisor
+        self._router = router
         self._timeout = timeout
 
     def _spec(self, model: ModelDef, params: LlmParams) -> ServerSpec:
@@ -115,12 +138,17 @@ class ServerBackend:
         return server_spec(model, params)
 
     async def chat(self, task: ChatTask) -> ChatResult:
-        spec = self._spec(task.model, task.params)
-        return self._result(await self._post(spec, "/v1/chat/completions", chat_payload(task)))
+        answer = await self._send(
+            task.model, task.params, "/v1/chat/completions", chat_payload(task)
+        )
+        return self._result(answer)
 
     async def vision(self, task: VisionTask) -> ChatResult:
-        spec = self._spec(task.model, task.params)  # its projector: checked by the Job
-        return self._result(await self._post(spec, "/v1/chat/completions", vision_payload(task)))
+        # Its projector: checked by the Job.
+        answer = await self._send(
+            task.model, task.params, "/v1/chat/completions", vision_payload(task)
+        )
+        return self._result(answer)
 
     def _result(self, answer: _Upstream) -> ChatResult:
         try:
@@ -138,40 +166,132 @@ class ServerBackend:
     async def embed(
         self, model: ModelDef, texts: Sequence[str], params: LlmParams
     ) -> list[list[float]]:
-        spec = self._spec(model, params)
         payload = {"input": list(texts)}
         try:
-            answer = await self._post(spec, "/v1/embeddings", payload)
+            answer = await self._send(model, params, "/v1/embeddings", payload)
         except _ConnectionLost as lost:  # idempotent: once more, on the restarted process
+            if lost.pid is None:
+                raise
             log.warning("backend.retry embeddings after: %s", lost.message)
+            spec = self._spec(model, params)
             answer = await self._post(spec, "/v1/embeddings", payload, replacing=lost.pid)
         rows = sorted(answer.data, key=lambda row: int(row.get("index", 0)))
         return [row["embedding"] for row in rows]
 
+    async def _send(
+        self, model: ModelDef, params: LlmParams, path: str, payload: dict[str, Any]
+    ) -> _Upstream:
+        """One request: to the model's only llama-server, or routed among its instances
+        and retried once on another one if it fails before the first byte of its answer."""
+        if not self._router.routes(model):
+            return await self._post(self._spec(model, params), path, payload)
+        tried: frozenset[str] = frozenset()
+        while True:
+            target = self._pick(model, params, tried)
+            try:
+                return await self._post_to(target, path, payload)
+            except _BeforeFirstByte as failure:
+                self._router.report(target, failure.error.message)
+                tried |= {key_of(target)}
+                if len(tried) > 1 or self._router.pick(model, params, tried) is None:
+                    raise failure.error from None
+                log.warning("backend.retry %s elsewhere after: %s", path, failure.error.message)
+
+    def _pick(self, model: ModelDef, params: LlmParams, tried: frozenset[str]) -> Target:
+        target = self._router.pick(model, params, tried)
+        if target is None:
+            raise BackendUnavailable(self._router.why_down(model, params), retry_after=5)
+        if isinstance(target, ServerSpec):
+            model.file()
+        return target
+
+    async def _post_to(self, target: Target, path: str, payload: dict[str, Any]) -> _Upstream:
+        try:
+            with self._router.watch(target) as scope:
+                if isinstance(target, ServerSpec):
+                    answer = await self._post(target, path, payload)
+                else:
+                    answer = await self._post_remote(target, path, payload)
+        except (BackendUnavailable, UpstreamError) as exc:  # not BadRequest, not a timeout
+            raise _BeforeFirstByte(exc) from None
+        if scope.cancelled_caught:
+            raise _BeforeFirstByte(self._went_down(target))
+        self._router.served(target)
+        return answer
+
+    def _went_down(self, target: Target) -> BackendUnavailable:
+        reason = target.reason if isinstance(target, Remote) else None
+        return BackendUnavailable(f"{key_of(target)} went down: {reason}", retry_after=1)
+
+    async def _post_remote(self, r: Remote, path: str, payload: dict[str, Any]) -> _Upstream:
+        async with self._router.lease(r) as upstream:
+            with self._upstream_errors(r, upstream.pid):
+                async with self._supervisor.http.post(
+                    upstream.url + path, data=_json_body(payload), headers=JSON | upstream.headers
+                ) as resp:
+                    body = await resp.read()
+        if resp.status != 200:
+            self._raise_for(r, resp.status, body)
+        return _decode(body)
+
     async def chat_stream(self, task: ChatTask, include_usage: bool) -> AsyncGenerator[bytes, None]:
         """llama-server's own SSE events, each passed on as soon as it is read. Leaving the
         loop early (the client went away) closes the upstream connection, which makes
-        llama-server stop generating and free its slot."""
-        spec = self._spec(task.model, task.params)
+        llama-server stop generating and free its slot. A routed stream that fails before its
+        first event is retried once on another instance; never after."""
         payload = chat_payload(task) | {
             "stream": True,
             "stream_options": {"include_usage": include_usage},
         }
-        async with self._supervisor.lease(spec) as endpoint, AsyncExitStack() as stack:
-            with self._upstream_errors(spec, endpoint):
+        if not self._router.routes(task.model):
+            spec = self._spec(task.model, task.params)
+            async for event in self._stream(spec, payload):
+                yield event
+            return
+        tried: frozenset[str] = frozenset()
+        while True:
+            target = self._pick(task.model, task.params, tried)
+            events = self._stream(target, payload)
+            try:
+                with self._router.watch(target) as scope:
+                    first = await anext(events, None)
+                if scope.cancelled_caught:
+                    raise _BeforeFirstByte(self._went_down(target))
+            except (BackendUnavailable, UpstreamError, _BeforeFirstByte) as exc:
+                await events.aclose()
+                error = exc.error if isinstance(exc, _BeforeFirstByte) else exc
+                self._router.report(target, error.message)
+                tried |= {key_of(target)}
+                if len(tried) > 1 or self._router.pick(task.model, task.params, tried) is None:
+                    raise error from None
+                log.warning("backend.retry stream elsewhere after: %s", error.message)
+                continue
+            try:
+                if first is not None:
+                    self._router.served(target)
+                    yield first
+                    async for event in events:
+                        yield event
+            finally:
+                await events.aclose()
+            return
+
+    async def _stream(self, target: Target, payload: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+        async with self._router.lease(target) as upstream, AsyncExitStack() as stack:
+            with self._upstream_errors(target, upstream.pid):
                 # llama-server drops a kept-alive connection just after a streamed response,
                 # and the next request sent on it fails: a stream gets a connection of its own.
                 resp = await stack.enter_async_context(
                     self._supervisor.http.post(
-                        endpoint.url + "/v1/chat/completions",
+                        upstream.url + "/v1/chat/completions",
                         data=_json_body(payload),
-                        headers=JSON | {"Connection": "close"},
+                        headers=JSON | upstream.headers | {"Connection": "close"},
                     )
                 )
                 if resp.status != 200:
-                    self._raise_for(spec, resp.status, await resp.read())
+                    self._raise_for(target, resp.status, await resp.read())
             while True:
-                with self._upstream_errors(spec, endpoint):  # a deadline per event
+                with self._upstream_errors(target, upstream.pid):  # a deadline per event
                     event = await read_event(resp.content)
                 if event is None:
                     return
@@ -181,41 +301,44 @@ class ServerBackend:
         self, spec: ServerSpec, path: str, payload: dict[str, Any], replacing: int | None = None
     ) -> _Upstream:
         async with self._supervisor.lease(spec, replacing) as endpoint:
-            with self._upstream_errors(spec, endpoint):
+            with self._upstream_errors(spec, endpoint.pid):
                 async with self._supervisor.http.post(
                     endpoint.url + path, data=_json_body(payload), headers=JSON
                 ) as resp:
                     body = await resp.read()
         if resp.status != 200:
             self._raise_for(spec, resp.status, body)
-        try:
-            return msgspec.json.decode(body, type=_Upstream)
-        except msgspec.DecodeError as exc:
-            raise UpstreamError(f"llama-server answered invalid JSON: {exc}") from None
+        return _decode(body)
 
-    def _raise_for(self, spec: ServerSpec, status: int, body: bytes) -> NoReturn:
+    def _raise_for(self, target: Target, status: int, body: bytes) -> NoReturn:
         message = _upstream_message(body)
+        if isinstance(target, Remote) and status in (401, 403):
+            raise UpstreamError(f"{target.url} refused our API key (HTTP {status}): {message}")
         # llama-server's 4xx are about the request (e.g. it exceeds the context), and so is
         # the 500 it answers for embedding input larger than its batch.
         if status >= 500 and not _TOO_LARGE.search(message):
-            self._supervisor.report_failure(spec)
+            if isinstance(target, ServerSpec):
+                self._supervisor.report_failure(target)
             raise UpstreamError(f"llama-server: {message}")
         raise BadRequest(f"llama-server rejected the request: {message}")
 
     @contextmanager
-    def _upstream_errors(self, spec: ServerSpec, endpoint: Endpoint) -> Iterator[None]:
+    def _upstream_errors(self, target: Target, pid: int | None) -> Iterator[None]:
         """The one place aiohttp's exceptions become ours. Either may mean a wedged or dead
-        server: the supervisor probes it (and sees a dead one exit on its own)."""
+        server: the supervisor probes a local one (and sees a dead one exit on its own); a
+        remote one is cooled down by whoever catches the connection loss."""
         try:
             with anyio.fail_after(self._timeout):
                 yield
         except TimeoutError:
-            self._supervisor.report_failure(spec)
+            self._router.report(target, f"no answer within {self._timeout:.0f} s")
             raise BackendTimeout(
                 f"llama-server did not answer within {self._timeout:.0f} s"
             ) from None
         except aiohttp.ClientError as exc:
-            self._supervisor.report_failure(spec)
+            if isinstance(target, ServerSpec):
+                self._supervisor.report_failure(target)
+            where = f" at {target.url}" if isinstance(target, Remote) else ""
             raise _ConnectionLost(
-                f"llama-server connection lost: {exc or type(exc).__name__}", endpoint.pid
+                f"llama-server{where} connection lost: {exc or type(exc).__name__}", pid
             ) from None

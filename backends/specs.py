@@ -17,9 +17,10 @@ log = logging.getLogger("ai_server.specs")
 
 
 @lru_cache(maxsize=1024)
-def server_spec(model: ModelDef, params: LlmParams) -> ServerSpec:
-    """`model`'s llama-server under the current parameters, unless it overrides one; built
-    once per (model, parameters), so the hot path is a cache hit."""
+def server_spec(model: ModelDef, params: LlmParams, replica: int = 0) -> ServerSpec:
+    """`model`'s llama-server (its local instance `replica`) under the current parameters,
+    unless it overrides one; built once per (model, parameters), so the hot path is a cache
+    hit."""
     return ServerSpec(
         name=model.name,
         model=model.path,
@@ -29,7 +30,15 @@ def server_spec(model: ModelDef, params: LlmParams) -> ServerSpec:
         ubatch_size=model.ubatch_size or params.ubatch_size,
         embeddings=model.embeddings,
         chat_template=model.chat_template,
+        replica=replica,
+        rpc=model.rpc_workers,
+        gpu_layers=model.gpu_layers,
     )
+
+
+def local_specs(model: ModelDef, params: LlmParams) -> list[ServerSpec]:
+    """`model`'s local instances: its replicas, none for a remote-only model."""
+    return [server_spec(model, params, i) for i in range(model.replicas)]
 
 
 def estimate_mb(spec: ServerSpec) -> int:
@@ -49,20 +58,25 @@ def estimate_mb(spec: ServerSpec) -> int:
 
 
 def server_plan(catalog: Catalog, params: LlmParams) -> dict[ServerSpec, Policy]:
-    """Every model whose file exists, with its policy: pinned models and the roles' models
-    load at startup (when they fit). The roles' models come first, so the chat model gets
-    the first port ([llama_server] port), as before there were several."""
+    """Every local instance of every model whose file exists, with its policy: pinned
+    models and the roles' models load at startup (when they fit). The roles' models come
+    first, so the chat model gets the first port ([llama_server] port), as before there
+    were several.
+
+    An instance whose layers go to RPC workers counts its whole estimate against the
+    budget until it is loaded: how much stays local is not known before. Once loaded, its
+    measured resident memory (the local share) replaces the estimate."""
     defaults = list(dict.fromkeys(catalog.roles.values()))
     ordered = [*defaults, *(name for name in catalog.models if name not in defaults)]
     plan = {}
     for model in (catalog.models[name] for name in ordered):
-        if not os.path.isfile(model.path):
+        if not model.replicas or not os.path.isfile(model.path):
             continue  # a missing built-in (`make model` not run): its requests say so
-        spec = server_spec(model, params)
-        plan[spec] = Policy(
-            estimate_mb=estimate_mb(spec),
-            pinned=model.pinned,
-            ttl_s=model.ttl_s,
-            autostart=model.pinned or model.name in defaults,
-        )
+        for spec in local_specs(model, params):
+            plan[spec] = Policy(
+                estimate_mb=estimate_mb(spec),
+                pinned=model.pinned,
+                ttl_s=model.ttl_s,
+                autostart=model.pinned or model.name in defaults,
+            )
     return plan

@@ -50,6 +50,16 @@ class LlmParams(_Section, frozen=True):
             raise ValueError("`ubatch_size` must not exceed `batch_size`")
 
 
+class RemoteConfig(_Section, frozen=True):
+    """`[[models.NAME.remote]]`: a llama-server of this model on another host (`ai-server
+    worker` there). Its key: `api_key`, or `api_key_file` (the key on its first line)."""
+
+    url: str
+    api_key: str | None = None
+    api_key_file: str | None = None
+    weight: Annotated[int, Meta(ge=1, le=1000)] = 1  # breaks ties between equally idle ones
+
+
 class ModelConfig(_Section, frozen=True):
     """One named model, `[models.NAME]`: NAME is its id in requests."""
 
@@ -66,6 +76,12 @@ class ModelConfig(_Section, frozen=True):
     # Unload after this long idle; unset: [llama_server] idle_unload_s; 0: never.
     ttl_s: Annotated[float, Meta(ge=0)] | None = None
     pinned: bool = False  # never evicted to make room; loaded at startup
+    # Instances: local llama-servers (0: remote only, and `path` is optional), remote ones,
+    # and llama.cpp RPC workers ("HOST:PORT") that take `gpu_layers` of a local one's layers.
+    replicas: Annotated[int, Meta(ge=0, le=64)] = 1
+    remote: list[RemoteConfig] = []
+    rpc_workers: list[str] = []
+    gpu_layers: Annotated[int, Meta(ge=0)] | None = None
 
 
 # The keys of the old one-model-per-role `[models]` section: string values, reserved names.
@@ -101,6 +117,16 @@ class LlamaServer(_Section, frozen=True):
     probe_timeout_s: Annotated[float, Meta(gt=0)] = 20.0
 
 
+class RemoteLimits(_Section, frozen=True):
+    """`[remote]`: how the gateway watches remote instances and RPC workers. A probe is an
+    authenticated `GET /slots`; a remote that does not answer one within probe_timeout_s
+    (a frozen host) cools down and gets no requests until a probe passes."""
+
+    connect_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
+    probe_interval_s: Annotated[float, Meta(gt=0)] = 1.0
+    probe_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
+
+
 class Binaries(_Section, frozen=True):
     """Explicit binary paths; unset means the build cache, then PATH."""
 
@@ -109,6 +135,7 @@ class Binaries(_Section, frozen=True):
     llama_cli: str | None = None
     llama_mtmd_cli: str | None = None
     llama_embedding: str | None = None
+    rpc_server: str | None = None
 
     def get(self, name: str) -> str | None:
         value: str | None = getattr(self, name.replace("-", "_"))
@@ -163,6 +190,7 @@ class Settings(_Section, frozen=True):
     models: dict[str, str | ModelConfig] = {}
     roles: Roles = Roles()
     pool: Pool = Pool()
+    remote: RemoteLimits = RemoteLimits()
     llama_server: LlamaServer = LlamaServer()
     binaries: Binaries = Binaries()
     limits: Limits = Limits()

@@ -20,6 +20,7 @@ from backends import toolchain
 from backends.catalog import Catalog
 from backends.cli import CliBackend
 from backends.dispatcher import Dispatcher
+from backends.router import Router
 from backends.server import ServerBackend
 from gateway.admission import Admission
 from gateway.config import Settings
@@ -27,6 +28,7 @@ from gateway.errors import MissingComponent
 from gateway.metrics import Metrics
 from gateway.runtime_config import ConfigStore
 from supervisor.actor import Supervisor, SupervisorConfig
+from supervisor.remote import Fleet
 
 log = logging.getLogger("ai_server.gateway")
 
@@ -36,6 +38,7 @@ class Services(msgspec.Struct, frozen=True, kw_only=True):
     store: ConfigStore
     dispatcher: Dispatcher
     supervisor: Supervisor
+    router: Router
     admission: Admission
     metrics: Metrics
     budget_mb: int  # the model pool's memory budget
@@ -104,9 +107,20 @@ def make_lifespan(
                         stop()
 
             await tg.start(supervise)
-            server = ServerBackend(supervisor, settings.limits.request_timeout_s)
+            fleet = Fleet(
+                http,
+                connect_timeout=settings.remote.connect_timeout_s,
+                probe_interval=settings.remote.probe_interval_s,
+                probe_timeout=settings.remote.probe_timeout_s,
+                default_slots=settings.limits.max_concurrency,
+                on_change=lambda model: admission.lane("server", model).poke(),
+            )
+            await tg.start(fleet.run)
+            router = Router(supervisor, fleet, settings.limits.max_concurrency)
+            admission.capacity_of = router.capacity_of
+            server = ServerBackend(supervisor, router, settings.limits.request_timeout_s)
             cli = CliBackend(settings)
-            dispatcher = Dispatcher(settings, catalog, supervisor, server=server, cli=cli)
+            dispatcher = Dispatcher(settings, catalog, supervisor, router, server=server, cli=cli)
             await dispatcher.reconfigure(store.current)
             app.state.rescan = lambda: dispatcher.rescan(store.current)  # SIGHUP
             unwatch = metrics.watch(supervisor, admission)
@@ -117,6 +131,7 @@ def make_lifespan(
                         store=store,
                         dispatcher=dispatcher,
                         supervisor=supervisor,
+                        router=router,
                         admission=admission,
                         metrics=metrics,
                         budget_mb=budget_mb,

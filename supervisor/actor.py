@@ -65,6 +65,7 @@ from supervisor.messages import (
     SuspectWedge,
     Tick,
     Unload,
+    WorkersChecked,
 )
 from supervisor.pool import Policy
 from supervisor.states import LIVE, State
@@ -94,7 +95,7 @@ class Supervisor(Loading):
             self._tg = tg
             try:
                 reclaimed = await pidfile.reclaim_orphans(
-                    self._state_dir, self.config.binary, self.config.stop_grace
+                    self._state_dir, self.config.host, self.config.binary, self.config.stop_grace
                 )
                 for pid in reclaimed:
                     log.warning("supervisor.orphan_reclaimed pid=%d", pid)
@@ -152,6 +153,16 @@ class Supervisor(Loading):
 
     def snapshot(self) -> list[ProcessInfo]:
         return [m.info() for m in self._records.values()]
+
+    def load_of(self, spec: ServerSpec) -> tuple[State, int, bool]:
+        """State, requests in flight and draining, for routing: cheaper than `instance`."""
+        m = self._records.get(spec)
+        return (m.state, m.in_flight, m.draining) if m else (State.STOPPED, 0, False)
+
+    def instances_of(self, name: str) -> list[ProcessInfo]:
+        """The local instances of model `name`, by replica."""
+        found = [m.info() for spec, m in self._records.items() if spec.name == name]
+        return sorted(found, key=lambda info: info.replica)
 
     def instance(self, spec: ServerSpec) -> ProcessInfo | None:
         """The instance running `spec`, if there is a record of it."""
@@ -219,7 +230,7 @@ class Supervisor(Loading):
                     await self._stop(m)
             case (
                 BecameReady() | StartTimedOut() | ChildExited() | HealthResult() | ProbeResult()
-                | BackoffElapsed()
+                | BackoffElapsed() | WorkersChecked()
             ):  # fmt: skip
                 m = self._records.get(message.spec)
                 if m is not None and message.gen is m.gen:
@@ -247,6 +258,8 @@ class Supervisor(Loading):
             case BackoffElapsed():
                 if m.state is State.BACKOFF:
                     await self._start(m)
+            case WorkersChecked(missing=missing):
+                await self._on_workers(m, missing)
 
     def _record(self, spec: ServerSpec, policy: Policy | None = None) -> Instance:
         if (m := self._records.get(spec)) is None:
@@ -304,6 +317,7 @@ class Supervisor(Loading):
     def _count_in(self, m: Instance) -> Endpoint:
         assert m.child is not None
         m.in_flight += 1
+        m.served += 1
         m.last_used = time.monotonic()
         return Endpoint(spec=m.spec, url=m.url, port=m.port, pid=m.child.pid)
 

@@ -1,6 +1,9 @@
-"""Pure argv builders for llama-server: a spec in, a list of strings out, never a shell string."""
+"""Pure argv builders for llama-server (and llama.cpp's rpc-server, which `ai-server worker
+--rpc` supervises): a spec in, a list of strings out, never a shell string."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import msgspec
 
@@ -22,6 +25,20 @@ class ServerSpec(msgspec.Struct, frozen=True, kw_only=True):
     pooling: str = "mean"
     # None: the GGUF's own Jinja template; a BUILTIN_TEMPLATES name; else Jinja source.
     chat_template: str | None = None
+    replica: int = 0  # which of the model's local instances
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC workers (HOST:PORT) for `gpu_layers` layers
+    gpu_layers: int | None = None
+    threads: int | None = None  # llama.cpp's default otherwise (the cores)
+    api_key_file: str | None = None  # a LAN-facing llama-server (ai-server worker)
+    kind: Literal["llama-server", "rpc-server"] = "llama-server"
+
+
+def rpc_server_spec(threads: int | None = None) -> ServerSpec:
+    """An rpc-server: no model of its own, the front's llama-server sends it layers."""
+    return ServerSpec(
+        name="rpc-server", model="", ctx_size=0, batch_size=0, ubatch_size=0, threads=threads,
+        kind="rpc-server",
+    )  # fmt: skip
 
 
 def template_argv(template: str | None) -> list[str]:
@@ -35,7 +52,10 @@ def template_argv(template: str | None) -> list[str]:
 
 
 def build_server_argv(binary: str, spec: ServerSpec, *, host: str, port: int) -> list[str]:
-    """The llama-server command line for `spec` listening on `host:port`."""
+    """The llama-server (or rpc-server) command line for `spec` listening on `host:port`."""
+    threads = ["--threads", str(spec.threads)] if spec.threads else []
+    if spec.kind == "rpc-server":
+        return [binary, "--host", host, "--port", str(port), *threads]
     argv = [
         binary,
         "--model", spec.model,
@@ -46,6 +66,7 @@ def build_server_argv(binary: str, spec: ServerSpec, *, host: str, port: int) ->
         "--batch-size", str(spec.batch_size),
         "--ubatch-size", str(spec.ubatch_size),
         *template_argv(spec.chat_template),
+        *threads,
     ]  # fmt: skip
     if spec.name:
         argv += ["--alias", spec.name]
@@ -54,4 +75,8 @@ def build_server_argv(binary: str, spec: ServerSpec, *, host: str, port: int) ->
         argv += ["--embeddings", "--pooling", spec.pooling]
     if spec.mmproj:
         argv += ["--mmproj", spec.mmproj]
+    if spec.rpc:
+        argv += ["--rpc", ",".join(spec.rpc), "--n-gpu-layers", str(spec.gpu_layers or 0)]
+    if spec.api_key_file:
+        argv += ["--api-key-file", spec.api_key_file]
     return argv

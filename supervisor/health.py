@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 import aiohttp
+import anyio
 
 
 class Health(StrEnum):
@@ -36,3 +37,24 @@ async def probe_completion(http: aiohttp.ClientSession, url: str, within: float)
             return r.status == 200
     except (aiohttp.ClientError, TimeoutError):
         return False
+
+
+async def probe_tcp(address: str, within: float) -> bool:
+    """Whether something accepts a connection at HOST:PORT: all an rpc-server offers (it has
+    no health endpoint, and speaks only its binary protocol)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with anyio.fail_after(within):
+            stream = await anyio.connect_tcp(host.strip("[]"), int(port))
+    except (OSError, TimeoutError):
+        return False
+    await stream.aclose()
+    return True
+
+
+async def probe_server(http: aiohttp.ClientSession, url: str, kind: str, within: float) -> Health:
+    """`GET /health` of a llama-server; a connection to an rpc-server."""
+    if kind == "rpc-server":
+        ok = await probe_tcp(url.removeprefix("http://"), within)
+        return Health.OK if ok else Health.UNREACHABLE
+    return await probe_health(http, url, within)

@@ -38,6 +38,11 @@ class ProcessInfo(msgspec.Struct, frozen=True, kw_only=True):
     loads: int
     evictions: int
     load_seconds: float | None  # the last load, from spawn to READY
+    replica: int = 0
+    url: str = ""
+    rpc_workers: tuple[str, ...] = ()
+    missing_workers: tuple[str, ...] = ()  # RPC workers it waits for (in BACKOFF)
+    served: int = 0
 
 
 class Instance:
@@ -72,6 +77,8 @@ class Instance:
         self.evictions = 0
         self.load_started = 0.0
         self.load_seconds: float | None = None
+        self.missing_workers: tuple[str, ...] = ()
+        self.served = 0  # requests leased to it
 
     @property
     def memory_mb(self) -> int:
@@ -116,4 +123,9 @@ class Instance:
             loads=self.loads,
             evictions=self.evictions,
             load_seconds=self.load_seconds,
+            replica=self.spec.replica,
+            url=self.url,
+            rpc_workers=self.spec.rpc,
+            missing_workers=self.missing_workers,
+            served=self.served,
         )

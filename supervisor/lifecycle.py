@@ -134,7 +134,7 @@ class Lifecycle:
         except OSError as exc:
             await self._fail(m, f"cannot start {self.config.binary}: {exc.strerror or exc}")
             return
-        pidfile.write_pidfile(self._state_dir, m.port, m.child.pid)
+        pidfile.write_pidfile(self._state_dir, self.config.host, m.port, m.child.pid)
         log.info("supervisor.spawned port=%d model=%s pid=%d", m.port, m.spec.name, m.child.pid)
         self._spawn_task(tasks.watch_exit, self._send, m.spec, m.gen, m.child)
         self._spawn_task(
@@ -206,7 +206,7 @@ class Lifecycle:
 
     async def _on_exit(self, m: Instance, code: int) -> None:
         m.gen.alive = False
-        pidfile.remove_pidfile(self._state_dir, m.port)
+        pidfile.remove_pidfile(self._state_dir, self.config.host, m.port)
         tail = m.child.tail.text(last=15) if m.child else ""
         m.child = None
         if m.state is State.STOPPING:
@@ -216,6 +216,44 @@ class Lifecycle:
         why = f"{m.failure_reason}; " if m.failure_reason else ""
         m.last_error = f"{why}exited with status {code}\n{tail}".strip()
         log.warning("supervisor.child_exited port=%d model=%s code=%d", m.port, m.spec.name, code)
+        if m.spec.rpc:
+            self._await_workers(m)
+            return
+        await self._crashed(m)
+
+    def _await_workers(self, m: Instance) -> None:
+        """llama-server aborts when one of its RPC workers dies. Before the restart budget is
+        spent on that, find out: wait (in BACKOFF) for every worker to answer again."""
+        self._transition(m, State.BACKOFF)
+        m.gen = Generation(m.gen.number + 1)  # the waiting task's, ended by a stop
+        m.retry_at = time.monotonic() + self.config.backoff_max
+        error = self._unavailable(m, "is restarting after a failure", 1)
+        self._fail_waiters(m, error, keep_successors=True)
+        self._spawn_task(
+            tasks.await_workers, self._send, m.spec, m.gen,
+            within=self.config.health_timeout, interval=self.config.backoff_initial,
+        )  # fmt: skip
+
+    async def _on_workers(self, m: Instance, missing: tuple[str, ...]) -> None:
+        if m.state is not State.BACKOFF:
+            return
+        if missing:
+            m.missing_workers = missing
+            m.last_error = (
+                f"RPC worker {', '.join(missing)} does not answer; waiting for it (llama-server "
+                "stops when a worker it uses is gone)"
+            )
+            log.warning("supervisor.rpc_worker_missing model=%s %s", m.spec.name, missing)
+            return
+        if m.missing_workers:  # a worker was gone and is back: not a crash of ours
+            m.missing_workers = ()
+            m.gen.alive = False
+            await self._start(m)
+            return
+        await self._crashed(m)  # every worker answered: the exit was llama-server's own
+
+    async def _crashed(self, m: Instance) -> None:
+        """Restart with backoff, unless the restart budget is spent (FAILED)."""
         now = time.monotonic()
         if within_budget(
             m.restart_times, now, limit=self.config.restart_limit, window=self.config.restart_window
@@ -227,7 +265,8 @@ class Lifecycle:
                 m.attempt, initial=self.config.backoff_initial, maximum=self.config.backoff_max
             )
             m.retry_at = now + delay
-            self._transition(m, State.BACKOFF)
+            if m.state is not State.BACKOFF:
+                self._transition(m, State.BACKOFF)
             log.info("supervisor.restart_scheduled port=%d delay_s=%.2f", m.port, delay)
             error = self._unavailable(m, "is restarting after a failure", delay)
             self._fail_waiters(m, error, keep_successors=True)
@@ -291,7 +330,7 @@ class Lifecycle:
             m.gen.alive = False
             if m.child is not None:
                 await m.child.stop(self.config.stop_grace)
-                pidfile.remove_pidfile(self._state_dir, m.port)
+                pidfile.remove_pidfile(self._state_dir, self.config.host, m.port)
             self._fail_waiters(m, BackendUnavailable("the gateway is shutting down"))
 
 

@@ -136,6 +136,14 @@ class BackoffElapsed(_Msg, frozen=True):
     gen: Generation
 
 
+class WorkersChecked(_Msg, frozen=True):
+    """The RPC workers of a llama-server that exited: which do not answer."""
+
+    spec: ServerSpec
+    gen: Generation
+    missing: tuple[str, ...]
+
+
 class DrainExpired(_Msg, frozen=True):
     spec: ServerSpec
 

@@ -12,7 +12,7 @@ import anyio
 from anyio.abc import ObjectSendStream
 
 from supervisor.command import ServerSpec
-from supervisor.health import Health, probe_completion, probe_health
+from supervisor.health import Health, probe_completion, probe_server, probe_tcp
 from supervisor.messages import (
     BecameReady,
     ChildExited,
@@ -21,6 +21,7 @@ from supervisor.messages import (
     ProbeResult,
     StartTimedOut,
     Tick,
+    WorkersChecked,
 )
 from supervisor.process import ChildProcess, resident_mb
 
@@ -57,7 +58,7 @@ async def await_ready(
 ) -> None:
     """Poll /health until 200; give up when the child has been silent for load_timeout."""
     while gen.alive and child.returncode is None:
-        health = await probe_health(http, url, within=health_timeout)
+        health = await probe_server(http, url, spec.kind, within=health_timeout)
         if health is Health.OK:
             await send.send(BecameReady(spec, gen, await _rss(child.pid)))
             return
@@ -79,12 +80,13 @@ async def health_loop(
     interval: float,
     within: float,
 ) -> None:
-    """A /health check every `interval`, with the process's resident memory."""
+    """A health check every `interval` (`supervisor.health.probe_server`), with the
+    process's resident memory."""
     while gen.alive:
         await anyio.sleep(interval)
         if not gen.alive:
             return
-        health = await probe_health(http, url, within=within)
+        health = await probe_server(http, url, spec.kind, within=within)
         await send.send(HealthResult(spec, gen, health, await _rss(child.pid)))
 
 
@@ -94,6 +96,23 @@ async def probe(
 ) -> None:  # fmt: skip
     ok = await probe_completion(http, url, within=within)
     await send.send(ProbeResult(spec, gen, ok))
+
+
+async def await_workers(
+    send: Send, spec: ServerSpec, gen: Generation, *, within: float, interval: float
+) -> None:
+    """After an RPC-backed llama-server exited: report which of its workers do not answer,
+    each time that changes, until all of them do."""
+    reported: tuple[str, ...] | None = None
+    while gen.alive:
+        answers = [await probe_tcp(worker, within) for worker in spec.rpc]
+        missing = tuple(w for w, ok in zip(spec.rpc, answers, strict=True) if not ok)
+        if missing != reported:
+            await send.send(WorkersChecked(spec, gen, missing))
+            reported = missing
+        if not missing:
+            return
+        await anyio.sleep(interval)
 
 
 async def _rss(pid: int) -> int | None:

@@ -66,7 +66,7 @@ def config_view(svc: Services) -> dict[str, Any]:
     return {
         **msgspec.to_builtins(svc.store.current),
         "models": {
-            name: msgspec.to_builtins(model) | {"roles": catalog.roles_of(name)}
+            name: model.public() | {"roles": catalog.roles_of(name)}
             for name, model in catalog.models.items()
         },
         "roles": catalog.roles,

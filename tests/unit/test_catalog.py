@@ -3,6 +3,7 @@ errors that name the problem."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,58 @@ def test_catalog_startup_errors_name_the_problem(tmp_path: Path, toml: str, mess
     model = gguf(tmp_path, "m.gguf")
     with pytest.raises(ConfigError, match=message):
         catalog_of(tmp_path, toml.replace("{m}", str(model)))
+
+
+def test_catalog_instances_replicas_remotes_and_rpc_workers(tmp_path: Path) -> None:
+    key_file = tmp_path / "remote.key"
+    key_file.write_text("s3cret-from-file\n")
+    model = gguf(tmp_path, "big.gguf")
+    catalog = catalog_of(
+        tmp_path,
+        f'[models.big]\npath = "{model}"\nreplicas = 2\nrpc_workers = ["10.0.0.5:50052"]\n'
+        '[[models.big.remote]]\nurl = "http://10.0.0.7:8080/"\n'
+        f'api_key_file = "{key_file}"\nweight = 3\n'
+        '[models.far]\nreplicas = 0\n[[models.far.remote]]\nurl = "http://10.0.0.8:8080"\n'
+        'api_key = "inline-key"\n',
+    )
+    big = catalog.models["big"]
+    assert big.replicas == 2 and big.rpc_workers == ("10.0.0.5:50052",)
+    assert big.gpu_layers == 999  # every layer on the workers unless told otherwise
+    (remote,) = big.remotes
+    assert (remote.url, remote.api_key, remote.weight) == (
+        "http://10.0.0.7:8080",
+        "s3cret-from-file",
+        3,
+    )
+    far = catalog.models["far"]
+    assert far.replicas == 0 and far.path == "" and far.remotes[0].api_key == "inline-key"
+    # Keys never leave in what the gateway shows.
+    shown = str([big.public(), far.public()])
+    assert "s3cret" not in shown and "inline-key" not in shown and "***" in shown
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[models.x]\nreplicas = 0\n", "needs [[models.x.remote]]"),
+        (
+            '[models.x]\nreplicas = 0\n[[models.x.remote]]\nurl = "10.0.0.1:8080"\n',
+            "url must be http://",
+        ),
+        (
+            '[models.x]\nreplicas = 0\n[[models.x.remote]]\nurl = "http://h:1"\n'
+            'api_key = "a"\napi_key_file = "/k"\n',
+            "not both",
+        ),
+        (
+            '[models.x]\nreplicas = 0\n[[models.x.remote]]\nurl = "http://h:1"\n'
+            'api_key_file = "/nonexistent/key"\n',
+            "cannot read api_key_file /nonexistent/key",
+        ),
+        ('[models.gemma-3-270m]\nrpc_workers = ["nohost"]\n', "'nohost' is not HOST:PORT"),
+        ("[models.gemma-3-270m]\ngpu_layers = 10\n", "name them"),
+    ],
+)
+def test_catalog_instance_errors_name_the_problem(tmp_path: Path, toml: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        catalog_of(tmp_path, toml)
