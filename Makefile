@@ -52,4 +52,5 @@ bench: setup
 	$(PY) -m bench.cli_mode
 	$(PY) -m bench.throughput
 	$(PY) -m bench.pool
+	$(PY) -m bench.routing
 	$(PY) -m bench.images
