@@ -20,7 +20,14 @@ from gateway.errors import MissingComponent
 # means a new cache directory (and a re-check of shared/LLAMA_NOTES.md).
 LLAMA_CPP_VERSION = "0.3.36"
 
-BINARIES = ("llama-server", "llama-completion", "llama-cli", "llama-mtmd-cli", "llama-embedding")
+BINARIES = (
+    "llama-server",
+    "llama-completion",
+    "llama-cli",
+    "llama-mtmd-cli",
+    "llama-embedding",
+    "rpc-server",  # `ai-server worker --rpc`
+)
 
 DEFAULT_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
 DEFAULT_MODEL_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"

@@ -1,4 +1,5 @@
-"""The `ai-server` command: `serve` runs the gateway, `doctor` checks the machine."""
+"""The `ai-server` command: `serve` runs the gateway, `doctor` checks the machine, `worker`
+serves a model (or llama.cpp's RPC backend) to a front gateway from another host."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import anyio
 import uvicorn
 from starlette.applications import Starlette
 
-from gateway import logs, systemd
+from gateway import logs, systemd, worker
 from gateway.app import create_app
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.doctor import run_doctor
@@ -100,10 +101,13 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("serve", "run the gateway"),
-        ("doctor", "check binaries, models, ports"),
+        ("doctor", "check binaries, models, ports, remote instances and RPC workers"),
+        ("worker", "serve one model, or llama.cpp's rpc-server, to a front AI Server"),
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--config", help="TOML config file (default: $AI_SERVER_CONFIG)")
+        if name == "worker":
+            worker.add_arguments(cmd)
     return top
 
 
@@ -113,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         if args.command == "doctor":
             return run_doctor(settings)
+        if args.command == "worker":
+            return worker.run_worker(args, settings)
         return serve(settings)
     except ConfigError as exc:
         print(f"ai-server: {exc}", file=sys.stderr)

@@ -1,15 +1,19 @@
 """`ai-server doctor`: what this machine has for the configured server, and what is missing.
 
 Prints each llama.cpp binary with its resolved path and version, every model with its roles,
-size, GGUF header and memory estimate, and whether the configured ports are free. Exits
-non-zero when a binary or a role's model is missing or unreadable; a busy port is reported,
-not fatal (it may be us).
+size, GGUF header and memory estimate, every remote instance (reached, key accepted) and
+RPC worker (reached), and whether the configured ports are free. Exits non-zero when a
+binary or a role's model is missing or unreadable, or a remote or worker fails its check;
+a busy port is reported, not fatal (it may be us).
 """
 
 from __future__ import annotations
 
 import errno
+import socket
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,21 +24,26 @@ from backends.specs import estimate_mb, server_spec
 from gateway.config import ConfigError, Settings
 from gateway.errors import MissingComponent
 from supervisor.process import bind_error
+from supervisor.remote import RemoteSpec
 
 Print = Callable[[str], None]
 
 
 def binary_version(path: Path) -> tuple[bool, str]:
-    """Whether `path --version` runs, and its `version:` line (llama.cpp prints it on stderr)."""
+    """Whether `path --version` runs, and its `version:` line (llama.cpp prints it on stderr).
+    rpc-server has no --version (it prints its usage for any unknown flag): its `--help`."""
+    flag = "--help" if path.name == "rpc-server" else "--version"
     try:
         done = subprocess.run(  # noqa: S603 - argv list, resolved binary
-            [str(path), "--version"], capture_output=True, text=True, timeout=20, check=False
+            [str(path), flag], capture_output=True, text=True, timeout=20, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"cannot run: {exc}"
     lines = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
     if done.returncode != 0:
-        return False, f"`--version` exits {done.returncode}: {lines[-1]}"
+        return False, f"`{flag}` exits {done.returncode}: {lines[-1]}"
+    if flag == "--help":
+        return True, "runs (no --version; built with llama-server)"
     return True, next((ln for ln in lines if ln.startswith("version:")), lines[0])
 
 
@@ -90,15 +99,63 @@ def check_models(settings: Settings, say: Print) -> bool:
     return ok
 
 
+def check_remote(remote: RemoteSpec, timeout: float) -> str | None:
+    """None if the remote llama-server answers an authenticated `GET /slots`, else why."""
+    headers = {"Authorization": f"Bearer {remote.api_key}"} if remote.api_key else {}
+    request = urllib.request.Request(remote.url + "/slots", headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):  # noqa: S310 - configured URL
+            return None
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return f"the API key was refused (HTTP {exc.code})"
+        return None if exc.code == 501 else f"answers HTTP {exc.code}"  # 501: --no-slots
+    except (urllib.error.URLError, OSError) as exc:
+        return f"unreachable: {getattr(exc, 'reason', exc)}"
+
+
+def check_rpc_worker(address: str, timeout: float) -> str | None:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        return f"unreachable: {exc.strerror or exc}"
+    return None
+
+
+def check_instances(settings: Settings, say: Print) -> bool:
+    """Every remote instance (reached, key accepted) and RPC worker (reached)."""
+    try:
+        catalog = build_catalog(settings)
+    except ConfigError:
+        return False  # check_models said why
+    ok = True
+    timeout = settings.remote.connect_timeout_s + settings.remote.probe_timeout_s
+    for name, model in catalog.models.items():
+        checks = [(f"remote {r.url}", check_remote(r, timeout)) for r in model.remotes]
+        checks += [(f"rpc worker {w}", check_rpc_worker(w, timeout)) for w in model.rpc_workers]
+        for what, problem in checks:
+            say(
+                f"  {'ok' if problem is None else 'FAILING':<8} {name}: {what}"
+                + (f": {problem}" if problem else "")
+            )
+            ok = ok and problem is None
+    if ok and not any(m.remotes or m.rpc_workers for m in catalog.models.values()):
+        say("  none configured")
+    return ok
+
+
 def run_doctor(settings: Settings, say: Print = print) -> int:
     say("llama.cpp binaries:")
     binaries_ok = check_binaries(settings, say)
     say("models:")
     models_ok = check_models(settings, say)
+    say("remote instances and RPC workers:")
+    instances_ok = check_instances(settings, say)
     say("ports:")
     for what, host, port in (
         ("gateway", settings.host, settings.port),
         ("llama-server", settings.llama_server.host, settings.llama_server.port),
     ):
         say(f"  {port_state(host, port):<8} {what:<17} {host}:{port}")
-    return 0 if binaries_ok and models_ok else 1
+    return 0 if binaries_ok and models_ok and instances_ok else 1
