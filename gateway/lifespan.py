@@ -123,7 +123,7 @@ def make_lifespan(
             dispatcher = Dispatcher(settings, catalog, supervisor, router, server=server, cli=cli)
             await dispatcher.reconfigure(store.current)
             app.state.rescan = lambda: dispatcher.rescan(store.current)  # SIGHUP
-            unwatch = metrics.watch(supervisor, admission)
+            unwatch = metrics.watch(supervisor, admission, fleet)
             try:
                 yield {
                     "services": Services(

@@ -3,7 +3,8 @@
 Counted as requests happen: requests by route/method/status/backend, latency, rejections,
 tokens generated and generation speed. Read at scrape time from their owners: in-flight
 and queued per backend and model (admission); each model instance's state, restarts,
-memory, loads, evictions and load time, and the pool's swaps and memory (supervisor)."""
+memory, loads, evictions and load time, and the pool's swaps and memory (supervisor); every
+instance's requests, and each remote's state, slots and cooldown (supervisor, fleet)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from gateway.admission import Admission
 from supervisor.actor import Supervisor
+from supervisor.remote import Fleet, RemoteState
 from supervisor.states import State
 
 
@@ -47,17 +49,20 @@ class Metrics:
         if per_second:
             self.tokens_per_second.labels(backend).observe(per_second)
 
-    def watch(self, supervisor: Supervisor, admission: Admission) -> Callable[[], None]:
+    def watch(
+        self, supervisor: Supervisor, admission: Admission, fleet: Fleet
+    ) -> Callable[[], None]:
         """Expose live state read at scrape time; returns the function that stops it."""
-        collector = _Live(supervisor, admission)
+        collector = _Live(supervisor, admission, fleet)
         self.registry.register(collector)
         return lambda: self.registry.unregister(collector)
 
 
 class _Live(Collector):
-    def __init__(self, supervisor: Supervisor, admission: Admission) -> None:
+    def __init__(self, supervisor: Supervisor, admission: Admission, fleet: Fleet) -> None:
         self.supervisor = supervisor
         self.admission = admission
+        self.fleet = fleet
 
     def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(
@@ -73,6 +78,44 @@ class _Live(Collector):
             queued.add_metric([backend, model], lane.waiting)
         yield from (in_flight, queued)
         yield from _pool(self.supervisor)
+        yield from _instances(self.supervisor, self.fleet)
+
+
+def _instances(supervisor: Supervisor, fleet: Fleet) -> Iterator[Metric]:
+    """Every instance, local ("local/N", N its replica) or remote (its URL): requests in
+    flight and served; for remote ones their state, idle slots and cooldown."""
+    labels = ["model", "instance"]
+    in_flight = GaugeMetricFamily(
+        "ai_server_instance_in_flight", "Requests in flight per instance", labels=labels
+    )
+    served = CounterMetricFamily(
+        "ai_server_instance_served", "Requests sent to each instance", labels=labels
+    )
+    idle = GaugeMetricFamily(
+        "ai_server_remote_idle_slots", "Idle slots of a remote instance (polled)", labels=labels
+    )
+    cooldown = GaugeMetricFamily(
+        "ai_server_remote_cooldown_seconds", "Left of a remote's cooldown", labels=labels
+    )
+    state = GaugeMetricFamily(
+        "ai_server_remote_state", "1 for the state each remote instance is in",
+        labels=[*labels, "state"],
+    )  # fmt: skip
+    for process in supervisor.snapshot():
+        key = [process.name, f"local/{process.replica}"]
+        in_flight.add_metric(key, process.in_flight)
+        served.add_metric(key, process.served)
+    for model, remotes in fleet.remotes.items():
+        for r in remotes:
+            info = r.info()
+            key = [model, info.url]
+            in_flight.add_metric(key, info.in_flight)
+            served.add_metric(key, info.served)
+            idle.add_metric(key, info.idle)
+            cooldown.add_metric(key, info.cooldown_s or 0)
+            for candidate in RemoteState:
+                state.add_metric([*key, candidate], float(info.state is candidate))
+    yield from (in_flight, served, idle, cooldown, state)
 
 
 def _pool(supervisor: Supervisor) -> Iterator[Metric]:

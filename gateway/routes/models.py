@@ -7,6 +7,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -19,8 +20,38 @@ from gateway.errors import BadRequest, Conflict
 from gateway.lifespan import Services, services
 
 
+def instance_views(svc: Services, model: ModelDef) -> list[dict[str, Any]]:
+    """Every instance of `model` in server mode: local ones (replicas; RPC-backed ones with
+    their workers) and remote ones, with state, slots, requests and why one is down."""
+    if svc.store.current.backend != "server":
+        return []
+    slots = svc.router.local_slots
+    views: list[dict[str, Any]] = [
+        {
+            "instance": f"local/{info.replica}",
+            "kind": "local",
+            "url": info.url,
+            "state": info.state,
+            "pid": info.pid,
+            "slots": slots,
+            "idle": max(slots - info.in_flight, 0) if info.state == "ready" else 0,
+            "in_flight": info.in_flight,
+            "served": info.served,
+            "restarts": info.restarts,
+            "reason": info.last_error,
+            "rpc_workers": list(info.rpc_workers),
+            "missing_workers": list(info.missing_workers),
+        }
+        for info in svc.supervisor.instances_of(model.name)
+    ]
+    for r in svc.router.fleet.of(model.name):
+        views.append({"instance": r.url, "kind": "remote", **msgspec.to_builtins(r.info())})
+    return views
+
+
 def model_view(svc: Services, model: ModelDef) -> dict[str, Any]:
-    """One model as /api/models shows it: its instance's state when it has one."""
+    """One model as /api/models shows it: its (first) local instance's state when it has
+    one, and every instance."""
     catalog = svc.dispatcher.catalog
     view: dict[str, Any] = {
         "name": model.name,
@@ -30,12 +61,24 @@ def model_view(svc: Services, model: ModelDef) -> dict[str, Any]:
     spec = server_spec(model, svc.store.current.llm_params)
     info = svc.supervisor.instance(spec) if svc.store.current.backend == "server" else None
     missing = None if os.path.isfile(model.path) else f"{model.path} does not exist"
+    instances = instance_views(svc, model)
+    status: str = "failed" if missing else info.status if info else "unloaded"
+    if not model.replicas:  # remote only
+        missing = None
+        up = any(i["state"] == "ready" for i in instances)
+        status = "loaded" if up else "unavailable"
     last_used = info.last_used if info else None
     return view | {
-        "status": "failed" if missing else info.status if info else "unloaded",
+        "status": status,
         "pid": info.pid if info else None,
         "port": info.port if info else None,
-        "memory_mb": info.memory_mb if info else 0 if missing else estimate_mb(spec),
+        "memory_mb": (
+            sum(i.memory_mb for i in svc.supervisor.instances_of(model.name))
+            if info
+            else 0
+            if missing or not model.replicas
+            else estimate_mb(spec) * model.replicas
+        ),
         "memory_source": info.memory_source if info else "estimate",
         "in_flight": info.in_flight if info else 0,
         "queued": svc.admission.queued(model.name),
@@ -43,6 +86,7 @@ def model_view(svc: Services, model: ModelDef) -> dict[str, Any]:
         "ttl_s": model.ttl_s,
         "pinned": model.pinned,
         "last_error": missing or (info.last_error if info else None),
+        "instances": instances,
     }
 
 

@@ -13,6 +13,7 @@ from backends.specs import server_spec
 from gateway.bodies import json_response
 from gateway.errors import GatewayError, MissingComponent
 from gateway.lifespan import Services, services
+from gateway.routes.models import instance_views
 
 CLI_BINARIES = ("llama-completion", "llama-embedding", "llama-mtmd-cli")
 
@@ -41,17 +42,24 @@ def _cli_problems(svc: Services) -> list[str]:
 
 def _server_problems(svc: Services) -> list[str]:
     """Why server mode cannot: a role's model is missing, has failed or is backing off
-    after a crash (an unloaded one is fine: it loads on its first request)."""
+    after a crash (an unloaded one is fine: it loads on its first request); for a model with
+    several instances, none of them can serve."""
     catalog = svc.dispatcher.catalog
     problems = []
     for name in sorted(set(catalog.roles.values())):
         model = catalog.models[name]
         try:
-            model.file()
+            if model.replicas:
+                model.file()
         except MissingComponent as exc:
             problems.append(exc.message)
             continue
-        info = svc.supervisor.instance(server_spec(model, svc.store.current.llm_params))
+        params = svc.store.current.llm_params
+        if svc.router.routes(model):  # ready while one of its instances can serve
+            if svc.router.pick(model, params, frozenset()) is None:
+                problems.append(svc.router.why_down(model, params))
+            continue
+        info = svc.supervisor.instance(server_spec(model, params))
         if info is not None and info.status in ("failed", "backoff"):
             problems.append(f"model {name} is {info.status}: {info.last_error}")
     return problems
@@ -71,6 +79,12 @@ async def ready(request: Request) -> Response:
             {"roles": catalog.roles_of(p.name), **msgspec.to_builtins(p)}
             for p in svc.supervisor.snapshot()
         ],
+        # Models with several instances (replicas, remote, RPC-backed): each one's state.
+        "instances": {
+            name: instance_views(svc, model)
+            for name, model in catalog.models.items()
+            if svc.router.routes(model) or model.rpc_workers
+        },
     }
     return json_response(body, 200 if not problems else 503)
 
