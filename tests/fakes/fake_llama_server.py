@@ -14,6 +14,10 @@ JSON in $FAKE_LLAMA, e.g. {"load_delay": 1, "ignore_sigterm": true}:
   record             append {"argv"} at start and {"path", "body"} per request to this JSONL file
   hold_mb            keep this many MiB resident (a model's memory, as the pool measures it)
   answer_delay       seconds before each /v1/* answer (a request in flight for that long)
+
+Like llama-server, it takes `--api-key-file FILE`: then everything but /health needs
+`Authorization: Bearer KEY` (401 otherwise). `GET /slots` lists 4 slots, busy ones
+(requests being answered) with `is_processing: true`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 BEHAVIOUR = json.loads(os.environ.get("FAKE_LLAMA", "{}"))
 STARTED = time.monotonic()
 HEALTH_PROBES = 0
+BUSY = 0  # requests being answered
+LOCK = threading.Lock()
 
 
 def record(entry: dict[str, object]) -> None:
@@ -54,8 +60,23 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def refused(self) -> bool:
+        """llama-server's --api-key: every endpoint but /health needs the key."""
+        if "--api-key-file" not in sys.argv or self.path == "/health":
+            return False
+        with open(arg("--api-key-file", "")) as f:
+            key = f.read().strip()
+        if self.headers.get("Authorization") == f"Bearer {key}":
+            return False
+        self.reply(401, {"error": {"code": 401, "message": "Invalid API Key"}})
+        return True
+
     def do_GET(self) -> None:
         global HEALTH_PROBES
+        if self.refused():
+            return None
+        if self.path == "/slots":
+            return self.reply(200, [{"id": i, "is_processing": i < BUSY} for i in range(4)])
         if self.path != "/health":
             return self.reply(404, {"error": "not found"})
         HEALTH_PROBES += 1
@@ -66,8 +87,20 @@ class Handler(BaseHTTPRequestHandler):
         return self.reply(200, {"status": "ok"})
 
     def do_POST(self) -> None:
+        global BUSY
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if self.refused():
+            return None
         record({"path": self.path, "body": body})
+        with LOCK:
+            BUSY += 1
+        try:
+            return self.answer(body)
+        finally:
+            with LOCK:
+                BUSY -= 1
+
+    def answer(self, body: dict[str, object]) -> None:
         if BEHAVIOUR.get("hang_completion"):
             threading.Event().wait()
         time.sleep(BEHAVIOUR.get("answer_delay", 0))
@@ -82,7 +115,8 @@ class Handler(BaseHTTPRequestHandler):
             choice = {"index": 0, "message": message, "finish_reason": "stop"}
             return self.reply(200, {"choices": [choice], "usage": usage})
         if self.path == "/v1/embeddings":
-            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            raw = body["input"]
+            inputs = raw if isinstance(raw, list) else [raw]
             data = [{"index": i, "embedding": [0.5, float(i)]} for i in range(len(inputs))]
             return self.reply(200, {"data": data[::-1]})  # llama-server's order is not promised
         return self.reply(404, {"error": "not found"})

@@ -1,0 +1,190 @@
+"""Instances of a model through the real gateway, over fake llama-servers: a local one and a
+"remote" one on another loopback address (127.0.0.2) with an API key. The real multi-host
+runs, in network namespaces with real llama.cpp, are in tests/e2e/test_replicas_netns.py;
+these are the fast, deterministic checks of routing, keys, retries and cooldown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from gateway.config import Limits, ModelConfig, RemoteConfig, RemoteLimits, Roles, Settings
+from tests.conftest import free_port
+from tests.e2e.conftest import FAKES, Client, fake_settings, serving
+from tests.supervisor.conftest import behave
+from tests.unit.test_gguf_meta import gguf_bytes
+
+EMBED = {"model": "m", "input": "hello"}
+KEY = "the-right-key"
+
+
+@contextmanager
+def remote_fake(
+    tmp_path: Path, **behaviour: object
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A fake llama-server on 127.0.0.2 that wants KEY; its URL and process."""
+    key_file = tmp_path / "remote-server.key"
+    key_file.write_text(KEY)
+    port = free_port()
+    argv = [str(FAKES / "fake_llama_server.py"), "--host", "127.0.0.2", "--port", str(port)]
+    env = os.environ | {"FAKE_LLAMA": json.dumps(behaviour)}
+    child = subprocess.Popen([*argv, "--api-key-file", str(key_file)], env=env)
+    try:
+        yield f"http://127.0.0.2:{port}", child
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGCONT)
+            child.kill()
+        child.wait()
+
+
+def settings_for(tmp_path: Path, url: str, key: str = KEY, replicas: int = 1) -> Settings:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(gguf_bytes())
+    remote = RemoteConfig(url=url, api_key=key)
+    return fake_settings(
+        tmp_path,
+        models={"m": ModelConfig(path=str(model), replicas=replicas, remote=[remote])},
+        roles=Roles(chat="m", embedding="m", vision="m"),
+        remote=RemoteLimits(probe_interval_s=0.1, probe_timeout_s=0.5, connect_timeout_s=0.5),
+        limits=Limits(request_timeout_s=10, max_concurrency=2, queue_timeout_s=10),
+    )
+
+
+async def instances(client: Client) -> dict[str, dict[str, Any]]:
+    status, body = await client.get("/api/models")
+    assert status == 200
+    (model,) = [m for m in body["models"] if m["name"] == "m"]
+    return {i["kind"] + ":" + i["instance"]: i for i in model["instances"]}
+
+
+async def remote_state(client: Client, url: str) -> str:
+    state: str = (await instances(client))[f"remote:{url}"]["state"]
+    return state
+
+
+async def wait_state(client: Client, url: str, state: str, within: float = 10) -> None:
+    with anyio.fail_after(within):
+        while await remote_state(client, url) != state:  # noqa: ASYNC110 - polled over HTTP
+            await anyio.sleep(0.05)
+
+
+async def embed_many(client: Client, n: int) -> list[int]:
+    statuses: list[int] = []
+
+    async def one() -> None:
+        status, _ = await client.post("/v1/embeddings", EMBED)
+        statuses.append(status)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    return statuses
+
+
+async def test_requests_spread_over_the_local_and_the_remote_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, answer_delay=0.2)
+    with remote_fake(tmp_path, answer_delay=0.2) as (url, _):
+        async with serving(settings_for(tmp_path, url)) as client:
+            await wait_state(client, url, "ready")
+            assert await embed_many(client, 12) == [200] * 12
+            seen = await instances(client)
+            local, remote = seen["local:local/0"], seen[f"remote:{url}"]
+            assert local["served"] > 0 and remote["served"] > 0, seen
+            assert local["served"] + remote["served"] == 12
+            # The key never shows; the metrics name each instance.
+            status, config = await client.get("/api/config")
+            assert status == 200
+            assert KEY not in json.dumps(config) and "***" in json.dumps(config)
+            async with client.http.get("/metrics") as resp:
+                text = await resp.text()
+            assert f'ai_server_instance_served_total{{instance="{url}",model="m"}}' in text
+            assert f'ai_server_remote_state{{instance="{url}",model="m",state="ready"}} 1.0' in text
+
+
+async def test_a_wrong_key_is_reported_as_such_and_never_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    with remote_fake(tmp_path) as (url, _):
+        async with serving(settings_for(tmp_path, url, key="wrong")) as client:
+            await wait_state(client, url, "unauthorized")
+            seen = (await instances(client))[f"remote:{url}"]
+            assert "API key was refused (HTTP 401)" in seen["reason"]
+            assert await embed_many(client, 4) == [200] * 4  # the local instance serves
+            assert (await instances(client))[f"remote:{url}"]["served"] == 0
+
+
+async def test_a_remote_that_dies_mid_request_is_retried_on_the_local_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    with remote_fake(tmp_path, answer_delay=3) as (url, child):
+        async with serving(settings_for(tmp_path, url, replicas=1)) as client:
+            await wait_state(client, url, "ready")
+            # Busy the local instance's two slots, so the next request goes to the remote.
+            statuses: list[int] = []
+
+            async def one() -> None:
+                statuses.append((await client.post("/v1/embeddings", EMBED))[0])
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(one)
+                with anyio.fail_after(5):
+                    while (await instances(client))[f"remote:{url}"]["in_flight"] == 0:  # noqa: ASYNC110
+                        await anyio.sleep(0.02)
+                child.kill()  # the remote host's llama-server dies under the request
+            assert statuses == [200, 200, 200]
+            seen = (await instances(client))[f"remote:{url}"]
+            assert seen["state"] == "cooling" and seen["reason"], seen
+
+
+async def test_a_frozen_remote_is_cooled_down_by_its_probe_and_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    with remote_fake(tmp_path, answer_delay=1) as (url, child):
+        async with serving(settings_for(tmp_path, url)) as client:
+            await wait_state(client, url, "ready")
+            os.kill(child.pid, signal.SIGSTOP)  # the host freezes
+            started = time.monotonic()
+            await wait_state(client, url, "cooling", within=5)
+            seen = (await instances(client))[f"remote:{url}"]
+            assert "no answer to a probe within 0.5 s" in seen["reason"]
+            assert time.monotonic() - started < 3  # the probe, not a request's 10 s timeout
+            assert await embed_many(client, 4) == [200] * 4  # on the local one, none hangs
+            os.kill(child.pid, signal.SIGCONT)
+            await wait_state(client, url, "ready", within=15)  # after its 5 s cooldown
+
+
+async def test_a_model_whose_only_instance_is_down_answers_503_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    port = free_port()
+    url = f"http://127.0.0.2:{port}"  # nothing listens there
+    settings = settings_for(tmp_path, url)
+    remote_only = ModelConfig(replicas=0, remote=[RemoteConfig(url=url, api_key=KEY)])
+    settings = msgspec.structs.replace(settings, models={"m": remote_only})
+    async with serving(settings) as client:
+        await wait_state(client, url, "cooling")
+        started = time.monotonic()
+        status, body = await client.post("/v1/embeddings", EMBED)
+        assert status == 503 and time.monotonic() - started < 2
+        assert url in body["error"]["message"] and "cooling" in body["error"]["message"]
+        status, ready = await client.get("/ready")
+        assert status == 503 and url in ready["problems"][0]
