@@ -8,6 +8,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import anyio
+import msgspec
 import pytest
 
 from gateway.errors import BackendUnavailable
@@ -310,3 +312,39 @@ async def test_a_second_model_moves_off_a_port_another_program_took(
             assert first.port == config.base_port  # the configured one
             assert second.port not in (config.base_port, config.base_port + 1)
             assert alive(second.pid)
+
+
+async def test_supervisor_waits_for_a_missing_rpc_worker_without_spending_its_restart_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama-server aborts when an RPC worker it uses dies: the instance waits (BACKOFF,
+    naming the worker) until the worker answers again, then starts, and no restart of its
+    budget was used; a crash with every worker up is still a crash."""
+    behave(monkeypatch)
+    worker = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{worker.getsockname()[1]}"
+    spec = msgspec.structs.replace(SPEC, rpc=(address,), gpu_layers=99)
+    config = fast_config(tmp_path, restart_limit=1)
+    async with running(config) as sup:
+        await sup.ensure_ready(spec)
+        worker.close()  # the worker host goes away, and llama-server with it
+        info = sup.instance(spec)
+        assert info is not None and info.pid is not None
+        os.kill(info.pid, signal.SIGKILL)
+        await wait_until(lambda: bool(sup.instance(spec).missing_workers), within=10)  # type: ignore[union-attr]
+        info = sup.instance(spec)
+        assert info is not None and info.state is S.BACKOFF
+        assert address in (info.last_error or "") and "does not answer" in (info.last_error or "")
+        with pytest.raises(BackendUnavailable, match=address):
+            await sup.ensure_ready(spec)
+        await anyio.sleep(0.5)  # many checks, no restarts
+        assert sup.instance(spec).restarts == 0  # type: ignore[union-attr]
+        worker = socket.create_server(("127.0.0.1", int(address.rsplit(":", 1)[1])))
+        await wait_state(sup, S.READY, within=10)
+        info = sup.instance(spec)
+        assert info is not None and info.restarts == 0 and info.missing_workers == ()
+        # Every worker up, llama-server dies anyway: that counts (and the budget is 1).
+        os.kill(info.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        await wait_until(lambda: sup.instance(spec).restarts == 1, within=10)  # type: ignore[union-attr]
+        await wait_until(lambda: sup.instance(spec).state is S.READY, within=10)  # type: ignore[union-attr]
+    worker.close()
