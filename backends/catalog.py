@@ -51,6 +51,7 @@ class ModelDef(msgspec.Struct, frozen=True, kw_only=True):
     remotes: tuple[RemoteSpec, ...] = ()
     rpc_workers: tuple[str, ...] = ()  # HOST:PORT of llama.cpp rpc-servers
     gpu_layers: int | None = None  # layers put on the RPC workers (-ngl)
+    threads: int | None = None
 
     def public(self) -> dict[str, object]:
         """As /api/config shows it: remote keys redacted."""
@@ -229,6 +230,7 @@ def _named(name: str, entry: ModelConfig, base: ModelDef | None, ttl: float | No
         replicas=entry.replicas,
         remotes=tuple(_remote(name, r) for r in entry.remote),
         rpc_workers=tuple(_rpc_worker(name, a) for a in entry.rpc_workers),
+        threads=entry.threads,
         # Every layer on the workers unless told otherwise: that is what they are for.
         gpu_layers=entry.gpu_layers
         if entry.gpu_layers is not None or not entry.rpc_workers

@@ -33,6 +33,7 @@ def server_spec(model: ModelDef, params: LlmParams, replica: int = 0) -> ServerS
         replica=replica,
         rpc=model.rpc_workers,
         gpu_layers=model.gpu_layers,
+        threads=model.threads,
     )
 
 

@@ -82,6 +82,7 @@ class ModelConfig(_Section, frozen=True):
     remote: list[RemoteConfig] = []
     rpc_workers: list[str] = []
     gpu_layers: Annotated[int, Meta(ge=0)] | None = None
+    threads: Annotated[int, Meta(ge=1, le=1024)] | None = None  # CPU threads; llama.cpp's default
 
 
 # The keys of the old one-model-per-role `[models]` section: string values, reserved names.

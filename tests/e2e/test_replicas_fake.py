@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,7 +57,9 @@ def settings_for(tmp_path: Path, url: str, key: str = KEY, replicas: int = 1) ->
         models={"m": ModelConfig(path=str(model), replicas=replicas, remote=[remote])},
         roles=Roles(chat="m", embedding="m", vision="m"),
         remote=RemoteLimits(probe_interval_s=0.1, probe_timeout_s=0.5, connect_timeout_s=0.5),
-        limits=Limits(request_timeout_s=10, max_concurrency=2, queue_timeout_s=10),
+        # Far above every wait below: a request that hung on a dead or frozen remote would
+        # trip their bounds long before its own timeout.
+        limits=Limits(request_timeout_s=120, max_concurrency=2, queue_timeout_s=120),
     )
 
 
@@ -161,12 +162,11 @@ async def test_a_frozen_remote_is_cooled_down_by_its_probe_and_comes_back(
         async with serving(settings_for(tmp_path, url)) as client:
             await wait_state(client, url, "ready")
             os.kill(child.pid, signal.SIGSTOP)  # the host freezes
-            started = time.monotonic()
-            await wait_state(client, url, "cooling", within=5)
+            await wait_state(client, url, "cooling", within=10)  # by its probe, no request
             seen = (await instances(client))[f"remote:{url}"]
             assert "no answer to a probe within 0.5 s" in seen["reason"]
-            assert time.monotonic() - started < 3  # the probe, not a request's 10 s timeout
-            assert await embed_many(client, 4) == [200] * 4  # on the local one, none hangs
+            with anyio.fail_after(20):  # none hangs: all on the local one
+                assert await embed_many(client, 4) == [200] * 4
             os.kill(child.pid, signal.SIGCONT)
             await wait_state(client, url, "ready", within=15)  # after its 5 s cooldown
 
@@ -182,9 +182,9 @@ async def test_a_model_whose_only_instance_is_down_answers_503_at_once(
     settings = msgspec.structs.replace(settings, models={"m": remote_only})
     async with serving(settings) as client:
         await wait_state(client, url, "cooling")
-        started = time.monotonic()
-        status, body = await client.post("/v1/embeddings", EMBED)
-        assert status == 503 and time.monotonic() - started < 2
+        with anyio.fail_after(20):  # at once: not after a queue or request timeout
+            status, body = await client.post("/v1/embeddings", EMBED)
+        assert status == 503
         assert url in body["error"]["message"] and "cooling" in body["error"]["message"]
         status, ready = await client.get("/ready")
         assert status == 503 and url in ready["problems"][0]
