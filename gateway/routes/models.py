@@ -7,13 +7,14 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from backends.catalog import ModelDef
-from backends.specs import estimate_mb, server_spec
+from backends.specs import estimate_mb, local_specs, server_spec
 from gateway.bodies import json_response
 from gateway.config import ConfigError
 from gateway.errors import BadRequest, Conflict
@@ -124,21 +125,26 @@ def _resident(request: Request) -> tuple[Services, ModelDef]:
     if svc.store.current.backend != "server":
         raise Conflict("cli mode keeps nothing resident: there is nothing to load or unload")
     model = svc.dispatcher.catalog.resolve(request.path_params["name"], "chat")
+    if not model.replicas:
+        raise Conflict(f"model {model.name} has only remote instances: nothing to load here")
     model.file()
     return svc, model
 
 
 async def load(request: Request) -> Response:
-    """200 once the model is loaded (bounded like a request's own load)."""
+    """200 once the model's local instances are loaded (bounded like a request's own load)."""
     svc, model = _resident(request)
-    await svc.supervisor.ensure_ready(server_spec(model, svc.store.current.llm_params))
+    async with anyio.create_task_group() as tg:
+        for spec in local_specs(model, svc.store.current.llm_params):
+            tg.start_soon(svc.supervisor.ensure_ready, spec)
     return json_response(model_view(svc, model))
 
 
 async def unload(request: Request) -> Response:
-    """200 once the model's requests in flight have finished and its process has exited."""
+    """200 once the model's requests in flight have finished and its processes have exited."""
     svc, model = _resident(request)
-    await svc.supervisor.unload(server_spec(model, svc.store.current.llm_params))
+    for spec in local_specs(model, svc.store.current.llm_params):
+        await svc.supervisor.unload(spec)
     return json_response(model_view(svc, model))
 
 

@@ -188,3 +188,29 @@ async def test_a_model_whose_only_instance_is_down_answers_503_at_once(
         assert url in body["error"]["message"] and "cooling" in body["error"]["message"]
         status, ready = await client.get("/ready")
         assert status == 503 and url in ready["problems"][0]
+
+
+async def test_local_replicas_are_processes_of_their_own_and_share_the_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, answer_delay=0.2)
+    model = tmp_path / "m.gguf"
+    model.write_bytes(gguf_bytes())
+    settings = fake_settings(
+        tmp_path,
+        models={"m": ModelConfig(path=str(model), replicas=2)},
+        roles=Roles(chat="m", embedding="m", vision="m"),
+        limits=Limits(request_timeout_s=120, max_concurrency=2, queue_timeout_s=120),
+    )
+    async with serving(settings) as client:
+        assert await embed_many(client, 8) == [200] * 8
+        seen = await instances(client)
+        first, second = seen["local:local/0"], seen["local:local/1"]
+        assert first["pid"] != second["pid"] and first["url"] != second["url"]
+        assert first["served"] > 0 and second["served"] > 0, seen
+        status, _ = await client.post("/api/models/m/unload", {})
+        assert status == 200
+        assert {i["state"] for i in (await instances(client)).values()} == {"stopped"}
+        status, _ = await client.post("/api/models/m/load", {})
+        assert status == 200
+        assert {i["state"] for i in (await instances(client)).values()} == {"ready"}
