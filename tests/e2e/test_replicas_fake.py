@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ import msgspec
 import pytest
 
 from gateway.config import Limits, ModelConfig, RemoteConfig, RemoteLimits, Roles, Settings
+from gateway.doctor import check_instances
 from tests.conftest import free_port
 from tests.e2e.conftest import FAKES, Client, fake_settings, serving
 from tests.supervisor.conftest import behave
@@ -214,3 +217,41 @@ async def test_local_replicas_are_processes_of_their_own_and_share_the_load(
         status, _ = await client.post("/api/models/m/load", {})
         assert status == 200
         assert {i["state"] for i in (await instances(client)).values()} == {"ready"}
+
+
+def test_doctor_checks_each_remote_and_its_key_and_each_rpc_worker(tmp_path: Path) -> None:
+    listening = socket.create_server(("127.0.0.1", 0))
+    worker_up = f"127.0.0.1:{listening.getsockname()[1]}"
+    worker_down = f"127.0.0.1:{free_port()}"
+    with remote_fake(tmp_path) as (url, _), listening:
+        wait_listening(url)
+        models = {
+            "good": ModelConfig(replicas=0, remote=[RemoteConfig(url=url, api_key=KEY)]),
+            "bad": ModelConfig(replicas=0, remote=[RemoteConfig(url=url, api_key="wrong")]),
+            "rpc": ModelConfig(path=str(tmp_path / "m.gguf"), rpc_workers=[worker_up, worker_down]),
+        }
+        (tmp_path / "m.gguf").write_bytes(gguf_bytes())
+        lines: list[str] = []
+        ok = check_instances(
+            Settings(cache_dir=str(tmp_path / "cache"), models=models), lines.append
+        )
+    out = "\n".join(lines)
+    assert not ok
+    assert f"ok       good: remote {url}" in out
+    assert f"FAILING  bad: remote {url}: the API key was refused (HTTP 401)" in out
+    assert f"ok       rpc: rpc worker {worker_up}" in out
+    assert f"FAILING  rpc: rpc worker {worker_down}: unreachable" in out
+    assert "wrong" not in out and KEY not in out
+
+
+def wait_listening(url: str) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
