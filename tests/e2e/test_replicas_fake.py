@@ -225,7 +225,7 @@ def test_doctor_checks_each_remote_and_its_key_and_each_rpc_worker(tmp_path: Pat
     worker_down = f"127.0.0.1:{free_port()}"
     with remote_fake(tmp_path) as (url, _), listening:
         wait_listening(url)
-        models = {
+        models: dict[str, str | ModelConfig] = {
             "good": ModelConfig(replicas=0, remote=[RemoteConfig(url=url, api_key=KEY)]),
             "bad": ModelConfig(replicas=0, remote=[RemoteConfig(url=url, api_key="wrong")]),
             "rpc": ModelConfig(path=str(tmp_path / "m.gguf"), rpc_workers=[worker_up, worker_down]),
