@@ -8,21 +8,25 @@ set -euo pipefail
 
 version="$1"
 dest="$2"
-targets=(llama-server llama-cli llama-completion llama-mtmd-cli llama-embedding)
+# ggml-rpc-server: llama.cpp's RPC worker (`ai-server worker --rpc`), installed as rpc-server,
+# its name in upstream's docs; llama-tokenize counts tokens in cli mode.
+targets=(llama-server llama-cli llama-completion llama-mtmd-cli llama-embedding llama-tokenize
+    ggml-rpc-server)
 python="${PYTHON:-python3}"
 
 # LLAMA_USE_PREBUILT_UI=OFF: the default fetches a web UI from the internet at build time.
 # GGML_NATIVE=OFF: -march=native enables AMX on these Xeons, whose kernels die with SIGILL here
 #   (the sandbox grants no AMX tile state); the portable build uses AVX2/FMA/F16C.
+# GGML_RPC=ON: the ggml-rpc-server target and llama-server's --rpc flag (layers on other hosts).
 # RPATH $ORIGIN: the binaries find their shared libs beside them wherever the directory is
 #   moved; the default RUNPATH names the (deleted) build directory.
 flags=(
     -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=ON
-    -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF
+    -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_RPC=ON
     -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON '-DCMAKE_INSTALL_RPATH=$ORIGIN'
 )
-stamp="$version ${flags[*]}"
+stamp="$version ${flags[*]} ${targets[*]}"
 
 # The stamp records what was built: a cache built with other flags is rebuilt.
 if [[ -f "$dest/bin/.complete" && "$(cat "$dest/bin/.complete")" == "$stamp" ]]; then
@@ -88,8 +92,12 @@ mkdir -p "$stage"
 cp -a "$work"/build/bin/. "$stage"/
 for t in "${targets[@]}"; do
     # Run each from elsewhere: proves it was built and finds its libraries in its own directory.
-    (cd / && "$stage/$t" --version >/dev/null 2>&1) || { echo "error: $t does not run" >&2; exit 1; }
+    # (the rpc server has no --version; its --help exits 0.)
+    probe=--version
+    [[ $t == ggml-rpc-server ]] && probe=--help
+    (cd / && "$stage/$t" "$probe" >/dev/null 2>&1) || { echo "error: $t does not run" >&2; exit 1; }
 done
+ln -sf ggml-rpc-server "$stage/rpc-server"
 echo "$stamp" >"$stage/.complete"
 rm -rf "$dest"
 mkdir -p "$dest"
