@@ -121,8 +121,14 @@ class _BeforeFirstByte(Exception):
     """A routed request failed before any of its answer arrived: another instance may take
     it (once). `error` is what the client gets if none does."""
 
-    def __init__(self, error: GatewayError) -> None:
+    def __init__(self, error: GatewayError, *, news: bool = True) -> None:
         self.error = error
+        self.news = news  # False: the instance is already known to be down
+
+
+def _failed(router: Router, target: Target, failure: _BeforeFirstByte) -> None:
+    if failure.news:
+        router.report(target, failure.error.message)
 
 
 class ServerBackend:
@@ -191,7 +197,7 @@ class ServerBackend:
             try:
                 return await self._post_to(target, path, payload)
             except _BeforeFirstByte as failure:
-                self._router.report(target, failure.error.message)
+                _failed(self._router, target, failure)
                 tried |= {key_of(target)}
                 if len(tried) > 1 or self._router.pick(model, params, tried) is None:
                     raise failure.error from None
@@ -215,7 +221,7 @@ class ServerBackend:
         except (BackendUnavailable, UpstreamError) as exc:  # not BadRequest, not a timeout
             raise _BeforeFirstByte(exc) from None
         if scope.cancelled_caught:
-            raise _BeforeFirstByte(self._went_down(target))
+            raise _BeforeFirstByte(self._went_down(target), news=False)
         self._router.served(target)
         return answer
 
@@ -256,11 +262,12 @@ class ServerBackend:
                 with self._router.watch(target) as scope:
                     first = await anext(events, None)
                 if scope.cancelled_caught:
-                    raise _BeforeFirstByte(self._went_down(target))
+                    raise _BeforeFirstByte(self._went_down(target), news=False)
             except (BackendUnavailable, UpstreamError, _BeforeFirstByte) as exc:
                 await events.aclose()
-                error = exc.error if isinstance(exc, _BeforeFirstByte) else exc
-                self._router.report(target, error.message)
+                failure = exc if isinstance(exc, _BeforeFirstByte) else _BeforeFirstByte(exc)
+                error = failure.error
+                _failed(self._router, target, failure)
                 tried |= {key_of(target)}
                 if len(tried) > 1 or self._router.pick(task.model, task.params, tried) is None:
                     raise error from None
