@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: run test check setup venv llama model bench soak clean
+.PHONY: run test check setup venv llama model bench soak clean install uninstall
 
 run: setup
 	$(VENV)/bin/ai-server serve $(ARGS)
@@ -38,6 +38,19 @@ model: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# `sudo make install`: the service, its user, config, cache and units (deploy/install.py says
+# what goes where); `sudo make uninstall` removes it all but /etc/ai-server and
+# /var/lib/ai-server. PREFIX and DESTDIR as usual; INSTALL_ARGS for the rest (--user, --port).
+PREFIX ?= /opt/ai-server
+DESTDIR ?=
+INSTALL_ARGS ?=
+
+install: venv
+	$(PY) deploy/install.py install --prefix $(PREFIX) --destdir "$(DESTDIR)" $(INSTALL_ARGS)
+
+uninstall: venv
+	$(PY) deploy/install.py uninstall --prefix $(PREFIX) --destdir "$(DESTDIR)" $(INSTALL_ARGS)
 
 # Minutes of mixed load with llama-server kills and mode switches; not part of `make test`.
 soak: setup
