@@ -32,6 +32,14 @@ def install(*args: str) -> str:
     return done.stdout
 
 
+def make(target: str, dest: Path) -> str:
+    """`make install DESTDIR=...` as a packager runs it."""
+    argv = ["make", "--no-print-directory", target, f"DESTDIR={dest}", "INSTALL_ARGS=--port=8123"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def snapshot(top: Path) -> dict[str, tuple[int, int, int, float]]:
     """Every path under `top`: mode, owner, group, mtime (what a second install must keep)."""
     found = {}
@@ -47,8 +55,7 @@ def unit_field(unit: Path, key: str) -> list[str]:
 
 def test_install_into_a_destdir_writes_every_file_once(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
-    args = ["--destdir", str(dest), "--port", "8123"]
-    first = install("install", *args)
+    first = make("install", dest)
     assert "nothing changed" not in first
     me = os.geteuid()
     prefix, etc = dest / "opt/ai-server", dest / "etc/ai-server"
@@ -75,11 +82,16 @@ def test_install_into_a_destdir_writes_every_file_once(tmp_path: Path) -> None:
     # An operator's edit survives; a second install changes nothing at all.
     config.write_text(config.read_text() + "\n# edited by the operator\n")
     before = snapshot(dest)
-    second = install("install", *args)
+    second = make("install", dest)
     assert "nothing changed" in second, second
     assert snapshot(dest) == before
+    # Every file is root's (the packager's), none writable by others.
+    for path in dest.rglob("*"):
+        st = path.lstat()
+        writable = bool(st.st_mode & stat.S_IWOTH) and not path.is_symlink()  # links: 0777
+        assert st.st_uid == me and not writable, path
     # Uninstall leaves the configuration and the state.
-    install("uninstall", *args)
+    make("uninstall", dest)
     assert not prefix.exists() and not (dest / "etc/systemd/system/ai-server.service").exists()
     assert config.read_text().endswith("# edited by the operator\n") and keys.exists()
     assert (cache / "llama.cpp").is_dir()
