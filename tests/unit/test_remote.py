@@ -20,7 +20,7 @@ def test_cooldown_doubles_to_its_cap_and_a_passing_probe_ends_it() -> None:
         r.failed("no answer")
         cooldowns.append(r.cooldown)
     assert cooldowns == [5, 10, 20, 40, 60, 60]
-    assert r.state is RemoteState.COOLING and r.reason == "no answer"
+    assert r.info().state is RemoteState.COOLING and r.reason == "no answer"
     assert r.passed(slots=2, idle=2)  # a state change
     assert r.available and r.cooldown == 0 and r.reason is None
     r.failed("connection refused")
