@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -18,6 +18,11 @@ class ChatTask(msgspec.Struct, frozen=True, kw_only=True):
     messages: Sequence[ChatMessage]
     max_tokens: int
     params: LlmParams  # the config's eight parameters with this request's overrides
+    # OpenAI's per-request fields (/v1/chat/completions).
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these
+    seed: int | None = None
+    frequency_penalty: float | None = None
+    json_schema: dict[str, Any] | None = None  # the answer is JSON following it
 
 
 class VisionTask(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,10 +36,16 @@ class VisionTask(msgspec.Struct, frozen=True, kw_only=True):
 
 class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
     content: str
-    prompt_tokens: int
-    completion_tokens: int
+    # None where llama.cpp gives no number (an image's tokens in cli mode): no `usage`.
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
     finish_reason: str | None = None
     tokens_per_second: float | None = None  # generation speed as llama.cpp reports it
+
+
+class Embedded(msgspec.Struct, frozen=True, kw_only=True):
+    vectors: list[list[float]]
+    prompt_tokens: int | None = None  # as llama.cpp counted them; None if it did not say
 
 
 class Backend(Protocol):
@@ -47,8 +58,6 @@ class Backend(Protocol):
         """SSE events of OpenAI `chat.completion.chunk`s, ending with `data: [DONE]`."""
         ...
 
-    async def embed(
-        self, model: ModelDef, texts: Sequence[str], params: LlmParams
-    ) -> list[list[float]]: ...
+    async def embed(self, model: ModelDef, texts: Sequence[str], params: LlmParams) -> Embedded: ...
 
     async def vision(self, task: VisionTask) -> ChatResult: ...

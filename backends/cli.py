@@ -23,11 +23,12 @@ import anyio.abc
 import msgspec
 
 from backends import toolchain
-from backends.base import ChatResult, ChatTask, VisionTask
+from backends.base import ChatResult, ChatTask, Embedded, VisionTask
 from backends.catalog import ModelDef
 from backends.cli_args import completion_argv, embedding_argv, mtmd_argv
 from backends.prompt import render_chat
 from backends.sse import DONE, ChunkWriter
+from backends.stops import StopWatch
 from gateway.config import LlmParams, Settings
 from gateway.errors import BackendTimeout, BadRequest, GatewayError, UpstreamError
 from supervisor.logtail import LogTail
@@ -35,6 +36,7 @@ from supervisor.process import spawn
 
 _PROMPT_TOKENS = re.compile(r"prompt eval time =.*?/\s*(\d+) tokens")
 _SAMPLED_TOKENS = re.compile(r"samplers time =.*?/\s*(\d+) tokens")
+_EMBED_TOKENS = re.compile(r"number of tokens in prompt = (\d+)")
 _SPEED = re.compile(r"(?<!prompt )eval time =[^\n]*?([\d.]+) tokens per second")
 
 
@@ -82,6 +84,20 @@ class _Embeddings(msgspec.Struct):
     data: list[dict[str, Any]]
 
 
+# What llama-completion prints on stdout after the model's end of generation: not the answer.
+END_OF_TEXT = " [end of text]"
+
+
+class _Run:
+    """One llama-completion run as `_generate` goes: its prompt, what it sent, its log."""
+
+    def __init__(self) -> None:
+        self.prompt = ""
+        self.text: list[str] = []
+        self.tail = LogTail(max_lines=200)
+        self.stopped = False  # ended by a stop string
+
+
 class CliBackend:
     name: Literal["cli"] = "cli"
 
@@ -95,19 +111,26 @@ class CliBackend:
 
     @contextmanager
     def _prompt_file(self, task: ChatTask, prompt: str) -> Iterator[list[str]]:
-        """The llama-completion argv for `task`, its rendered `prompt` in a private file
-        that is gone when the block ends."""
+        """The llama-completion argv for `task`, its rendered `prompt` (and JSON schema) in
+        private files that are gone when the block ends."""
         model = task.model.file()
         data = _text_bytes(prompt)
         with private_dir() as tmp:
             # llama.cpp's --file drops one trailing newline; the template's own must stay.
             prompt_file = write_private(tmp / "prompt.txt", data + b"\n")
+            schema_file = None
+            if task.json_schema is not None:
+                schema = msgspec.json.encode(task.json_schema)
+                schema_file = write_private(tmp / "schema.json", schema)
             yield completion_argv(
                 self._binary("llama-completion"),
                 str(model),
                 prompt_file,
                 _sized(task.model, task.params),
                 task.max_tokens,
+                seed=task.seed,
+                frequency_penalty=task.frequency_penalty,
+                schema_file=schema_file,
             )
 
     async def _render(self, task: ChatTask) -> str:
@@ -117,44 +140,90 @@ class CliBackend:
         return await anyio.to_thread.run_sync(render_chat, template, task.messages, model)
 
     async def chat(self, task: ChatTask) -> ChatResult:
-        with self._prompt_file(task, await self._render(task)) as argv:
-            stdout, tail = await self._run(argv)
-        content = stdout.decode(errors="replace")
-        return completion_result(content, tail.text(last=200), task.max_tokens)
+        run = _Run()
+        async for _ in self._generate(task, run):
+            pass
+        return await self._result(task, run)
 
     async def chat_stream(self, task: ChatTask, include_usage: bool) -> AsyncGenerator[bytes, None]:
         """OpenAI chunks of llama-completion's stdout, as it writes it. Leaving the loop early
         (the client went away) stops the process group."""
         writer = ChunkWriter(task.model.name)
-        tail = LogTail(max_lines=200)
+        run = _Run()
+        async for text in self._generate(task, run):
+            yield writer.delta(text)
+        result = await self._result(task, run)
+        yield writer.finish(result.finish_reason or "stop")
+        if include_usage and result.prompt_tokens is not None:
+            yield writer.usage(result.prompt_tokens, result.completion_tokens or 0)
+        yield DONE
+
+    async def _generate(self, task: ChatTask, run: _Run) -> AsyncGenerator[str, None]:
+        """llama-completion's text as it writes it, cut before the first stop string: the
+        process group is stopped there, and nothing of the stop is ever yielded."""
+        run.prompt = await self._render(task)
+        watch = StopWatch([*task.stop, END_OF_TEXT])
         failure: GatewayError | None = None
-        with self._prompt_file(task, await self._render(task)) as argv:
+        code = 0
+        with self._prompt_file(task, run.prompt) as argv:
             async with anyio.create_task_group() as tg:
-                child = await spawn(argv, tg, tail, stdout="caller")
+                child = await spawn(argv, tg, run.tail, stdout="caller")
                 assert child.process.stdout is not None
                 decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 try:
                     while (chunk := await self._read(child.process.stdout)) is not None:
-                        if text := decoder.decode(chunk):
-                            yield writer.delta(text)
-                    if text := decoder.decode(b"", final=True):
-                        yield writer.delta(text)
-                    code = await child.wait()
+                        if text := watch.feed(decoder.decode(chunk)):
+                            run.text.append(text)
+                            yield text
+                        if watch.stopped and watch.hit != END_OF_TEXT:
+                            break
+                    else:
+                        if text := watch.feed(decoder.decode(b"", final=True)) + watch.flush():
+                            run.text.append(text)
+                            yield text
+                        code = await child.wait()
                 except TimeoutError:
                     failure = BackendTimeout(
                         f"llama-completion wrote nothing for {self._timeout:.0f} s"
                     )
                 finally:
                     await child.stop(grace=1)
-        if failure is None and code != 0:
-            failure = exit_error("llama-completion", code, tail)
+        run.stopped = watch.stopped and watch.hit != END_OF_TEXT
         if failure is not None:
             raise failure
-        result = completion_result("", tail.text(last=200), task.max_tokens)
-        yield writer.finish(result.finish_reason or "stop")
-        if include_usage:
-            yield writer.usage(result.prompt_tokens, result.completion_tokens)
-        yield DONE
+        if not run.stopped and code != 0:
+            raise exit_error("llama-completion", code, run.tail)
+
+    async def _result(self, task: ChatTask, run: _Run) -> ChatResult:
+        """Counts and speed from llama-completion's closing lines; after a stop string ended
+        it early (no closing lines), counted by llama.cpp's own tokenizer."""
+        content = "".join(run.text)
+        if not run.stopped:
+            return completion_result(content, run.tail.text(last=200), task.max_tokens)
+        model = str(task.model.file())
+        prompt_tokens = await self._count_tokens(model, run.prompt, bos=True)
+        completion_tokens = await self._count_tokens(model, content, bos=False)
+        return ChatResult(
+            content=content,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason="stop",
+        )
+
+    async def _count_tokens(self, model: str, text: str, *, bos: bool) -> int:
+        """Tokens of `text` by llama-tokenize, special tokens parsed as llama-completion
+        does (a rendered prompt's template markers are one token each)."""
+        if not text:
+            return 0
+        with private_dir() as tmp:
+            argv = [
+                self._binary("llama-tokenize"), "--model", model,
+                "--file", write_private(tmp / "text.txt", _text_bytes(text)),
+                "--ids", "--log-disable", *([] if bos else ["--no-bos"]),
+            ]  # fmt: skip
+            stdout, _ = await self._run(argv)
+        ids = stdout.decode().strip().removeprefix("[").removesuffix("]")
+        return len([i for i in ids.split(",") if i.strip()])
 
     async def _read(self, stream: anyio.abc.ByteReceiveStream) -> bytes | None:
         """The next piece of output; None at its end; TimeoutError after a silent timeout."""
@@ -180,13 +249,11 @@ class CliBackend:
                 task.grammar,
             )
             stdout, _ = await self._run(argv)
-        # llama-mtmd-cli writes a newline before its answer and prints no token counts.
-        return ChatResult(content=stdout.decode(errors="replace").strip(), prompt_tokens=0,
-                          completion_tokens=0)  # fmt: skip
+        # llama-mtmd-cli writes a newline before its answer and prints no token counts (the
+        # image's tokens cannot be counted apart from it): the answer has no `usage`.
+        return ChatResult(content=stdout.decode(errors="replace").strip())
 
-    async def embed(
-        self, model: ModelDef, texts: Sequence[str], params: LlmParams
-    ) -> list[list[float]]:
+    async def embed(self, model: ModelDef, texts: Sequence[str], params: LlmParams) -> Embedded:
         # A separator no input contains: inputs may hold newlines (the default separator).
         separator = f"<|ai-server-{secrets.token_hex(8)}|>"
         data = _text_bytes(separator.join(texts))
@@ -196,14 +263,20 @@ class CliBackend:
             argv = embedding_argv(
                 self._binary("llama-embedding"), path, input_file, separator, _sized(model, params)
             )
-            stdout, _ = await self._run(argv)
+            stdout, tail = await self._run(argv)
+        # --verbose-prompt lists the tokens on stdout first; the JSON starts on a line "{".
+        start = 0 if stdout.startswith(b"{") else stdout.find(b"\n{\n") + 1
         try:
-            rows = msgspec.json.decode(stdout, type=_Embeddings).data
+            rows = msgspec.json.decode(stdout[start:], type=_Embeddings).data
         except msgspec.DecodeError as exc:
             raise UpstreamError(f"llama-embedding printed no JSON: {exc}") from None
         if len(rows) != len(texts):
             raise UpstreamError(f"llama-embedding returned {len(rows)} vectors for {len(texts)}")
-        return [row["embedding"] for row in rows]
+        counts = [int(n) for n in _EMBED_TOKENS.findall(tail.text())]
+        return Embedded(
+            vectors=[row["embedding"] for row in rows],
+            prompt_tokens=sum(counts) if len(counts) == len(texts) else None,
+        )
 
     async def _run(self, argv: list[str]) -> tuple[bytes, LogTail]:
         """Run `argv` to completion; its stdout, and its stderr's tail for errors."""
@@ -232,12 +305,20 @@ _TOO_LONG = re.compile(
 )
 
 
+# What llama.cpp prints for a JSON schema it cannot turn into a grammar.
+_SCHEMA_ERROR = re.compile(r"JSON schema error.*")
+
+
 def exit_error(name: str, code: int, tail: LogTail) -> GatewayError:
     """A failed llama.cpp run as our error. Input longer than the context is the request's
     fault: 400, as llama-server answers it. Anything else is a 502 with the run's error
     lines (its last lines if it logged none as errors)."""
     lines = tail.lines()
     for line in lines:
+        if match := _SCHEMA_ERROR.search(line):
+            error = BadRequest(f"response_format: llama.cpp cannot use this schema: {match[0]}")
+            error.param = "response_format.json_schema.schema"
+            return error
         if match := _TOO_LONG.search(line):
             tokens, limit = (group for group in match.groups() if group)
             return BadRequest(f"the input is too long: {tokens} tokens, the context takes {limit}")

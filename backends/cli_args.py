@@ -26,11 +26,20 @@ def _sizes(p: LlmParams, ctx_size: int | None = None) -> list[str]:
 
 
 def completion_argv(
-    binary: str, model: str, prompt_file: str, params: LlmParams, max_tokens: int
+    binary: str,
+    model: str,
+    prompt_file: str,
+    params: LlmParams,
+    max_tokens: int,
+    *,
+    seed: int | None = None,
+    frequency_penalty: float | None = None,
+    schema_file: str | None = None,
 ) -> list[str]:
     """`llama-completion` on an already rendered prompt, printing only the generated text.
-    (`llama-cli -p` turned interactive upstream and waits for input.)"""
-    return [
+    (`llama-cli -p` turned interactive upstream and waits for input.) A JSON schema comes
+    in a file too: llama.cpp turns it into a grammar."""
+    argv = [
         binary,
         "--model", model,
         "--file", prompt_file,
@@ -40,6 +49,13 @@ def completion_argv(
         "--no-conversation",
         "--no-display-prompt",
     ]  # fmt: skip
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    if frequency_penalty is not None:
+        argv += ["--frequency-penalty", str(frequency_penalty)]
+    if schema_file is not None:
+        argv += ["--json-schema-file", schema_file]
+    return argv
 
 
 def mtmd_argv(
@@ -91,4 +107,7 @@ def embedding_argv(
         "--pooling", "mean",
         "--embd-normalize", "2",
         "--embd-output-format", "json",
+        # Its token counts ("number of tokens in prompt = N", on stderr) for `usage`; it
+        # also lists the tokens on stdout, before the JSON.
+        "--verbose-prompt",
     ]  # fmt: skip

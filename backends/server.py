@@ -14,7 +14,7 @@ import aiohttp
 import anyio
 import msgspec
 
-from backends.base import ChatResult, ChatTask, VisionTask
+from backends.base import ChatResult, ChatTask, Embedded, VisionTask
 from backends.catalog import ModelDef
 from backends.router import Router, Target, key_of
 from backends.specs import server_spec
@@ -47,13 +47,23 @@ def sampling(p: LlmParams) -> dict[str, Any]:
 
 
 def chat_payload(task: ChatTask) -> dict[str, Any]:
-    """The /v1/chat/completions body of a chat task."""
-    return {
+    """The /v1/chat/completions body of a chat task. A seed keeps the prompt out of the
+    cache: a cached prefix can change the result."""
+    payload: dict[str, Any] = {
         "messages": [msgspec.to_builtins(m) for m in task.messages],
         "max_tokens": task.max_tokens,
         **sampling(task.params),
         "stream": False,
     }
+    if task.stop:
+        payload["stop"] = list(task.stop)
+    if task.seed is not None:
+        payload |= {"seed": task.seed, "cache_prompt": False}
+    if task.frequency_penalty is not None:
+        payload["frequency_penalty"] = task.frequency_penalty
+    if task.json_schema is not None:
+        payload["json_schema"] = task.json_schema
+    return payload
 
 
 def vision_payload(task: VisionTask) -> dict[str, Any]:
@@ -169,9 +179,7 @@ class ServerBackend:
         except (IndexError, KeyError, TypeError) as exc:
             raise UpstreamError(f"llama-server answered an unexpected shape: {exc!r}") from None
 
-    async def embed(
-        self, model: ModelDef, texts: Sequence[str], params: LlmParams
-    ) -> list[list[float]]:
+    async def embed(self, model: ModelDef, texts: Sequence[str], params: LlmParams) -> Embedded:
         payload = {"input": list(texts)}
         try:
             answer = await self._send(model, params, "/v1/embeddings", payload)
@@ -182,7 +190,11 @@ class ServerBackend:
             spec = self._spec(model, params)
             answer = await self._post(spec, "/v1/embeddings", payload, replacing=lost.pid)
         rows = sorted(answer.data, key=lambda row: int(row.get("index", 0)))
-        return [row["embedding"] for row in rows]
+        prompt_tokens = answer.usage.get("prompt_tokens")
+        return Embedded(
+            vectors=[row["embedding"] for row in rows],
+            prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
+        )
 
     async def _send(
         self, model: ModelDef, params: LlmParams, path: str, payload: dict[str, Any]

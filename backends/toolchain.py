@@ -26,6 +26,7 @@ BINARIES = (
     "llama-cli",
     "llama-mtmd-cli",
     "llama-embedding",
+    "llama-tokenize",  # cli mode's token counts after a stop string
     "rpc-server",  # `ai-server worker --rpc`
 )
 

@@ -137,6 +137,7 @@ class Binaries(_Section, frozen=True):
     llama_mtmd_cli: str | None = None
     llama_embedding: str | None = None
     rpc_server: str | None = None
+    llama_tokenize: str | None = None
 
     def get(self, name: str) -> str | None:
         value: str | None = getattr(self, name.replace("-", "_"))

@@ -44,8 +44,11 @@ class Metrics:
             ["backend"], registry=r, buckets=(1, 2, 5, 10, 20, 30, 45, 60, 80, 120, 200, 400),
         )  # fmt: skip
 
-    def record_generation(self, backend: str, tokens: int, per_second: float | None) -> None:
-        self.tokens.labels(backend).inc(tokens)
+    def record_generation(
+        self, backend: str, tokens: int | None, per_second: float | None = None
+    ) -> None:
+        if tokens:
+            self.tokens.labels(backend).inc(tokens)
         if per_second:
             self.tokens_per_second.labels(backend).observe(per_second)
 

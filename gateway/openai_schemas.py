@@ -53,11 +53,53 @@ class Message(msgspec.Struct, kw_only=True):
         return ChatMessage(role="system" if self.role == "developer" else self.role, content=text)
 
 
-TEXT_FORMAT = {"type": {"const": "text"}}
-
-
 class StreamOptions(msgspec.Struct):
     include_usage: bool = False
+
+
+class JsonSchemaFormat(msgspec.Struct, kw_only=True):
+    schema: dict[str, Any] = {}  # {}: any JSON value
+    name: str | None = None
+    description: str | None = None
+    strict: bool | None = None  # llama.cpp's grammar always holds the answer to the schema
+
+
+class ResponseFormat(msgspec.Struct, kw_only=True):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+
+# A schema llama.cpp turns into a grammar: bounded, so one request cannot make it build a
+# huge one (each required item or character of a `minItems`/`minLength` is a rule).
+SCHEMA_MAX_BYTES = 32 * 1024
+SCHEMA_MAX_COUNT = 256
+_COUNTS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
+
+
+def _bad(message: str, param: str) -> BadRequest:
+    error = BadRequest(message)
+    error.param = param
+    return error
+
+
+def check_schema(schema: object, where: str = "#") -> None:
+    """A 400 naming the place of a count over SCHEMA_MAX_COUNT."""
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in _COUNTS and isinstance(value, int) and value > SCHEMA_MAX_COUNT:
+                raise _bad(
+                    f"response_format: {key} {value} at {where} is over the limit of "
+                    f"{SCHEMA_MAX_COUNT} this server turns into a grammar",
+                    "response_format.json_schema.schema",
+                )
+            check_schema(value, f"{where}/{key}")
+    elif isinstance(schema, list):
+        for i, item in enumerate(schema):
+            check_schema(item, f"{where}/{i}")
+
+
+Stop = Annotated[str, Meta(max_length=256)]
+Seed = Annotated[int, Meta(ge=0, le=2**32 - 1)]
 
 
 class ChatCompletionRequest(msgspec.Struct, kw_only=True):
@@ -72,31 +114,50 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     max_completion_tokens: MaxTokens | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    stop: Stop | Annotated[list[Stop], Meta(max_length=4)] | None = None
+    seed: Seed | None = None
+    frequency_penalty: PresencePenalty | None = None
+    response_format: ResponseFormat | None = None
     # Supported only at their neutral value.
     n: Annotated[int, neutral(const=1)] = 1
-    stop: Annotated[str, neutral(const="")] | Annotated[list[str], neutral(maxItems=0)] | None = (
-        None
-    )
     tools: Annotated[list[Any], neutral(maxItems=0)] | None = None
     functions: Annotated[list[Any], neutral(maxItems=0)] | None = None
-    response_format: Annotated[dict[str, Any], neutral(properties=TEXT_FORMAT)] | None = None
     logprobs: Annotated[bool, neutral(const=False)] | None = None
     logit_bias: Annotated[dict[str, Any], neutral(maxProperties=0)] | None = None
-    frequency_penalty: Annotated[float, neutral(const=0)] | None = None
 
     def check_supported(self) -> None:
         changed = {
             "n": self.n != 1,
-            "stop": bool(self.stop),
             "tools": bool(self.tools),
             "functions": bool(self.functions),
-            "response_format": (self.response_format or {}).get("type", "text") != "text",
             "logprobs": bool(self.logprobs),
             "logit_bias": bool(self.logit_bias),
-            "frequency_penalty": bool(self.frequency_penalty),
         }
         if unsupported := [name for name, is_set in changed.items() if is_set]:
             raise BadRequest(f"not supported by this server: {', '.join(unsupported)}")
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        found = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        return tuple(dict.fromkeys(s for s in found if s))
+
+    def json_schema(self) -> dict[str, Any] | None:
+        """The schema the answer must follow: `json_object` is any object; None for text."""
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            return {"type": "object"}
+        if fmt.json_schema is None:
+            raise _bad("response_format json_schema needs its json_schema", "response_format")
+        schema = fmt.json_schema.schema
+        if len(msgspec.json.encode(schema)) > SCHEMA_MAX_BYTES:
+            raise _bad(
+                f"response_format: the schema is over {SCHEMA_MAX_BYTES} bytes",
+                "response_format.json_schema.schema",
+            )
+        check_schema(schema)
+        return schema
 
     def image_request(self) -> tuple[str, str] | None:
         """(image data URL, prompt) when the request carries an image. The vision path

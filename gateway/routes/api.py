@@ -39,7 +39,8 @@ async def chat(request: Request) -> Response:
             backend=job.backend.name,
             model=job.model.name,
             usage=Usage(
-                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
+                prompt_tokens=result.prompt_tokens or 0,  # a text chat: always counted
+                completion_tokens=result.completion_tokens or 0,
             ),
             finish_reason=result.finish_reason,
         )
@@ -50,7 +51,7 @@ async def generate_embeddings(request: Request) -> Response:
     job = Job(request)
     body = await decode_json(request, EmbeddingsRequest, job.max_body)
     job.use(body.model, "embedding")
-    vectors = await job.embed(body.input)
+    vectors = (await job.embed(body.input)).vectors
     return json_response(
         EmbeddingsResponse(
             embeddings=vectors,

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from functools import partial
 
 import anyio
+import msgspec
 from starlette.requests import Request
 
-from backends.base import ChatResult, ChatTask, VisionTask
+from backends.base import ChatResult, ChatTask, Embedded, VisionTask
 from backends.catalog import ModelDef
 from backends.vision import prepare_image
 from gateway.admission import admitted
@@ -58,9 +60,24 @@ class Job:
         return result
 
     async def chat_stream(self, task: ChatTask, include_usage: bool) -> EventStream:
-        return await event_stream(
-            admitted(self.lane, self.backend.chat_stream(task, include_usage))
-        )
+        events = self.backend.chat_stream(task, include_usage=True)
+        return await event_stream(admitted(self.lane, self._counted(events, include_usage)))
+
+    async def _counted(
+        self, events: AsyncGenerator[bytes, None], include_usage: bool
+    ) -> AsyncGenerator[bytes, None]:
+        """A stream's completion tokens into the token metrics, from its usage chunk (asked
+        for always; passed on only to a client that asked for it)."""
+        async with aclosing(events):
+            async for event in events:
+                if b'"usage"' in event and b'"choices":[]' in event:
+                    usage = msgspec.json.decode(event.removeprefix(b"data: ")).get("usage", {})
+                    self.svc.metrics.record_generation(
+                        self.backend.name, usage.get("completion_tokens")
+                    )
+                    if not include_usage:
+                        continue
+                yield event
 
     async def vision(
         self, image: bytes, prompt: str, max_tokens: int, params: LlmParams, grammar: str | None
@@ -88,7 +105,7 @@ class Job:
         )
         return result
 
-    async def embed(self, inputs: str | list[str]) -> list[list[float]]:
+    async def embed(self, inputs: str | list[str]) -> Embedded:
         texts = [inputs] if isinstance(inputs, str) else inputs
         if empty := [i for i, text in enumerate(texts) if not text.strip()]:
             raise BadRequest(f"input {empty[0]} is empty: there is nothing to embed")

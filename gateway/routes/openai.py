@@ -10,6 +10,7 @@ import secrets
 import struct
 import time
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -34,10 +35,12 @@ async def chat_completions(request: Request) -> Response:
         result = await job.vision(decode_base64_image(url), prompt, budget, params, None)
         return _completion(result, job.model.name)
     job.use(body.model, "chat")
-    task = job.chat_task(
-        [m.as_chat() for m in body.messages],
-        max_tokens,
-        params,
+    task = msgspec.structs.replace(
+        job.chat_task([m.as_chat() for m in body.messages], max_tokens, params),
+        stop=body.stops,
+        seed=body.seed,
+        frequency_penalty=body.frequency_penalty,
+        json_schema=body.json_schema(),
     )
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -47,11 +50,14 @@ async def chat_completions(request: Request) -> Response:
 
 
 def _completion(result: ChatResult, model: str) -> Response:
-    usage = {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
-    }
+    """A chat.completion; without `usage` where llama.cpp gave no counts (never a fake 0)."""
+    usage: dict[str, object] = {}
+    if result.prompt_tokens is not None and result.completion_tokens is not None:
+        usage["usage"] = {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        }
     return json_response(
         {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
@@ -65,7 +71,7 @@ def _completion(result: ChatResult, model: str) -> Response:
                     "finish_reason": result.finish_reason or "stop",
                 }
             ],
-            "usage": usage,
+            **usage,
         }
     )
 
@@ -81,19 +87,15 @@ async def embeddings(request: Request) -> Response:
     body = await decode_json(request, EmbeddingRequest, job.max_body)
     body.check_supported()
     job.use(body.model, "embedding")
-    vectors = await job.embed(body.input)
+    embedded = await job.embed(body.input)
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
-        for i, v in enumerate(vectors)
+        for i, v in enumerate(embedded.vectors)
     ]
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "model": job.model.name,
-            "usage": {"prompt_tokens": 0, "total_tokens": 0},
-        }
-    )
+    answer: dict[str, object] = {"object": "list", "data": data, "model": job.model.name}
+    if (tokens := embedded.prompt_tokens) is not None:
+        answer["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return json_response(answer)
 
 
 routes = [

@@ -405,3 +405,70 @@ async def test_waiting_past_the_queue_timeout_answers_503(
             await anyio.sleep(0.1)
             tg.start_soon(one)
     assert statuses == [503, 200]
+
+
+FIELDS = {
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 9,
+    "stop": ["END", "\n\n"],
+    "seed": 42,
+    "frequency_penalty": 0.7,
+    "presence_penalty": -0.3,
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {"name": "x", "schema": {"type": "object"}},
+    },
+}
+
+
+async def test_openai_fields_reach_llama_server_and_llama_completion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "calls.jsonl"
+    behave(monkeypatch, record=str(log))
+    async with serving(fake_settings(tmp_path)) as client:
+        status, answer = await client.post("/v1/chat/completions", FIELDS)
+        assert status == 200, answer
+    [body] = [e["body"] for e in recorded(log) if e.get("path") == "/v1/chat/completions"]
+    assert body["stop"] == ["END", "\n\n"] and body["seed"] == 42
+    assert body["cache_prompt"] is False  # a cached prefix can change a seeded answer
+    assert (body["frequency_penalty"], body["presence_penalty"]) == (0.7, -0.3)
+    assert body["json_schema"] == {"type": "object"}
+    log.unlink()
+    (tmp_path / "cli").mkdir()
+    async with serving(fake_settings(tmp_path / "cli", backend="cli")) as client:
+        status, answer = await client.post("/v1/chat/completions", FIELDS)
+        assert status == 200, answer
+    [run] = recorded(log)
+    argv = run["argv"]
+    assert (flag(argv, "--seed"), flag(argv, "--frequency-penalty")) == ("42", "0.7")
+    assert flag(argv, "--presence-penalty") == "-0.3"
+    assert "--json-schema-file" in argv  # the schema in a private file, like the prompt
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"seed": -1}, "seed"),
+        ({"frequency_penalty": 3}, "frequency_penalty"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"schema": {"maxLength": 10**6}},
+                }
+            },
+            "response_format.json_schema.schema",
+        ),
+    ],
+)
+async def test_bad_openai_fields_are_a_400_naming_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: dict[str, object], param: str
+) -> None:
+    behave(monkeypatch)
+    async with serving(fake_settings(tmp_path)) as client:
+        status, answer = await client.post("/v1/chat/completions", FIELDS | change)
+    assert status == 400, answer
+    assert param in answer["error"]["message"] or answer["error"].get("param") == param

@@ -38,6 +38,17 @@ def test_embedding_argv_golden_without_sampling_params() -> None:
         "--pooling", "mean",
         "--embd-normalize", "2",
         "--embd-output-format", "json",
+        "--verbose-prompt",
+    ]  # fmt: skip
+
+
+def test_completion_argv_with_openai_fields() -> None:
+    argv = completion_argv(
+        "/b/llama-completion", "/m.gguf", "/t/p.txt", LlmParams(), 64,
+        seed=7, frequency_penalty=0.5, schema_file="/t/schema.json",
+    )  # fmt: skip
+    assert argv[-6:] == [
+        "--seed", "7", "--frequency-penalty", "0.5", "--json-schema-file", "/t/schema.json"
     ]  # fmt: skip
 
 
