@@ -5,6 +5,7 @@ invoke, stream, stop and structured output; embeddings. Nothing here needs the i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
@@ -25,10 +26,12 @@ class Person(BaseModel):
 async def test_langchain_chat_and_embeddings(tmp_path: Path, backend: str) -> None:
     settings = real_settings(tmp_path, backend=backend)
     base_url = f"http://127.0.0.1:{settings.port}/v1"
-    chat = ChatOpenAI(
-        model=SMOLLM2, base_url=base_url, api_key=SecretStr("unused"), max_completion_tokens=48, temperature=0,
-        max_retries=0,
-    )  # fmt: skip
+    client: dict[str, Any] = {
+        "base_url": base_url,
+        "api_key": SecretStr("unused"),
+        "max_retries": 0,
+    }
+    chat = ChatOpenAI(model=SMOLLM2, max_completion_tokens=48, temperature=0, **client)
     async with serving(settings):
         answer = await chat.ainvoke("Describe the sea in three sentences.")
         assert isinstance(answer.content, str) and answer.content
@@ -37,16 +40,11 @@ async def test_langchain_chat_and_embeddings(tmp_path: Path, backend: str) -> No
         cut = await chat.ainvoke("Describe the sea in three sentences.", stop=["e"])
         assert isinstance(cut.content, str) and "e" not in cut.content
         assert answer.content.startswith(cut.content)
-        structured = ChatOpenAI(
-            model=SMOLLM2, base_url=base_url, api_key=SecretStr("unused"), max_completion_tokens=200, temperature=0,
-            max_retries=0,
-        ).with_structured_output(Person, method="json_schema")  # fmt: skip
+        roomy = ChatOpenAI(model=SMOLLM2, max_completion_tokens=200, temperature=0, **client)
+        structured = roomy.with_structured_output(Person, method="json_schema")
         person = await structured.ainvoke("Make up a person. Answer in JSON with name and age.")
         assert isinstance(person, Person) and person.name
-        embeddings = OpenAIEmbeddings(
-            model=GEMMA, base_url=base_url, api_key=SecretStr("unused"), check_embedding_ctx_length=False,
-            max_retries=0,
-        )  # fmt: skip
+        embeddings = OpenAIEmbeddings(model=GEMMA, check_embedding_ctx_length=False, **client)
         vectors = await embeddings.aembed_documents(["hello world", "the sea"])
         assert len(vectors) == 2 and len(vectors[0]) == 640
         assert len(await embeddings.aembed_query("hello")) == 640
