@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 from pydantic import BaseModel, SecretStr
@@ -26,13 +27,15 @@ class Person(BaseModel):
 async def test_langchain_chat_and_embeddings(tmp_path: Path, backend: str) -> None:
     settings = real_settings(tmp_path, backend=backend)
     base_url = f"http://127.0.0.1:{settings.port}/v1"
-    client: dict[str, Any] = {
-        "base_url": base_url,
-        "api_key": SecretStr("unused"),
-        "max_retries": 0,
-    }
-    chat = ChatOpenAI(model=SMOLLM2, max_completion_tokens=48, temperature=0, **client)
-    async with serving(settings):
+    # Our own HTTP client, closed at the end: LangChain's would leave its sockets open.
+    async with serving(settings), httpx.AsyncClient() as http:
+        client: dict[str, Any] = {
+            "base_url": base_url,
+            "api_key": SecretStr("unused"),
+            "max_retries": 0,
+            "http_async_client": http,
+        }
+        chat = ChatOpenAI(model=SMOLLM2, max_completion_tokens=48, temperature=0, **client)
         answer = await chat.ainvoke("Describe the sea in three sentences.")
         assert isinstance(answer.content, str) and answer.content
         pieces = [chunk.content async for chunk in chat.astream("Say hello.")]
