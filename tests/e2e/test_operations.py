@@ -125,3 +125,13 @@ async def test_openapi_documents_every_route(tmp_path: Path) -> None:
     chat = doc["paths"]["/api/chat"]["post"]["requestBody"]["content"]["application/json"]
     assert chat["schema"] == {"$ref": "#/components/schemas/ChatRequest"}
     assert doc["components"]["schemas"]["ChatRequest"]["required"] == ["messages"]
+
+
+async def test_streamed_completions_count_in_the_token_metrics(tmp_path: Path) -> None:
+    """The usage chunk is always asked for, counted, and passed on only when asked for."""
+    async with serving(fake_settings(tmp_path, backend="cli")) as client:
+        async with client.http.post("/v1/chat/completions", json=CHAT | {"stream": True}) as r:
+            events = (await r.read()).decode()
+        assert r.status == 200 and '"usage"' not in events and events.endswith("[DONE]\n\n")
+        samples = await scrape(client)
+    assert samples[("ai_server_tokens_generated_total", (("backend", "cli"),))] == 3
