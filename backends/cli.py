@@ -307,13 +307,16 @@ _TOO_LONG = re.compile(
 
 # What llama.cpp prints for a JSON schema it cannot turn into a grammar.
 _SCHEMA_ERROR = re.compile(r"JSON schema error.*")
+_PROMPT_ECHO = re.compile(r"\bprompt \d+: '")
 
 
 def exit_error(name: str, code: int, tail: LogTail) -> GatewayError:
     """A failed llama.cpp run as our error. Input longer than the context is the request's
     fault: 400, as llama-server answers it. Anything else is a 502 with the run's error
     lines (its last lines if it logged none as errors)."""
-    lines = tail.lines()
+    # Never the input's own text (llama-embedding's --verbose-prompt echoes it): errors
+    # are logged, and prompts never are.
+    lines = [line for line in tail.lines() if not _PROMPT_ECHO.search(line)]
     for line in lines:
         if match := _SCHEMA_ERROR.search(line):
             error = BadRequest(f"response_format: llama.cpp cannot use this schema: {match[0]}")

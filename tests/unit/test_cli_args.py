@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from backends.cli import token_counts
+from backends.cli import exit_error, token_counts
 from backends.cli_args import completion_argv, embedding_argv, padded_ctx
 from gateway.config import LlmParams
+from supervisor.logtail import LogTail
 
 
 def test_completion_argv_golden_with_the_seed_defaults() -> None:
@@ -65,3 +66,11 @@ def test_token_counts_reads_llama_completion_perf_lines() -> None:
     )
     assert token_counts(log) == (15, 8)
     assert token_counts("no perf lines") == (0, 0)
+
+
+def test_a_failed_runs_error_never_carries_the_inputs_text() -> None:
+    tail = LogTail(max_lines=10)
+    for line in ("main: prompt 0: 'my secret text'", "main: number of tokens in prompt = 4"):
+        tail.feed(line + "\n")
+    error = exit_error("llama-embedding", 1, tail)
+    assert "secret" not in error.message and "number of tokens" in error.message
