@@ -10,12 +10,13 @@ a busy port is reported, not fatal (it may be us).
 from __future__ import annotations
 
 import errno
-import socket
 import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+import anyio
 
 from backends import toolchain
 from backends.catalog import build_catalog
@@ -23,6 +24,7 @@ from backends.gguf_meta import NotGguf, read_meta
 from backends.specs import estimate_mb, server_spec
 from gateway.config import ConfigError, Settings
 from gateway.errors import MissingComponent
+from supervisor.health import probe_tcp
 from supervisor.process import bind_error
 from supervisor.remote import RemoteSpec
 
@@ -115,12 +117,8 @@ def check_remote(remote: RemoteSpec, timeout: float) -> str | None:
 
 
 def check_rpc_worker(address: str, timeout: float) -> str | None:
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as exc:
-        return f"unreachable: {exc.strerror or exc}"
-    return None
+    """None if the worker accepts a connection (the supervisor's own check of it)."""
+    return None if anyio.run(probe_tcp, address, timeout) else "unreachable"
 
 
 def check_instances(settings: Settings, say: Print) -> bool:
