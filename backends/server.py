@@ -7,7 +7,7 @@ import io
 import logging
 import re
 from collections.abc import AsyncGenerator, Iterator, Sequence
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack, aclosing, contextmanager
 from typing import Any, Literal, NoReturn
 
 import aiohttp
@@ -263,8 +263,9 @@ class ServerBackend:
         }
         if not self._router.routes(task.model):
             spec = self._spec(task.model, task.params)
-            async for event in self._stream(spec, payload):
-                yield event
+            async with aclosing(self._stream(spec, payload)) as events:
+                async for event in events:
+                    yield event
             return
         tried: frozenset[str] = frozenset()
         while True:
