@@ -1,6 +1,6 @@
 """The floor for this stack: the least a Starlette + aiohttp gateway can do per request
 (read the body, forward it on one pooled aiohttp session, return the answer), under the same
-uvicorn. `python -m bench.floor PORT UPSTREAM_URL`."""
+uvicorn, on the same uvloop and httptools. `python -m bench.floor PORT UPSTREAM_URL`."""
 
 from __future__ import annotations
 
@@ -44,7 +44,11 @@ def build(upstream: str) -> Starlette:
 
 def main() -> None:
     port, upstream = int(sys.argv[1]), sys.argv[2]
-    uvicorn.run(build(upstream), host="127.0.0.1", port=port, log_level="warning")
+    # The gateway's own stack (gateway/cli.py): uvloop and httptools.
+    uvicorn.run(
+        build(upstream), host="127.0.0.1", port=port, log_level="warning",
+        loop="uvloop", http="httptools",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ serves a model (or llama.cpp's RPC backend) to a front gateway from another host
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import signal
@@ -68,6 +69,8 @@ async def _announce(server: uvicorn.Server) -> None:
 
 
 async def _run(server: uvicorn.Server) -> bool:
+    loop = type(asyncio.get_running_loop())
+    log.info("gateway.stack loop=%s.%s http=%s", loop.__module__, loop.__name__, server.config.http)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_on_signals, server)
         tg.start_soon(_announce, server)
@@ -87,10 +90,12 @@ def serve(settings: Settings) -> int:
         lifespan="on",
         log_config=None,
         timeout_graceful_shutdown=settings.limits.shutdown_grace_s,
+        http="httptools",
     )
     server = _Server(config)
     app.state.stop = lambda: setattr(server, "should_exit", True)  # see gateway.lifespan
-    started = anyio.run(_run, server)
+    # anyio.run owns the loop (uvicorn's `loop` setting never applies): uvloop is asked here.
+    started = anyio.run(_run, server, backend_options={"use_uvloop": True})
     if getattr(app.state, "fatal", None):
         return 1
     return 0 if started else 3  # 3: uvicorn's code for a failed startup

@@ -182,6 +182,8 @@ async def test_sigterm_finishes_a_stream_notifies_systemd_and_exits_0(
                 assert await anyio.to_thread.run_sync(process.wait, 20) == 0
         listener.join()
     assert b"data: [DONE]" in events  # the in-flight stream was finished, not cut
+    # It ran on uvloop's loop and httptools' parser, not asyncio's and h11's.
+    assert "gateway.stack loop=uvloop.Loop http=httptools" in (tmp_path / "gateway.log").read_text()
     assert messages[0] == b"READY=1" and b"WATCHDOG=1" in messages
     assert messages[-1] == b"STOPPING=1"
     [run] = [json.loads(line) for line in log.read_text().splitlines()]
