@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import pytest
 
 from backends.catalog import GEMMA
 from gateway.config import Limits, ModelConfig, RemoteConfig, RemoteLimits, Roles, Settings
@@ -32,6 +33,11 @@ KEY = "lan-key-for-tests"
 PORT = 8080
 RPC_PORT = 50052
 EMBED = {"model": GEMMA, "input": "hello world"}
+
+# A remote that is restarting fails its probes, and each failure doubles its cooldown (5, 10,
+# 20, 40 s): recovering from a kill can take a minute and more on a busy machine, beyond
+# the suite's 120 s hang guard per test. Each wait inside has its own bound.
+pytestmark = pytest.mark.timeout(400)
 
 
 def pids_of(h: Host, binary: str) -> list[int]:
