@@ -147,6 +147,20 @@ def summary_ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1000:.2f} / {percentile(values, 0.99) * 1000:.2f}"
 
 
+class Machine:
+    """How busy this shared machine was over a benchmark: the footer of its section."""
+
+    def __init__(self) -> None:
+        self.started, self.load = time.monotonic(), os.getloadavg()[0]
+
+    def line(self) -> str:
+        return (
+            f"Load average (1 min) at the start {self.load:.1f}, at the end "
+            f"{os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores; "
+            f"{time.monotonic() - self.started:.0f} s in all."
+        )
+
+
 def write_section(name: str, lines: list[str]) -> None:
     """Replace section `name` of BENCHMARKS.md (between its markers) with `lines`."""
     git = ["git", "rev-parse", "--short", "HEAD"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import shutil
 import statistics
@@ -37,7 +36,7 @@ from typing import Any, NamedTuple
 
 from backends.catalog import GEMMA, SMOLLM2, build_catalog
 from backends.specs import server_spec
-from bench.common import ROOT, gateway, write_section
+from bench.common import ROOT, Machine, gateway, write_section
 from bench.throughput import CONNECTIONS, SECONDS, wrk
 from gateway.config import Settings
 
@@ -370,14 +369,9 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed: `make bench` installs Debian's package", file=sys.stderr)
         return 1
-    started, load = time.monotonic(), os.getloadavg()[0]
+    machine = Machine()
     lines = switch_figures()
-    lines += ["", *lookup_figures()]
-    lines += [
-        "",
-        f"Load average (1 min) at the start {load:.1f}, at the end {os.getloadavg()[0]:.1f}, "
-        f"on {os.cpu_count()} cores; {time.monotonic() - started:.0f} s in all.",
-    ]
+    lines += ["", *lookup_figures(), "", machine.line()]
     write_section("pool", lines)
     return 0
 

@@ -23,11 +23,9 @@ cut-off counts as its age then, a lower bound, and a percentile that reaches one
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import NamedTuple
@@ -37,7 +35,7 @@ import anyio
 from aiohttp import web
 
 from backends.routing import Candidate, RoundRobin, capacity, least_busy
-from bench.common import write_section
+from bench.common import Machine, write_section
 
 SERVICE = (0.020, 0.040, 0.080, 0.160)  # seconds per request at each replica, one slot each
 IDEAL = sum(1 / s for s in SERVICE)  # req/s with every slot always busy: 93.75
@@ -294,14 +292,9 @@ def parse() -> argparse.Namespace:
 
 def main() -> int:
     args = parse()
-    started, load_avg = time.monotonic(), os.getloadavg()[0]
+    machine = Machine()
     runs = anyio.run(rounds, args.seconds, args.rounds, args.load)
-    lines = figures(runs, args.seconds, args.load)
-    lines += [
-        "",
-        f"Load average (1 min) at the start {load_avg:.1f}, at the end {os.getloadavg()[0]:.1f}, "
-        f"on {os.cpu_count()} cores; {time.monotonic() - started:.0f} s in all.",
-    ]
+    lines = [*figures(runs, args.seconds, args.load), "", machine.line()]
     write_section("routing", lines)
     return 0
 

@@ -268,18 +268,10 @@ def install_cache(lay: Layout) -> bool:
     return changed
 
 
-def write_if_missing(path: Path, text: str, mode: int) -> bool:
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(mode)
-    log(f"wrote {path}")
-    return True
-
-
-def write_if_changed(path: Path, text: str, mode: int) -> bool:
-    if path.is_file() and path.read_text() == text:
+def write(path: Path, text: str, mode: int, *, keep: bool = False) -> bool:
+    """`text` into `path` unless it holds it already (or, with `keep`, exists at all: an
+    operator's file); whether it wrote."""
+    if path.exists() and (keep or (path.is_file() and path.read_text() == text)):
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -305,12 +297,12 @@ KEYS_ENV = """\
 def install_files(lay: Layout) -> tuple[bool, bool]:
     """Config, keys and units; (anything changed, a unit changed)."""
     etc = lay.at(lay.sysconfdir)
-    changed = write_if_missing(etc / "config.toml", example_config(lay), 0o644)
-    changed |= write_if_missing(etc / "keys.env", KEYS_ENV, 0o600)
+    changed = write(etc / "config.toml", example_config(lay), 0o644, keep=True)
+    changed |= write(etc / "keys.env", KEYS_ENV, 0o600, keep=True)
     units = False
     for unit in UNITS:
         text = lay.substitute((HERE / unit).read_text())
-        units |= write_if_changed(lay.at(lay.unitdir) / unit, text, 0o644)
+        units |= write(lay.at(lay.unitdir) / unit, text, 0o644)
     return changed or units, units
 
 
