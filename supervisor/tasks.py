@@ -56,7 +56,8 @@ async def await_ready(
     load_timeout: float,
     health_timeout: float,
 ) -> None:
-    """Poll /health until 200; give up when the child has been silent for load_timeout."""
+    """Poll it (`probe_server`: /health, or a connection to an rpc-server) until it answers;
+    give up when the child has been silent for load_timeout."""
     while gen.alive and child.returncode is None:
         health = await probe_server(http, url, spec.kind, within=health_timeout)
         if health is Health.OK:
