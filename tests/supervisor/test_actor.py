@@ -218,6 +218,14 @@ async def test_supervisor_names_a_port_held_by_a_foreign_process(tmp_path: Path)
             assert at_port(sup, config.base_port).state is S.FAILED
 
 
+def listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
 async def test_supervisor_reclaims_an_orphan_from_a_killed_gateway(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -228,6 +236,9 @@ async def test_supervisor_reclaims_an_orphan_from_a_killed_gateway(
     # What a SIGKILLed gateway leaves: our llama-server running, its pidfile.
     orphan = subprocess.Popen([str(FAKE), "--port", str(config.base_port)], start_new_session=True)
     pidfile.write_pidfile(state_dir, config.host, config.base_port, orphan.pid)
+    # Serving, as an orphan is: on its way through env and pyenv's shims to python, the
+    # fake's /proc cmdline is empty or names another program.
+    await wait_until(lambda: listening(config.host, config.base_port), within=10)
     # A stale pidfile naming a process that is not ours must not be killed.
     pidfile.write_pidfile(state_dir, config.host, config.base_port + 1, os.getpid())
     try:
