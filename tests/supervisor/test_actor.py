@@ -263,6 +263,7 @@ async def test_supervisor_leaves_another_hosts_processes_alone(
     state_dir.mkdir()
     worker = subprocess.Popen([str(FAKE), "--port", "9100"], start_new_session=True)
     pidfile.write_pidfile(state_dir, "10.231.1.2", 9100, worker.pid)
+    await wait_until(lambda: listening("127.0.0.1", 9100), within=10)
     try:
         async with running(config) as sup:
             await sup.ensure_ready(SPEC)
