@@ -155,13 +155,39 @@ class Limits(_Section, frozen=True):
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 16 * 2**20
     default_max_tokens: Annotated[int, Meta(ge=1)] = 512
     shutdown_grace_s: Annotated[int, Meta(ge=0)] = 30  # in-flight requests get this long
+    # Slow clients. Total deadlines (not idle timers) for a request's headers, from the
+    # connection's first byte, and for its body, from the end of its headers: past one, 408
+    # and the connection closed. Idle keep-alive connections close after keepalive_timeout_s.
+    # Over max_connections open at once, a new one gets an immediate JSON 503.
+    header_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    body_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
+    keepalive_timeout_s: Annotated[float, Meta(gt=0)] = 5.0
+    max_connections: Annotated[int, Meta(ge=1)] = 1024
+    # Fair shares. A client is its key's name, or without keys its address (X-Forwarded-For
+    # is believed only from trusted_proxies: addresses or networks). per_client_concurrency
+    # caps one client's requests in flight per model (0: off); waiting requests get freed
+    # slots round-robin across clients, each client's own line holding per_client_queue
+    # (beyond it: 429).
+    per_client_concurrency: Annotated[int, Meta(ge=0)] = 0
+    per_client_queue: Annotated[int, Meta(ge=0)] = 8
+    trusted_proxies: list[str] = []
+
+
+class NamedKey(_Section, frozen=True):
+    """`[auth.keys.NAME]`: a key with a name, which metrics, logs and fair sharing use (never
+    the key). `key`, or `key_file` (the key on its first line)."""
+
+    key: str | None = None
+    key_file: str | None = None
+    admin: bool = False
 
 
 class Auth(_Section, frozen=True):
-    """Bearer API keys for /api and /v1; admin keys also for POST /api/config. Keys may also
-    come from a file (one per line) and from $AI_SERVER_API_KEYS / $AI_SERVER_ADMIN_KEYS
-    (comma separated)."""
+    """Bearer API keys for /api and /v1; admin keys also for POST /api/config. Named keys are
+    `[auth.keys.NAME]` tables; bare keys (below, from a file with one per line, and from
+    $AI_SERVER_API_KEYS / $AI_SERVER_ADMIN_KEYS, comma separated) are named key-1, key-2..."""
 
+    keys: dict[str, NamedKey] = {}
     api_keys: list[str] = []
     admin_keys: list[str] = []
     api_keys_file: str | None = None
