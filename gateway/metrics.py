@@ -36,6 +36,15 @@ class Metrics:
         self.rejected = Counter(
             "ai_server_rejected", "Requests answered 429 or 503", ["status"], registry=r
         )
+        # Slow clients, counted by the HTTP protocol layer (gateway.protocol).
+        self.deadlines_missed = Counter(
+            "ai_server_deadlines_missed", "Requests closed for missing the header or body deadline",
+            ["deadline"], registry=r,
+        )  # fmt: skip
+        self.connections_refused = Counter(
+            "ai_server_connections_refused", "Connections refused over [limits] max_connections",
+            registry=r,
+        )  # fmt: skip
         self.tokens = Counter(
             "ai_server_tokens_generated", "Completion tokens generated", ["backend"], registry=r
         )
