@@ -23,7 +23,14 @@ from pathlib import Path
 import msgspec
 
 from backends import toolchain
-from gateway.config import LEGACY_MODEL_KEYS, ConfigError, ModelConfig, RemoteConfig, Settings
+from gateway.config import (
+    LEGACY_MODEL_KEYS,
+    ConfigError,
+    ModelConfig,
+    RemoteConfig,
+    Settings,
+    secret_of,
+)
 from gateway.errors import BadRequest, MissingComponent, ModelNotFound
 from supervisor.remote import RemoteSpec
 
@@ -177,18 +184,8 @@ def _remote(name: str, entry: RemoteConfig) -> RemoteSpec:
     where = f"[[models.{name}.remote]] {entry.url}"
     if not entry.url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: url must be http://HOST:PORT (or https://)")
-    if entry.api_key is not None and entry.api_key_file is not None:
-        raise ConfigError(f"{where}: set api_key or api_key_file, not both")
-    key = entry.api_key
-    if entry.api_key_file is not None:
-        try:
-            key = Path(entry.api_key_file).expanduser().read_text().strip().splitlines()[0]
-        except (OSError, IndexError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "it is empty"
-            raise ConfigError(
-                f"{where}: cannot read api_key_file {entry.api_key_file}: {why}"
-            ) from None
-    return RemoteSpec(url=entry.url.rstrip("/"), api_key=key or None, weight=entry.weight)
+    key = secret_of(entry.api_key, entry.api_key_file, where)
+    return RemoteSpec(url=entry.url.rstrip("/"), api_key=key, weight=entry.weight)
 
 
 def _rpc_worker(name: str, address: str) -> str:

@@ -1,16 +1,21 @@
-"""Admission control: a bounded number in flight, a bounded queue behind it. In server mode
-each model has its lane (the slots of its available instances: `max_concurrency` per local
-one, what a remote one reports; a queue per model); in cli mode one lane bounds the
-processes of every model.
+"""Admission control: a bounded number in flight, bounded queues behind it, shared fairly
+between clients. In server mode each model has its lane (the slots of its available
+instances: `max_concurrency` per local one, what a remote one reports; a queue per model);
+in cli mode one lane bounds the processes of every model.
 
-llama-server's own queue is unbounded; ours is not. Beyond the queue a request is refused
-at once (429); one that waits longer than the queue timeout gives up (503). Both carry
-Retry-After."""
+llama-server's own queue is unbounded; ours is not. A lane's waiting requests stand in one
+line per client, and freed slots go round-robin between the clients waiting (`grant_order`),
+so one client's flood never stands between another client and the next free slot. A client
+may hold at most `per_client_concurrency` slots of a lane (0: any number) and queue at most
+`per_client_queue` requests (0: no bound of its own); the lane holds at most `max_queue`.
+Beyond a queue a request is refused at once (429); one that waits longer than the queue
+timeout gives up (503). Both carry Retry-After."""
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import logging
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
@@ -18,73 +23,159 @@ import anyio
 from gateway.config import Limits
 from gateway.errors import BackendUnavailable, Overloaded
 
+log = logging.getLogger(__name__)
+
+
+def grant_order(
+    order: Sequence[str],
+    waiting: Mapping[str, int],
+    in_flight: Mapping[str, int],
+    free: int,
+    cap: int,
+) -> tuple[list[str], list[str]]:
+    """Which waiting clients get `free` slots, in turn, and the rotation after.
+
+    `order` is the rotation: clients with requests waiting (`waiting`), the next to serve
+    first. A client served moves to the back; one whose line empties leaves; one holding
+    `cap` slots (`in_flight`; 0: no cap) is passed over and keeps its place."""
+    rotation = list(order)
+    left = dict(waiting)
+    held = dict(in_flight)
+    granted: list[str] = []
+    while free > 0:
+        client = next((c for c in rotation if left[c] and (not cap or held.get(c, 0) < cap)), None)
+        if client is None:
+            break
+        granted.append(client)
+        free -= 1
+        left[client] -= 1
+        held[client] = held.get(client, 0) + 1
+        rotation.remove(client)
+        if left[client]:
+            rotation.append(client)
+    return granted, rotation
+
 
 class Lane:
-    """Slots and a first-come-first-served queue. The number of slots may change while
-    requests wait: a model's lane has the slots of its available instances (a remote that
-    cools down takes its slots away; one that comes back adds them), read from `capacity`
-    at every admission and release, and after `poke()`."""
+    """Slots, and one waiting line per client served round-robin. The number of slots may
+    change while requests wait: a model's lane has the slots of its available instances (a
+    remote that cools down takes its slots away; one that comes back adds them), read from
+    `capacity` at every admission and release, and after `poke()`."""
 
     def __init__(
-        self, capacity: int | Callable[[], int], max_queue: int, queue_timeout: float
+        self,
+        capacity: int | Callable[[], int],
+        max_queue: int,
+        queue_timeout: float,
+        per_client: int = 0,
+        per_client_queue: int = 0,
+        name: str = "",
     ) -> None:
         self._capacity = capacity if callable(capacity) else (lambda: capacity)
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
+        self.per_client = per_client
+        self.per_client_queue = per_client_queue
+        self.name = name
         self.in_flight = 0
-        self._queue: deque[_Waiter] = deque()
+        self.waiting = 0
+        self.held: dict[str, int] = {}  # slots in use, by client
+        self.refused: Counter[str] = Counter()  # 429s and queue timeouts, by client
+        # The rotation: each waiting client's line, the next one to serve first.
+        self._lines: dict[str, deque[_Waiter]] = {}
 
     @property
     def concurrency(self) -> int:
         # At least one: with every instance down, a request goes through to hear why (503).
         return max(self._capacity(), 1)
 
-    @property
-    def waiting(self) -> int:
-        return len(self._queue)
+    def queued(self) -> dict[str, int]:
+        return {client: len(line) for client, line in self._lines.items()}
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        if not self._queue and self.in_flight < self.concurrency:  # no queue, no timer
-            self.in_flight += 1
+    async def slot(self, client: str = "") -> AsyncIterator[None]:
+        if (
+            not self.waiting
+            and self.in_flight < self.concurrency
+            and (not self.per_client or self.held.get(client, 0) < self.per_client)
+        ):  # no queue, no timer
+            self._take(client)
         else:
-            await self._wait()
+            await self._wait(client)
         try:
             yield
         finally:
-            self.in_flight -= 1
+            self._give_back(client)
             self.poke()
 
     def poke(self) -> None:
-        """Hand free slots to the waiters, first come first served."""
-        while self._queue and self.in_flight < self.concurrency:
-            waiter = self._queue.popleft()
-            self.in_flight += 1
+        """Hand free slots to the waiting clients in turn."""
+        free = self.concurrency - self.in_flight
+        if free <= 0 or not self._lines:
+            return
+        waiting = {client: len(line) for client, line in self._lines.items()}
+        granted, order = grant_order(list(self._lines), waiting, self.held, free, self.per_client)
+        for client in granted:
+            waiter = self._lines[client].popleft()
+            self.waiting -= 1
+            self._take(client)
             waiter.granted = True
             waiter.event.set()
+            log.debug("admission.granted lane=%s client=%s", self.name, client)
+        self._lines = {client: self._lines[client] for client in order}
 
-    async def _wait(self) -> None:
-        if len(self._queue) >= self.max_queue:
-            raise Overloaded(
-                f"{self.in_flight} requests in flight and {self.waiting} queued; try again",
-                retry_after=2,
+    def _take(self, client: str) -> None:
+        self.in_flight += 1
+        self.held[client] = self.held.get(client, 0) + 1
+
+    def _give_back(self, client: str) -> None:
+        self.in_flight -= 1
+        if held := self.held[client] - 1:
+            self.held[client] = held
+        else:
+            del self.held[client]
+
+    def _refuse(self, client: str, message: str) -> Overloaded:
+        self.refused[client] += 1
+        return Overloaded(message, retry_after=2)
+
+    async def _wait(self, client: str) -> None:
+        line = self._lines.get(client)
+        if self.per_client_queue and line and len(line) >= self.per_client_queue:
+            raise self._refuse(
+                client, f"{len(line)} of your requests are queued already; try again"
+            )
+        if self.waiting >= self.max_queue:
+            raise self._refuse(
+                client, f"{self.in_flight} requests in flight and {self.waiting} queued; try again"
             )
         waiter = _Waiter()
-        self._queue.append(waiter)
+        self._lines.setdefault(client, deque()).append(waiter)
+        self.waiting += 1
+        log.debug("admission.queued lane=%s client=%s", self.name, client)
+        self.poke()
         try:
             with anyio.fail_after(self.queue_timeout):
                 await waiter.event.wait()
         except BaseException as exc:
             if waiter.granted:  # handed a slot just as it gave up: pass the slot on
-                self.in_flight -= 1
+                self._give_back(client)
                 self.poke()
             else:
-                self._queue.remove(waiter)
+                self._leave(client, waiter)
             if isinstance(exc, TimeoutError):
+                self.refused[client] += 1
                 raise BackendUnavailable(
                     f"waited {self.queue_timeout:.0f} s in the queue", retry_after=5
                 ) from None
             raise
+
+    def _leave(self, client: str, waiter: _Waiter) -> None:
+        line = self._lines[client]
+        line.remove(waiter)
+        self.waiting -= 1
+        if not line:
+            del self._lines[client]
 
 
 class _Waiter:
@@ -100,21 +191,34 @@ class Admission:
         self._limits = limits
         # A model's slots: set by the router (the slots of its available instances).
         self.capacity_of: Callable[[str], int] | None = None
-        self.cli = Lane(limits.cli_concurrency, limits.max_queue, limits.queue_timeout_s)
+        self.cli = self._lane(limits.cli_concurrency, "cli")
         self.models: dict[str, Lane] = {}  # server mode, by model name
+
+    def _lane(self, capacity: int | Callable[[], int], name: str) -> Lane:
+        limits = self._limits
+        return Lane(
+            capacity,
+            limits.max_queue,
+            limits.queue_timeout_s,
+            per_client=limits.per_client_concurrency,
+            per_client_queue=limits.per_client_queue,
+            name=name,
+        )
 
     def lane(self, backend: str, model: str) -> Lane:
         if backend == "cli":
             return self.cli
         if (lane := self.models.get(model)) is None:
-            limits = self._limits
             capacity_of = self.capacity_of
-            capacity: int | Callable[[], int] = limits.max_concurrency
+            capacity: int | Callable[[], int] = self._limits.max_concurrency
             if capacity_of is not None:
                 capacity = lambda: capacity_of(model)  # noqa: E731
-            lane = Lane(capacity, limits.max_queue, limits.queue_timeout_s)
-            self.models[model] = lane
+            lane = self.models[model] = self._lane(capacity, model)
         return lane
+
+    def lanes(self) -> list[tuple[str, str, Lane]]:
+        """(backend, model, lane) of every lane: cli's ("cli", "") first."""
+        return [("cli", "", self.cli), *(("server", m, lane) for m, lane in self.models.items())]
 
     def queued(self, model: str) -> int:
         """Server-mode requests of `model` waiting for a slot (the pool's anti-thrash)."""
@@ -122,8 +226,10 @@ class Admission:
         return lane.waiting if lane else 0
 
 
-async def admitted(lane: Lane, events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+async def admitted(
+    lane: Lane, events: AsyncGenerator[bytes, None], client: str = ""
+) -> AsyncGenerator[bytes, None]:
     """`events` holding a slot of `lane` from before the first event to the last."""
-    async with lane.slot():
+    async with lane.slot(client):
         async for event in events:
             yield event

@@ -9,13 +9,14 @@ from starlette.middleware import Middleware
 
 from backends.catalog import Catalog, build_catalog
 from backends.specs import server_plan
-from gateway.auth import RequireKeys, check_exposure, load_keys
+from gateway.auth import RequireKeys, check_exposure, load_keys, trusted_networks
 from gateway.config import ConfigError, LlmParams, Settings
 from gateway.error_handlers import EXCEPTION_HANDLERS
+from gateway.history import History, with_history
 from gateway.lifespan import make_lifespan
 from gateway.metrics import Metrics
 from gateway.middleware import CancelOnDisconnect, RequestLog
-from gateway.routes import api, models, openai, openapi, probes, vision
+from gateway.routes import api, clients, dashboard, models, openai, openapi, probes, ui, vision
 from gateway.runtime_config import ConfigStore
 from supervisor.pool import memory_budget_mb
 
@@ -43,19 +44,28 @@ def create_app(settings: Settings) -> Starlette:
     budget_mb = memory_budget_mb(settings.pool.memory_budget_mb, meminfo)
     if store.current.backend == "server":
         check_budget(catalog, store.current.llm_params, budget_mb)
-    metrics = Metrics()
+    metrics = Metrics(key_names=frozenset(key.name for key in keys.entries))
     routes = [
         *probes.routes, *api.routes, *vision.routes, *openai.routes, *models.routes,
-        *openapi.routes,
+        *openapi.routes, *clients.routes, *dashboard.routes, *ui.routes,
     ]  # fmt: skip
     paths = frozenset(route.path for route in routes)
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             Middleware(RequestLog, metrics=metrics, routes=paths),
-            Middleware(RequireKeys, keys=keys, protect_probes=settings.auth.protect_probes),
+            Middleware(
+                RequireKeys,
+                keys=keys,
+                protect_probes=settings.auth.protect_probes,
+                proxies=trusted_networks(settings),
+            ),
             Middleware(CancelOnDisconnect),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=make_lifespan(settings, metrics, store, catalog, budget_mb),
+        lifespan=with_history(
+            make_lifespan(settings, metrics, store, catalog, budget_mb), History(metrics.registry)
+        ),
     )
+    app.state.metrics = metrics  # also counted in by the protocol layer (gateway.protocol)
+    return app

@@ -1,34 +1,64 @@
-"""API keys as bearer tokens, checked by a pure ASGI middleware in constant time.
+"""API keys as bearer tokens, checked by a pure ASGI middleware in constant time, and who
+each request's client is.
 
-/api and /v1 need an API or admin key; POST /api/config and POST /api/models/... (load,
-unload, rescan) need an admin key (403 for an API key); the probes are open unless
-`protect_probes`. With no keys at all everything is open, which `check_exposure` allows only
-on a loopback host (or when explicitly allowed)."""
+/api and /v1 need a key; changes (POST /api/config, POST /api/models/...: load, unload,
+rescan) and the admin reads (/api/clients, /api/logs/...) need an admin key (403 for
+another). The probes are open unless `protect_probes`. With no keys at all everything is
+open, which `check_exposure` allows only on a loopback host (or when explicitly allowed).
+
+Every key has a name: `[auth.keys.NAME]`, or key-1, key-2... for bare keys in the order
+api_keys, api_keys_file, $AI_SERVER_API_KEYS, admin_keys, $AI_SERVER_ADMIN_KEYS. A request's
+client (for fair sharing, metrics and logs) is its key's name, never the key; with no keys,
+its address (X-Forwarded-For believed only from `[limits] trusted_proxies`)."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.config import ConfigError, Settings
+from gateway.config import ConfigError, Settings, secret_of
 from gateway.error_handlers import error_response
 
 PROBES = ("/health", "/ready", "/metrics")
+ADMIN_READS = ("/api/clients", "/api/logs/")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Key(msgspec.Struct, frozen=True):
+    name: str
+    secret: bytes
+    admin: bool
+
+
+class Client(msgspec.Struct, frozen=True):
+    """Who sent a request: a key's name (`keyed`), or an address."""
+
+    name: str
+    admin: bool
+    keyed: bool
 
 
 class Keys(msgspec.Struct, frozen=True):
-    api: tuple[bytes, ...]
-    admin: tuple[bytes, ...]
+    entries: tuple[Key, ...]
 
     @property
     def any(self) -> bool:
-        return bool(self.api or self.admin)
+        return bool(self.entries)
+
+    def match(self, token: bytes) -> Key | None:
+        # Compare with every key, whatever matched, so timing says nothing about which.
+        found = None
+        for key in self.entries:
+            if hmac.compare_digest(token, key.secret):
+                found = key
+        return found
 
 
 def _split(value: str | None) -> list[str]:
@@ -37,15 +67,34 @@ def _split(value: str | None) -> list[str]:
 
 def load_keys(settings: Settings, env: Mapping[str, str] = os.environ) -> Keys:
     auth = settings.auth
-    api = [*auth.api_keys, *_split(env.get("AI_SERVER_API_KEYS"))]
+    api = [*auth.api_keys]
     if auth.api_keys_file:
         try:
             lines = Path(auth.api_keys_file).expanduser().read_text().splitlines()
         except OSError as exc:
             raise ConfigError(f"cannot read [auth] api_keys_file: {exc}") from exc
         api += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    api += _split(env.get("AI_SERVER_API_KEYS"))
     admin = [*auth.admin_keys, *_split(env.get("AI_SERVER_ADMIN_KEYS"))]
-    return Keys(api=tuple(k.encode() for k in api), admin=tuple(k.encode() for k in admin))
+    bare = [(key, False) for key in api] + [(key, True) for key in admin]
+    entries = [Key(f"key-{n}", key.encode(), admin) for n, (key, admin) in enumerate(bare, 1)]
+    for name, named in auth.keys.items():
+        where = f"[auth.keys.{name}]"
+        if name in {e.name for e in entries}:
+            raise ConfigError(f"{where}: the name {name} is taken (bare keys are key-1, key-2...)")
+        if (secret := secret_of(named.key, named.key_file, where)) is None:
+            raise ConfigError(f"{where}: set key or key_file")
+        entries.append(Key(name, secret.encode(), named.admin))
+    _check_unique(entries)
+    return Keys(tuple(entries))
+
+
+def _check_unique(entries: Sequence[Key]) -> None:
+    """One key, one name: a key given twice would make its client ambiguous."""
+    seen: dict[bytes, str] = {}
+    for key in entries:
+        if (other := seen.setdefault(key.secret, key.name)) != key.name:
+            raise ConfigError(f"keys {other} and {key.name} are the same key")
 
 
 def check_exposure(settings: Settings, keys: Keys) -> None:
@@ -62,24 +111,52 @@ def check_exposure(settings: Settings, keys: Keys) -> None:
         )
 
 
-def _matches(token: bytes, keys: tuple[bytes, ...]) -> bool:
-    # Compare with every key, whatever matched, so timing says nothing about which.
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(token, key)
-    return found
+def trusted_networks(settings: Settings) -> tuple[Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(p, strict=False) for p in settings.limits.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(f"[limits] trusted_proxies: {exc}") from None
 
 
-def _for_admins(path: str) -> bool:
-    """Changes to the config and to the model pool (load, unload, rescan)."""
-    return path == "/api/config" or path.startswith("/api/models/")
+def _trusted(address: str, proxies: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def address_of(scope: Scope, proxies: Sequence[Network]) -> str:
+    """The client's address: the peer's, or behind trusted proxies the last address in
+    X-Forwarded-For that is not one of them (what a client sends itself counts for nothing)."""
+    peer = scope["client"][0] if scope.get("client") else "unknown"
+    if not proxies or not _trusted(peer, proxies):
+        return peer
+    forwarded = b",".join(v for k, v in scope["headers"] if k == b"x-forwarded-for")
+    hops = [hop.strip() for hop in forwarded.decode("latin-1").split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, proxies):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _for_admins(method: str, path: str) -> bool:
+    """Changes to the config and the model pool; the per-client view and the logs."""
+    if path.startswith(ADMIN_READS):
+        return True
+    return method != "GET" and (path == "/api/config" or path.startswith("/api/models/"))
 
 
 class RequireKeys:
-    def __init__(self, app: ASGIApp, keys: Keys, protect_probes: bool) -> None:
+    """Checks the key of a guarded request and puts its `Client` in `scope["state"]`."""
+
+    def __init__(
+        self, app: ASGIApp, keys: Keys, protect_probes: bool, proxies: Sequence[Network] = ()
+    ) -> None:
         self.app = app
         self.keys = keys
         self.protect_probes = protect_probes
+        self.proxies = proxies
 
     def _guarded(self, path: str) -> bool:
         if path.startswith(("/api/", "/v1/")):
@@ -87,20 +164,28 @@ class RequireKeys:
         return self.protect_probes and path in PROBES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys.any or not self._guarded(scope["path"]):
+        if scope["type"] != "http" or not self._guarded(scope["path"]):
             await self.app(scope, receive, send)
             return
-        header = dict(scope["headers"]).get(b"authorization", b"")
+        if not self.keys.any:
+            client = Client(address_of(scope, self.proxies), admin=True, keyed=False)
+            scope.setdefault("state", {})["client"] = client
+            await self.app(scope, receive, send)
+            return
+        header = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value
         scheme, _, token = header.partition(b" ")
         token = token.strip() if scheme.lower() == b"bearer" else b""
-        admin = _matches(token, self.keys.admin)
-        known = admin or _matches(token, self.keys.api)
-        if not known:
+        key = self.keys.match(token)
+        if key is None:
             message = "an API key is required: Authorization: Bearer <key>"
             response = error_response(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
-        elif not admin and scope["method"] != "GET" and _for_admins(scope["path"]):
-            response = error_response(403, "forbidden", "this change needs an admin key")
+        elif not key.admin and _for_admins(scope["method"], scope["path"]):
+            response = error_response(403, "forbidden", "this needs an admin key")
         else:
+            scope.setdefault("state", {})["client"] = Client(key.name, key.admin, keyed=True)
             await self.app(scope, receive, send)
             return
         await response(scope, receive, send)

@@ -237,6 +237,19 @@ class ConfigError(Exception):
     """The config file is missing, unreadable or invalid; the message says which and where."""
 
 
+def secret_of(key: str | None, key_file: str | None, where: str) -> str | None:
+    """A key given inline or as a file holding it on its first line (one of the two)."""
+    if key is not None and key_file is not None:
+        raise ConfigError(f"{where}: set the key or the key file, not both")
+    if key_file is None:
+        return key or None
+    try:
+        return Path(key_file).expanduser().read_text().strip().splitlines()[0]
+    except (OSError, IndexError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "it is empty"
+        raise ConfigError(f"{where}: cannot read key file {key_file}: {why}") from None
+
+
 def load_settings(path: str | Path | None, env: Mapping[str, str] = os.environ) -> Settings:
     """Load `path`, else ``$AI_SERVER_CONFIG``, else the defaults."""
     chosen = path or env.get("AI_SERVER_CONFIG")

@@ -19,9 +19,13 @@ from supervisor.actor import Supervisor
 from supervisor.remote import Fleet, RemoteState
 from supervisor.states import State
 
+# Clients by address (no keys): so many get a label of their own, the rest are "other".
+ADDRESS_LABELS = 20
+
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, key_names: frozenset[str] = frozenset()) -> None:
+        self.key_names = key_names  # clients named by their key: every one gets its label
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -65,16 +69,36 @@ class Metrics:
         self, supervisor: Supervisor, admission: Admission, fleet: Fleet
     ) -> Callable[[], None]:
         """Expose live state read at scrape time; returns the function that stops it."""
-        collector = _Live(supervisor, admission, fleet)
+        collector = _Live(supervisor, admission, fleet, ClientLabels(self.key_names))
         self.registry.register(collector)
         return lambda: self.registry.unregister(collector)
 
 
+class ClientLabels:
+    """A client's label: its key's name, or its address. The first ADDRESS_LABELS addresses
+    keep theirs for good (so counters stay monotonic); any later one is "other"."""
+
+    def __init__(self, key_names: frozenset[str]) -> None:
+        self.key_names = key_names
+        self.addresses: set[str] = set()
+
+    def __call__(self, client: str) -> str:
+        if client in self.key_names or client in self.addresses:
+            return client
+        if len(self.addresses) < ADDRESS_LABELS:
+            self.addresses.add(client)
+            return client
+        return "other"
+
+
 class _Live(Collector):
-    def __init__(self, supervisor: Supervisor, admission: Admission, fleet: Fleet) -> None:
+    def __init__(
+        self, supervisor: Supervisor, admission: Admission, fleet: Fleet, label: ClientLabels
+    ) -> None:
         self.supervisor = supervisor
         self.admission = admission
         self.fleet = fleet
+        self.label = label
 
     def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(
@@ -83,14 +107,40 @@ class _Live(Collector):
         queued = GaugeMetricFamily(
             "ai_server_queued", "Requests waiting", labels=["backend", "model"]
         )
-        lanes = [("cli", "", self.admission.cli)]
-        lanes += [("server", name, lane) for name, lane in self.admission.models.items()]
-        for backend, model, lane in lanes:
+        for backend, model, lane in self.admission.lanes():
             in_flight.add_metric([backend, model], lane.in_flight)
             queued.add_metric([backend, model], lane.waiting)
         yield from (in_flight, queued)
+        yield from self._clients()
         yield from _pool(self.supervisor)
         yield from _instances(self.supervisor, self.fleet)
+
+    def _clients(self) -> Iterator[Metric]:
+        """In flight, queued and refused (429 or queue timeout) by client, over all lanes."""
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "in_flight": GaugeMetricFamily(
+                "ai_server_client_in_flight", "Requests in flight by client", labels=["client"]
+            ),
+            "queued": GaugeMetricFamily(
+                "ai_server_client_queued", "Requests waiting by client", labels=["client"]
+            ),
+            "refused": CounterMetricFamily(
+                "ai_server_client_refused", "Requests refused (429) or timed out in the queue",
+                labels=["client"],
+            ),
+        }  # fmt: skip
+        totals: dict[str, dict[str, int]] = {field: {} for field in families}
+        for _, _, lane in self.admission.lanes():
+            for field, counts in (
+                ("in_flight", lane.held), ("queued", lane.queued()), ("refused", lane.refused)
+            ):  # fmt: skip
+                for client, n in counts.items():
+                    label = self.label(client)
+                    totals[field][label] = totals[field].get(label, 0) + n
+        for field, family in families.items():
+            for label, n in sorted(totals[field].items()):
+                family.add_metric([label], n)
+        yield from families.values()
 
 
 def _instances(supervisor: Supervisor, fleet: Fleet) -> Iterator[Metric]:

@@ -28,6 +28,9 @@ class Job:
         self.config = self.svc.store.current  # the mode the request started in, to its end
         self.backend = self.svc.dispatcher.backend_for(self.config)
         request.state.backend = self.backend.name  # for the access log and metrics
+        # Who asked (gateway.auth names every client of a guarded route): fair shares.
+        client = request.scope.get("state", {}).get("client")
+        self.client = client.name if client is not None else ""
 
     def use(self, requested: str | None, role: str) -> ModelDef:
         """The model this request asked for by name or alias (404 for neither), else its
@@ -52,7 +55,7 @@ class Job:
         )
 
     async def chat(self, task: ChatTask) -> ChatResult:
-        async with self.lane.slot():
+        async with self.lane.slot(self.client):
             result = await self.backend.chat(task)
         self.svc.metrics.record_generation(
             self.backend.name, result.completion_tokens, result.tokens_per_second
@@ -61,7 +64,9 @@ class Job:
 
     async def chat_stream(self, task: ChatTask, include_usage: bool) -> EventStream:
         events = self.backend.chat_stream(task, include_usage=True)
-        return await event_stream(admitted(self.lane, self._counted(events, include_usage)))
+        return await event_stream(
+            admitted(self.lane, self._counted(events, include_usage), self.client)
+        )
 
     async def _counted(
         self, events: AsyncGenerator[bytes, None], include_usage: bool
@@ -89,7 +94,7 @@ class Job:
         if len(image) > limits.max_image_bytes:
             raise PayloadTooLarge(f"the image is over {limits.max_image_bytes} bytes")
         prepare = partial(prepare_image, max_side=limits.max_side, max_pixels=limits.max_pixels)
-        async with self.lane.slot():
+        async with self.lane.slot(self.client):
             prepared = await anyio.to_thread.run_sync(prepare, image)
             task = VisionTask(
                 model=self.model,
@@ -111,5 +116,5 @@ class Job:
             raise BadRequest(f"input {empty[0]} is empty: there is nothing to embed")
         if not self.model.embeddings:
             raise BadRequest(f"model {self.model.name} does not serve embeddings")
-        async with self.lane.slot():
+        async with self.lane.slot(self.client):
             return await self.backend.embed(self.model, texts, self.config.llm_params)

@@ -79,6 +79,17 @@ async def ready(request: Request) -> Response:
             {"roles": catalog.roles_of(p.name), **msgspec.to_builtins(p)}
             for p in svc.supervisor.snapshot()
         ],
+        # Every lane's load; which clients wait is for admins only (/api/clients).
+        "queues": [
+            {
+                "backend": backend,
+                "model": model,
+                "in_flight": lane.in_flight,
+                "queued": lane.waiting,
+                "clients_queued": len(lane.queued()),
+            }
+            for backend, model, lane in svc.admission.lanes()
+        ],
         # Models with several instances (replicas, remote, RPC-backed): each one's state.
         "instances": {
             name: instance_views(svc, model)

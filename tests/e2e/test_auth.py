@@ -1,13 +1,16 @@
-"""API keys: the auth matrix, and refusing a LAN bind without keys."""
+"""API keys: the auth matrix, named keys and who a client is, and refusing a LAN bind
+without keys."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.app import create_app
-from gateway.config import Auth, ConfigError, Settings
+from gateway.auth import address_of, load_keys, trusted_networks
+from gateway.config import Auth, ConfigError, Limits, NamedKey, Settings
 from tests.e2e.conftest import Client, fake_settings, serving
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}]}
@@ -40,6 +43,10 @@ async def call(client: Client, method: str, path: str, key: str | None, body: ob
         ("POST", "/api/config", "admin-key", 200),
         ("GET", "/health", None, 200),
         ("GET", "/ready", None, 200),
+        ("GET", "/api/whoami", "user-key", 200),
+        ("GET", "/api/whoami", "wrong", 401),
+        ("GET", "/api/clients", "user-key", 403),
+        ("GET", "/api/clients", "admin-key", 200),
     ],
 )
 async def test_auth_matrix(
@@ -71,3 +78,92 @@ def test_a_lan_bind_without_keys_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     create_app(Settings(host="0.0.0.0", auth=Auth(api_keys=["k"])))  # noqa: S104
     create_app(Settings(host="127.0.0.1"))
     create_app(Settings(host="::1"))
+
+
+def test_keys_are_named_and_bare_ones_numbered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AI_SERVER_API_KEYS", "env-key")
+    monkeypatch.setenv("AI_SERVER_ADMIN_KEYS", "root-key")
+    (tmp_path / "bob.key").write_text("bob-secret\n")
+    auth = Auth(
+        api_keys=["bare-key"],
+        keys={"alice": NamedKey(key="alice-secret", admin=True),
+              "bob": NamedKey(key_file=str(tmp_path / "bob.key"))},
+    )  # fmt: skip
+    keys = load_keys(Settings(auth=auth))
+    named = {(k.name, k.secret, k.admin) for k in keys.entries}
+    assert named == {
+        ("key-1", b"bare-key", False), ("key-2", b"env-key", False),
+        ("key-3", b"root-key", True), ("alice", b"alice-secret", True),
+        ("bob", b"bob-secret", False),
+    }  # fmt: skip
+    match = keys.match(b"bob-secret")
+    assert match is not None and match.name == "bob"
+    assert keys.match(b"nobody") is None
+
+
+@pytest.mark.parametrize(
+    ("auth", "error"),
+    [
+        (Auth(keys={"a": NamedKey()}), r"\[auth.keys.a\]: set key or key_file"),
+        (Auth(keys={"a": NamedKey(key="x", key_file="/k")}), "not both"),
+        (Auth(keys={"a": NamedKey(key_file="/nonexistent")}), "cannot read key file"),
+        (Auth(api_keys=["x"], keys={"key-1": NamedKey(key="y")}), "the name key-1 is taken"),
+        (Auth(api_keys=["x"], keys={"a": NamedKey(key="x")}), "keys key-1 and a are the same"),
+    ],
+)
+def test_bad_keys_are_startup_errors_that_never_show_the_key(auth: Auth, error: str) -> None:
+    with pytest.raises(ConfigError, match=error) as caught:
+        load_keys(Settings(auth=auth), env={})
+    assert "x" not in str(caught.value).split(":", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "proxies", "client"),
+    [
+        ("10.0.0.5", None, [], "10.0.0.5"),
+        ("10.0.0.5", "1.2.3.4", [], "10.0.0.5"),  # an untrusted peer's header counts for nothing
+        ("10.0.0.1", "10.0.0.9", ["10.0.0.1"], "10.0.0.9"),
+        ("10.0.0.1", "6.6.6.6, 10.0.0.9, 10.0.0.2", ["10.0.0.0/30"], "10.0.0.9"),
+        ("10.0.0.1", None, ["10.0.0.1"], "10.0.0.1"),
+    ],
+)
+def test_a_client_without_keys_is_its_address(
+    peer: str, forwarded: str | None, proxies: list[str], client: str
+) -> None:
+    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+    scope = {"client": (peer, 40000), "headers": headers}
+    networks = trusted_networks(Settings(limits=Limits(trusted_proxies=proxies)))
+    assert address_of(scope, networks) == client
+
+
+async def test_whoami_and_the_per_client_view_name_keys_never_show_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AI_SERVER_API_KEYS", raising=False)
+    monkeypatch.delenv("AI_SERVER_ADMIN_KEYS", raising=False)
+    auth = Auth(keys={"ops": NamedKey(key="ops-secret", admin=True),
+                      "kitchen": NamedKey(key="kitchen-secret")})  # fmt: skip
+    async with serving(fake_settings(tmp_path, auth=auth)) as client:
+
+        async def get(path: str, key: str) -> tuple[int, Any]:
+            headers = {"Authorization": f"Bearer {key}"}
+            async with client.http.get(path, headers=headers) as resp:
+                return resp.status, await resp.json(content_type=None)
+
+        status, me = await get("/api/whoami", "kitchen-secret")
+        assert (status, me) == (200, {"name": "kitchen", "admin": False, "keys_required": True})
+        status, _ = await client.post(
+            "/api/chat", CHAT, headers={"Authorization": "Bearer kitchen-secret"}
+        )
+        assert status == 200
+        status, view = await get("/api/clients", "ops-secret")
+        assert status == 200
+        lanes = [lane for lane in view["lanes"] if lane["model"] == "stub"]
+        assert lanes == [
+            {"backend": "server", "model": "stub", "in_flight": 0, "queued": 0, "clients": {}}
+        ]
+        async with client.http.get("/metrics") as resp:
+            text = await resp.text()
+        assert "secret" not in text

@@ -1,12 +1,13 @@
-"""The admission lane: slots, a first-come-first-served queue, and slots that change while
-requests wait (a model's instances come and go)."""
+"""The admission lane: slots, one waiting line per client served round-robin (the order is
+a pure function, tested as a table), per-client caps, and slots that change while requests
+wait (a model's instances come and go)."""
 
 from __future__ import annotations
 
 import anyio
 import pytest
 
-from gateway.admission import Lane
+from gateway.admission import Lane, grant_order
 from gateway.errors import BackendUnavailable, Overloaded
 
 
@@ -70,3 +71,114 @@ async def test_a_waiter_that_times_out_leaves_no_slot_taken() -> None:
                 pass
         assert lane.waiting == 0
     assert lane.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("order", "waiting", "in_flight", "free", "cap", "granted", "after"),
+    [
+        # Nobody waits, or no slot is free: nothing happens.
+        ([], {}, {}, 3, 0, [], []),
+        (["a"], {"a": 2}, {"a": 4}, 0, 0, [], ["a"]),
+        # One client alone takes every free slot (no cap).
+        (["a"], {"a": 5}, {"a": 4}, 3, 0, ["a", "a", "a"], ["a"]),
+        # Round-robin: a flood doesn't stand between b and the next slot.
+        (["a", "b"], {"a": 8, "b": 1}, {"a": 4}, 1, 0, ["a"], ["b", "a"]),
+        (["b", "a"], {"a": 8, "b": 1}, {"a": 4}, 1, 0, ["b"], ["a"]),
+        (["a", "b", "c"], {"a": 3, "b": 1, "c": 2}, {}, 5, 0, ["a", "b", "c", "a", "c"], ["a"]),
+        # A client at its cap is passed over and keeps its place.
+        (["a", "b"], {"a": 3, "b": 2}, {"a": 2}, 3, 2, ["b", "b"], ["a"]),
+        (["a", "b"], {"a": 3, "b": 2}, {"a": 1, "b": 2}, 3, 2, ["a"], ["b", "a"]),
+        # Every waiting client at its cap: free slots stay free.
+        (["a"], {"a": 3}, {"a": 2}, 2, 2, [], ["a"]),
+    ],
+)
+def test_grant_order(
+    order: list[str],
+    waiting: dict[str, int],
+    in_flight: dict[str, int],
+    free: int,
+    cap: int,
+    granted: list[str],
+    after: list[str],
+) -> None:
+    assert grant_order(order, waiting, in_flight, free, cap) == (granted, after)
+
+
+async def test_freed_slots_go_round_robin_between_waiting_clients() -> None:
+    """a floods, b and c ask once each: each gets the next slot after at most one of a's."""
+    lane = Lane(2, max_queue=16, queue_timeout=10, per_client_queue=8)
+    admitted: list[str] = []
+    done = {name: anyio.Event() for name in ("a0", "a1")}
+
+    async def request(client: str, tag: str) -> None:
+        async with lane.slot(client):
+            admitted.append(tag)
+            if tag in done:
+                await done[tag].wait()
+
+    async with anyio.create_task_group() as tg:
+        for n in range(6):
+            tg.start_soon(request, "a", f"a{n}")
+            await anyio.sleep(0.005)
+        for client in ("b", "c"):
+            tg.start_soon(request, client, client)
+            await anyio.sleep(0.005)
+        assert lane.queued() == {"a": 4, "b": 1, "c": 1}
+        done["a0"].set()  # one slot: a's line is first in the rotation, then b's, then c's
+        await anyio.sleep(0.01)
+        done["a1"].set()
+    assert admitted == ["a0", "a1", "a2", "b", "c", "a3", "a4", "a5"]
+    assert lane.in_flight == lane.waiting == 0 and not lane.held
+
+
+async def test_a_client_past_its_own_line_gets_429_while_others_still_queue() -> None:
+    lane = Lane(1, max_queue=16, queue_timeout=10, per_client_queue=2)
+    release = anyio.Event()
+
+    async def request(client: str) -> None:
+        async with lane.slot(client):
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):  # one in flight, two waiting: a's line is full
+            tg.start_soon(request, "a")
+        await anyio.sleep(0.02)
+        with pytest.raises(Overloaded, match="2 of your requests are queued"):
+            async with lane.slot("a"):
+                pass
+        tg.start_soon(request, "b")
+        await anyio.sleep(0.02)
+        assert lane.queued() == {"a": 2, "b": 1}
+        assert lane.refused == {"a": 1}
+        release.set()
+    assert lane.in_flight == 0
+
+
+async def test_a_client_at_its_cap_waits_while_another_takes_a_free_slot() -> None:
+    lane = Lane(4, max_queue=16, queue_timeout=10, per_client=2)
+    release = anyio.Event()
+
+    async def request(client: str) -> None:
+        async with lane.slot(client):
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(request, "a")
+        await anyio.sleep(0.02)
+        assert (lane.held, lane.queued()) == ({"a": 2}, {"a": 1})  # two slots stay free
+        tg.start_soon(request, "b")
+        await anyio.sleep(0.02)
+        assert lane.held == {"a": 2, "b": 1}
+        release.set()
+    assert lane.in_flight == 0 and not lane.held
+
+
+async def test_a_cancelled_waiter_leaves_its_line_and_the_rotation() -> None:
+    lane = Lane(1, max_queue=4, queue_timeout=10)
+    async with lane.slot("a"):
+        with anyio.move_on_after(0.05):
+            async with lane.slot("b"):
+                pass
+        assert lane.queued() == {} and lane.waiting == 0
+    assert lane.in_flight == 0 and not lane.held

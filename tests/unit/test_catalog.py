@@ -150,7 +150,7 @@ def test_catalog_instances_replicas_remotes_and_rpc_workers(tmp_path: Path) -> N
         (
             '[models.x]\nreplicas = 0\n[[models.x.remote]]\nurl = "http://h:1"\n'
             'api_key_file = "/nonexistent/key"\n',
-            "cannot read api_key_file /nonexistent/key",
+            "cannot read key file /nonexistent/key",
         ),
         ('[models.gemma-3-270m]\nrpc_workers = ["nohost"]\n', "'nohost' is not HOST:PORT"),
         ("[models.gemma-3-270m]\ngpu_layers = 10\n", "name them"),
