@@ -49,15 +49,17 @@ class RequestLog:
         finally:
             duration = time.perf_counter() - started
             route = scope["path"] if scope["path"] in self.routes else "other"
-            backend = scope.get("state", {}).get("backend", "")
+            state = scope.get("state", {})
+            backend = state.get("backend", "")
+            client = state["client"].name if "client" in state else "-"
             self.metrics.requests.labels(route, scope["method"], str(status), backend).inc()
             self.metrics.latency.labels(route, backend).observe(duration)
             if status in (429, 503):
                 self.metrics.rejected.labels(str(status)).inc()
             access_log.info(
-                "%s %s %d %.1fms %s", scope["method"], route, status, duration * 1000, backend,
-                extra={"route": route, "status": status, "backend": backend,
-                       "duration_ms": round(duration * 1000, 1)},
+                "%s %s %d %.1fms %s %s", scope["method"], route, status, duration * 1000, backend,
+                client, extra={"route": route, "status": status, "backend": backend,
+                               "client": client, "duration_ms": round(duration * 1000, 1)},
             )  # fmt: skip
             request_id.reset(token)
 

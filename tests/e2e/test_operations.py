@@ -67,7 +67,8 @@ async def test_request_id_is_echoed_or_made_and_in_the_access_log(
             assert len(made) == 16 and made != "bad id; drop"
         await client.post("/api/chat", CHAT)
     [access] = [r for r in caplog.records if getattr(r, "route", None) == "/api/chat"]
-    assert (access.status, access.backend) == (200, "cli")  # type: ignore[attr-defined]
+    # No keys: the client is its address.
+    assert (access.status, access.backend, access.client) == (200, "cli", "127.0.0.1")  # type: ignore[attr-defined]
     assert "Hi" not in access.getMessage()  # prompts are never logged
 
 
