@@ -16,7 +16,7 @@ import anyio
 import uvicorn
 from starlette.applications import Starlette
 
-from gateway import logs, systemd, worker
+from gateway import logs, protocol, systemd, worker
 from gateway.app import create_app
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.doctor import run_doctor
@@ -70,7 +70,8 @@ async def _announce(server: uvicorn.Server) -> None:
 
 async def _run(server: uvicorn.Server) -> bool:
     loop = type(asyncio.get_running_loop())
-    log.info("gateway.stack loop=%s.%s http=%s", loop.__module__, loop.__name__, server.config.http)
+    http = getattr(server.config.http, "stack", server.config.http)
+    log.info("gateway.stack loop=%s.%s http=%s", loop.__module__, loop.__name__, http)
     async with anyio.create_task_group() as tg:
         tg.start_soon(_on_signals, server)
         tg.start_soon(_announce, server)
@@ -83,6 +84,8 @@ async def _run(server: uvicorn.Server) -> bool:
 def serve(settings: Settings) -> int:
     logs.configure(settings.logging.format, settings.logging.level)
     app = create_app(settings)
+    if warning := protocol.fd_limit_warning(settings.limits):
+        log.warning(warning)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -90,7 +93,10 @@ def serve(settings: Settings) -> int:
         lifespan="on",
         log_config=None,
         timeout_graceful_shutdown=settings.limits.shutdown_grace_s,
-        http="httptools",
+        # httptools, guarded against slow clients and too many connections (gateway.protocol);
+        # no WebSocket upgrades (no route takes one), so every connection stays under its guard.
+        http=protocol.bound(settings.limits, app.state.metrics),
+        ws="none",
     )
     server = _Server(config)
     app.state.stop = lambda: setattr(server, "should_exit", True)  # see gateway.lifespan

@@ -7,6 +7,7 @@ Behaviour from the JSON in $FAKE_LLAMA:
   sleep    seconds to wait before answering (timeouts, cancellation)
   exit     exit with this status after printing an error
   partial  print some text, then exit with this status (a failure mid-stream)
+  drip     [count, seconds]: answer "w0 w1 ...", one word every `seconds` (a long stream)
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def main() -> int:
         ]
         print(json.dumps({"object": "list", "data": data}))
         return 0
+    count, pause = BEHAVIOUR.get("drip", (0, 0))
+    for i in range(count):
+        print(f"w{i} ", end="", flush=True)
+        time.sleep(pause)
     print("fake answer", end="")
     print("common_perf_print: prompt eval time = 1.00 ms /     7 tokens", file=sys.stderr)
     print("common_perf_print:    samplers time = 1.00 ms /    10 tokens", file=sys.stderr)
