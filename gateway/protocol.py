@@ -144,6 +144,11 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._timer is None and self._owed():
             self._arm()  # only now: a request that came in one read never needs a timer
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn's warns per request, and of a missing WebSocket library; but no route takes
+        # an upgrade (ws="none"), and `curl --http2` asks for h2c: it is served as HTTP/1.1.
+        log.debug("gateway.upgrade_ignored client=%s", _peer(self.transport))
+
     # httptools' callbacks, through uvicorn's
     def on_message_begin(self) -> None:
         super().on_message_begin()
