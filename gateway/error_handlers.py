@@ -6,7 +6,7 @@ import logging
 import math
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ExceptionHandler
 
@@ -47,6 +47,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, "http_error", exc.detail, dict(exc.headers or {}))
 
 
+async def client_gone(request: Request, exc: Exception) -> Response:
+    # The client left before its body was read, or missed the body deadline (gateway.protocol
+    # answered it 408): nothing can reach it. Not an error of ours, so no traceback; 499,
+    # nginx's "client closed request", is what the access log and the metrics record.
+    return Response(status_code=499)
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("gateway.unhandled_error path=%s", request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "internal error; see the server log")
@@ -55,5 +62,6 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS: dict[type[Exception] | int, ExceptionHandler] = {
     GatewayError: gateway_error,
     HTTPException: http_error,
+    ClientDisconnect: client_gone,
     Exception: unexpected_error,
 }

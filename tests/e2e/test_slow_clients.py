@@ -24,23 +24,26 @@ FAST = "header_timeout_s = 2\nbody_timeout_s = 2\nkeepalive_timeout_s = 1\n"
 
 
 class Gateway:
-    def __init__(self, url: str, port: int, pid: int, record: Path) -> None:
-        self.url, self.port, self.pid, self.record = url, port, pid, record
+    def __init__(self, url: str, port: int, pid: int, record: Path, log: Path) -> None:
+        self.url, self.port, self.pid, self.record, self.log = url, port, pid, record, log
 
     async def connect(self) -> anyio.abc.SocketStream:
         return await anyio.connect_tcp("127.0.0.1", self.port)
 
     async def counters(self) -> dict[str, float]:
-        """`ai_server_deadlines_missed` by deadline, and `connections_refused`."""
+        """`ai_server_deadlines_missed` by deadline, `connections_refused`, and requests
+        whose client was gone before they were answered (status 499)."""
         async with aiohttp.ClientSession() as http, http.get(self.url + "/metrics") as resp:
             text = await resp.text()
-        found = {"header": 0.0, "body": 0.0, "refused": 0.0}
+        found = {"header": 0.0, "body": 0.0, "refused": 0.0, "gone": 0.0}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == "ai_server_deadlines_missed_total":
                     found[sample.labels["deadline"]] = sample.value
                 elif sample.name == "ai_server_connections_refused_total":
                     found["refused"] = sample.value
+                elif sample.name == "ai_server_requests_total":
+                    found["gone"] += sample.value * (sample.labels["status"] == "499")
         return found
 
     def sockets(self) -> int:
@@ -78,7 +81,7 @@ async def started(
     with gateway(config) as process:
         async with aiohttp.ClientSession() as http:
             await wait_ready(http, url)
-        found = Gateway(url, port, process.pid, record)
+        found = Gateway(url, port, process.pid, record, tmp_path / "gateway.log")
         await wait_until(lambda: found.sockets() == 0, within=10)
         yield found
 
@@ -171,7 +174,8 @@ async def test_slow_bodies_are_answered_408_and_closed_while_a_normal_client_is_
             assert status == 408 and headers["connection"] == "close"
             assert_envelope(body, "body_timeout")
         await wait_until(lambda: gw.sockets() == 0, within=10)  # none left open
-        assert await gw.counters() == {"header": 0, "body": slow, "refused": 0}
+        assert await gw.counters() == {"header": 0, "body": slow, "refused": 0, "gone": slow}
+        assert "Traceback" not in gw.log.read_text()  # a slow client is not our error
         # No slow body reached llama-server: only the normal client's requests did.
         upstream = [json.loads(line) for line in gw.record.read_text().splitlines()]
         assert [e.get("path") for e in upstream].count("/v1/chat/completions") == normal
@@ -202,7 +206,7 @@ async def test_a_trickled_header_gets_408_at_the_header_deadline(
         assert 0 < trickled < len(request)  # the deadline came before the headers did
         async with await gw.connect() as silent:  # never sends a byte: closed, unanswered
             assert await read_to_eof(silent) == b""
-        assert await gw.counters() == {"header": 2, "body": 0, "refused": 0}
+        assert await gw.counters() == {"header": 2, "body": 0, "refused": 0, "gone": 0}
 
 
 async def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(
@@ -239,7 +243,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(
             tg.start_soon(slow_body)
         assert closed == ["idle", "slow body"]
         await wait_until(lambda: gw.sockets() == 0, within=10)
-        assert await gw.counters() == {"header": 0, "body": 1, "refused": 0}
+        assert await gw.counters() == {"header": 0, "body": 1, "refused": 0, "gone": 1}
 
 
 async def test_over_max_connections_a_new_connection_gets_a_json_503_at_once(
@@ -262,7 +266,7 @@ async def test_over_max_connections_a_new_connection_gets_a_json_503_at_once(
         await wait_until(lambda: gw.sockets() == cap, within=10)  # the refused ones: closed
         await held.pop().aclose()
         await wait_until(lambda: gw.sockets() == cap - 1, within=10)
-        assert await gw.counters() == {"header": 0, "body": 0, "refused": 2}
+        assert await gw.counters() == {"header": 0, "body": 0, "refused": 2, "gone": 0}
         for stream in held:
             await stream.aclose()
 
@@ -296,7 +300,7 @@ async def test_a_slow_reader_is_not_cut_off_by_the_body_deadline(
         text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
         assert text == "".join(f"w{i} " for i in range(words)) + "fake answer"
         assert dechunk(chunked).rstrip().endswith(b"data: [DONE]")
-        assert await gw.counters() == {"header": 0, "body": 0, "refused": 0}
+        assert await gw.counters() == {"header": 0, "body": 0, "refused": 0, "gone": 0}
 
 
 def dechunk(data: bytes) -> bytes:
