@@ -167,3 +167,15 @@ async def test_whoami_and_the_per_client_view_name_keys_never_show_them(
         async with client.http.get("/metrics") as resp:
             text = await resp.text()
         assert "secret" not in text
+
+
+async def test_without_keys_a_client_is_its_address_and_may_do_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AI_SERVER_API_KEYS", raising=False)
+    monkeypatch.delenv("AI_SERVER_ADMIN_KEYS", raising=False)
+    async with serving(fake_settings(tmp_path, backend="cli")) as client:
+        status, me = await client.get("/api/whoami")
+        assert (status, me) == (200, {"name": "127.0.0.1", "admin": True, "keys_required": False})
+        status, _ = await client.get("/api/clients")
+        assert status == 200

@@ -59,6 +59,11 @@ async def flood_and_trickle(
         with anyio.fail_after(60):
             await a_line_full.wait()
         assert (await lane_of(client, model))["clients"]["a"]["queued"] == per_client_queue
+        # /ready shows the lane's queue, not who is in it.
+        status, ready = await client.get("/ready")
+        [queue] = [q for q in ready["queues"] if q["model"] == model]
+        assert queue["queued"] >= per_client_queue and queue["clients_queued"] >= 1
+        assert set(queue) == {"backend", "model", "in_flight", "queued", "clients_queued"}
         for _ in range(trickle):
             status, _ = await ask("b")
             trickled.append(status)
