@@ -32,9 +32,11 @@ class GatewayError(Exception):
     code: str | None = None
     param: str | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if param is not None:
+            self.param = param
 
 
 class BadRequest(GatewayError):

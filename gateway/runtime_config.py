@@ -23,24 +23,45 @@ FILE_NAME = "config.json"
 
 
 def merged(current: RuntimeConfig, update: ConfigUpdate) -> RuntimeConfig:
-    """`current` with `update` applied; BadRequest naming the field if the result is invalid."""
+    """`current` with `update` applied; BadRequest naming the field (`param`, e.g.
+    "llm_params.top_p") if the result is invalid."""
     if update.backend is not UNSET and update.llm_mode is not UNSET:
         if update.backend != update.llm_mode:
-            raise BadRequest("`backend` and its alias `llm_mode` disagree")
+            raise BadRequest("`backend` and its alias `llm_mode` disagree", param="llm_mode")
     backend = update.backend if update.backend is not UNSET else update.llm_mode
     params = current.llm_params
     if update.llm_params is not UNSET:
-        try:
-            params = msgspec.convert(
-                msgspec.to_builtins(params) | update.llm_params, LlmParams, strict=True
-            )
-        except msgspec.ValidationError as exc:
-            raise BadRequest(
-                f"invalid llm_params: {str(exc).replace('`$', '`llm_params')}"
-            ) from None
+        params = merged_params(params, update.llm_params)
     return RuntimeConfig(
         backend=current.backend if backend is UNSET else backend, llm_params=params
     )
+
+
+PARAM_TYPES = {f.name: f.type for f in msgspec.structs.fields(LlmParams)}
+
+
+def merged_params(params: LlmParams, changes: dict[str, object]) -> LlmParams:
+    """Each changed field checked on its own first, so the error names the one at fault;
+    then the whole, for the checks between fields (ubatch_size <= batch_size)."""
+    for name, value in changes.items():
+        if name not in PARAM_TYPES:
+            known = ", ".join(PARAM_TYPES)
+            raise BadRequest(
+                f"unknown field `llm_params.{name}` (the parameters are: {known})",
+                param=f"llm_params.{name}",
+            )
+        try:
+            msgspec.convert(value, PARAM_TYPES[name], strict=True)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(
+                f"invalid `llm_params.{name}`: {exc}", param=f"llm_params.{name}"
+            ) from None
+    try:
+        return msgspec.convert(msgspec.to_builtins(params) | changes, LlmParams, strict=True)
+    except msgspec.ValidationError as exc:
+        # The only check between fields; name the one this update changed.
+        culprit = "ubatch_size" if "ubatch_size" in changes else "batch_size"
+        raise BadRequest(f"invalid llm_params: {exc}", param=f"llm_params.{culprit}") from None
 
 
 def save(path: Path, config: RuntimeConfig) -> None:

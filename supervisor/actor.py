@@ -47,6 +47,7 @@ from supervisor.command import ServerSpec
 from supervisor.instance import Instance, ProcessInfo
 from supervisor.lifecycle import StateEvent, SupervisorConfig
 from supervisor.loading import Loading
+from supervisor.logtail import LogTail
 from supervisor.messages import (
     Acquire,
     Apply,
@@ -163,6 +164,13 @@ class Supervisor(Loading):
         """The local instances of model `name`, by replica."""
         found = [m.info() for spec, m in self._records.items() if spec.name == name]
         return sorted(found, key=lambda info: info.replica)
+
+    def log_of(self, name: str, replica: int = 0) -> LogTail | None:
+        """The output of every process of model `name`'s local instance `replica`, across its
+        restarts (read-only for callers: its processes' drain tasks write it)."""
+        found = (m for s, m in self._records.items() if s.name == name and s.replica == replica)
+        m = next(found, None)
+        return m.log if m is not None else None
 
     def instance(self, spec: ServerSpec) -> ProcessInfo | None:
         """The instance running `spec`, if there is a record of it."""

@@ -14,6 +14,7 @@ from typing import Literal
 import msgspec
 
 from supervisor.command import ServerSpec
+from supervisor.logtail import LogTail
 from supervisor.messages import Endpoint, Generation, Reply
 from supervisor.pool import HOLDING, STATUS, Held, Policy, Status
 from supervisor.process import ChildProcess
@@ -55,6 +56,8 @@ class Instance:
         self.gen = Generation(0)
         self.gen.alive = False
         self.child: ChildProcess | None = None
+        # Every process's output in one log, kept across restarts for the live log view.
+        self.log = LogTail(max_lines=500)
         self.restart_times: deque[float] = deque(maxlen=64)
         self.restarts = 0
         self.attempt = 0

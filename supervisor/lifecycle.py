@@ -130,11 +130,12 @@ class Lifecycle:
         argv = build_server_argv(self.config.binary, m.spec, host=self.config.host, port=m.port)
         assert self._tg is not None
         try:
-            m.child = await spawn(argv, self._tg, LogTail(max_lines=100))
+            m.child = await spawn(argv, self._tg, LogTail(max_lines=100, also=m.log))
         except OSError as exc:
             await self._fail(m, f"cannot start {self.config.binary}: {exc.strerror or exc}")
             return
         pidfile.write_pidfile(self._state_dir, self.config.host, m.port, m.child.pid)
+        m.log.feed(f"[ai-server] started pid {m.child.pid} on port {m.port}\n")
         log.info("supervisor.spawned port=%d model=%s pid=%d", m.port, m.spec.name, m.child.pid)
         self._spawn_task(tasks.watch_exit, self._send, m.spec, m.gen, m.child)
         self._spawn_task(

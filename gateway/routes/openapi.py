@@ -61,6 +61,55 @@ def _any(kind: type) -> dict[str, Any]:
     raise TypeError(f"no JSON schema for {kind}")
 
 
+WHOAMI = {
+    "type": "object",
+    "required": ["name", "admin", "keys_required"],
+    "properties": {
+        "name": {"type": "string", "description": "the key's name (or the client's address)"},
+        "admin": {"type": "boolean"},
+        "keys_required": {"type": "boolean"},
+    },
+}
+LOG_LINE = {"type": "object", "required": ["line"], "properties": {"line": {"type": "string"}}}
+
+
+def _get(summary: str, ok: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    errors = {"default": {"description": "an error", **_json(ERROR)}}
+    return {"get": {"summary": summary, "responses": {"200": ok, **errors}, **extra}}
+
+
+def dashboard_paths(plain: dict[str, Any], name: dict[str, Any]) -> dict[str, Any]:
+    """The endpoints the dashboard (/ui) reads; usable by any client."""
+    replica = {"name": "replica", "in": "query", "schema": {"type": "integer", "minimum": 0}}
+    stream = {"content": {"application/x-ndjson": {"schema": LOG_LINE}}}
+    return {
+        "/api/whoami": _get(
+            "Whether the key is accepted (401 if not) and whether it is an admin key",
+            {"description": "OK", **_json(WHOAMI)},
+        ),
+        "/api/clients": _get(
+            "Admin: each client's requests in flight and queued, per model",
+            plain["responses"]["200"],
+        ),
+        "/api/config/schema": _get(
+            "The runtime parameters' ranges and defaults (JSON Schema), and which restart "
+            "llama-server",
+            plain["responses"]["200"],
+        ),
+        "/api/metrics/history": _get(
+            "The last hour of requests, 5xx errors, latency percentiles and restarts, in "
+            "10 s intervals",
+            plain["responses"]["200"],
+        ),
+        "/api/logs/{name}": _get(
+            "Admin: a model's llama.cpp output, the lines held then each new one, one JSON "
+            "object per line, until the client disconnects",
+            {"description": "a stream of log lines", **stream},
+            parameters=[name, replica],
+        ),
+    }
+
+
 def build_document() -> dict[str, Any]:
     types = [t for _, req, resp in OPERATIONS.values() for t in (req, resp) if t is not None]
     refs, components = msgspec.json.schema_components(
@@ -89,6 +138,7 @@ def build_document() -> dict[str, Any]:
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     for action in ("load", "unload"):
         paths[f"/api/models/{{name}}/{action}"] = {"post": plain | {"parameters": [name]}}
+    paths.update(dashboard_paths(plain, name))
     return {
         "openapi": "3.1.0",
         "info": {"title": "AI Server", "version": "0.1.0"},

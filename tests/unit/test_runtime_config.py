@@ -36,6 +36,24 @@ def test_merged_rejects_bools_and_strings_for_numbers() -> None:
         merged(CURRENT, update(llm_params={"temp": "0.5"}))
 
 
+@pytest.mark.parametrize(
+    ("changes", "param"),
+    [
+        ({"top_p": 2}, "llm_params.top_p"),
+        ({"top_k": "x"}, "llm_params.top_k"),
+        ({"temp": 0.5, "mirostat": 3}, "llm_params.mirostat"),
+        ({"typo": 1}, "llm_params.typo"),
+        ({"ubatch_size": 9000}, "llm_params.ubatch_size"),
+        ({"batch_size": 512}, "llm_params.batch_size"),
+    ],
+)
+def test_merged_names_the_field_at_fault_as_param(changes: dict[str, object], param: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        merged(CURRENT, update(llm_params=changes))
+    assert caught.value.param == param
+    assert param.removeprefix("llm_params.") in caught.value.message
+
+
 def test_store_reloads_what_was_saved(tmp_path: Path) -> None:
     settings = Settings(state_dir=str(tmp_path))
     assert ConfigStore.open(settings).current == CURRENT
