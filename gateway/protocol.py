@@ -57,6 +57,9 @@ class _Phase(enum.Enum):
     CLOSING = "closing"  # answered and half-closed: input is dropped until the close
 
 
+IDLE, HEADERS, BODY, CLOSING = _Phase  # plain names: looked up on every request
+
+
 def raw_answer(
     status: int, type_: str, message: str, *, code: str, headers: dict[str, str] | None = None
 ) -> tuple[int, bytes]:
@@ -117,7 +120,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         # uvicorn types it as an int (its CLI's); call_later takes the configured float.
         self.timeout_keep_alive = self.guard.limits.keepalive_timeout_s  # type: ignore[assignment]
-        self._phase = _Phase.IDLE
+        self._phase = IDLE
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -138,10 +141,10 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._phase is _Phase.CLOSING:
+        if self._phase is CLOSING:
             return  # answered: dropped
         super().data_received(data)
-        if self._timer is None and self._owed():
+        if self._phase is not IDLE and self._timer is None and self._owed():
             self._arm()  # only now: a request that came in one read never needs a timer
 
     def _unsupported_upgrade_warning(self) -> None:
@@ -152,35 +155,39 @@ class GuardedProtocol(HttpToolsProtocol):
     # httptools' callbacks, through uvicorn's
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._phase = _Phase.HEADERS
+        self._phase = HEADERS
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._disarm()
         super().on_headers_complete()
-        self._phase = _Phase.BODY
+        self._phase = BODY
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._disarm()
         super().on_message_complete()
-        self._phase = _Phase.IDLE
+        self._phase = IDLE
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         # A pipelined request waiting on this response starts being owed by its client now.
-        if self._timer is None and self._owed() and not self.transport.is_closing():
+        if self._phase is not IDLE and self._timer is None and self._owed():
             self._arm()
 
     # Deadlines
     def _owed(self) -> bool:
         """Whether the client owes the rest of a request the server is ready to read: not
         while a response to an earlier request is still being sent (pipelining)."""
-        if self._phase is _Phase.HEADERS:
+        if self._phase is HEADERS:
             return self.cycle is None or self.cycle.response_complete
-        return self._phase is _Phase.BODY and not self.pipeline
+        return self._phase is BODY and not self.pipeline
 
     def _arm(self) -> None:
+        if self.transport.is_closing():
+            return
         limits = self.guard.limits
-        seconds = limits.body_timeout_s if self._phase is _Phase.BODY else limits.header_timeout_s
+        seconds = limits.body_timeout_s if self._phase is BODY else limits.header_timeout_s
         self._timer = self.loop.call_later(seconds, self._missed)
 
     def _disarm(self) -> None:
@@ -192,15 +199,15 @@ class GuardedProtocol(HttpToolsProtocol):
         self._timer = None
         if self.transport.is_closing():
             return
-        deadline = "body" if self._phase is _Phase.BODY else "header"
+        deadline = "body" if self._phase is BODY else "header"
         self.guard.metrics.deadlines_missed.labels(deadline).inc()
         log.warning(
             "gateway.deadline_missed deadline=%s phase=%s client=%s",
             deadline, self._phase.value, _peer(self.transport),
         )  # fmt: skip
-        if self._phase is _Phase.IDLE:
+        if self._phase is IDLE:
             self.transport.close()  # not a byte of a request: nothing to answer
-        elif self._phase is _Phase.HEADERS:
+        elif self._phase is HEADERS:
             self._hang_up(self.guard.header_late)
         else:
             cycle = self.cycle
@@ -221,7 +228,7 @@ class GuardedProtocol(HttpToolsProtocol):
         head = b"".join(name + b": " + value + b"\r\n" for name, value in defaults)
         self.transport.write(STATUS_LINE[status] + head + rest)
         self.transport.write_eof()
-        self._phase = _Phase.CLOSING
+        self._phase = CLOSING
         self._timer = self.loop.call_later(LINGER_S, self.transport.close)
 
 
