@@ -14,6 +14,9 @@ JSON in $FAKE_LLAMA, e.g. {"load_delay": 1, "ignore_sigterm": true}:
   record             append {"argv"} at start and {"path", "body"} per request to this JSONL file
   hold_mb            keep this many MiB resident (a model's memory, as the pool measures it)
   answer_delay       seconds before each /v1/* answer (a request in flight for that long)
+  answer             the text of chat answers (default "fake answer"); streamed word by word
+                     when the request asks for `stream`
+  say                a line written to stderr at start (what its log shows)
 
 Like llama-server, it takes `--api-key-file FILE`: then everything but /health needs
 `Authorization: Bearer KEY` (401 otherwise). `GET /slots` lists 4 slots, busy ones
@@ -109,7 +112,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/completion":
             return self.reply(200, {"content": "x", "tokens_predicted": 1})
         if self.path == "/v1/chat/completions":
-            answer = '{"tags":["Red","red"," Blue  sky "]}' if "grammar" in body else "fake answer"
+            text = BEHAVIOUR.get("answer", "fake answer")
+            answer = '{"tags":["Red","red"," Blue  sky "]}' if "grammar" in body else text
+            if body.get("stream"):
+                return self.stream(answer)
             message = {"role": "assistant", "content": answer}
             usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
             choice = {"index": 0, "message": message, "finish_reason": "stop"}
@@ -120,6 +126,30 @@ class Handler(BaseHTTPRequestHandler):
             data = [{"index": i, "embedding": [0.5, float(i)]} for i in range(len(inputs))]
             return self.reply(200, {"data": data[::-1]})  # llama-server's order is not promised
         return self.reply(404, {"error": "not found"})
+
+    def stream(self, answer: str) -> None:
+        """SSE chunks as llama-server sends them: a word each, usage, then [DONE]."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        words = answer.split(" ")
+        pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        chunks: list[dict[str, object]] = [
+            {"choices": [{"index": 0, "delta": {"content": p}}]} for p in pieces
+        ]
+        chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        usage = {
+            "prompt_tokens": 3,
+            "completion_tokens": len(pieces),
+            "total_tokens": 3 + len(pieces),
+        }
+        chunks.append({"choices": [], "usage": usage})
+        for chunk in chunks:
+            self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.close_connection = True
 
 
 def main() -> None:
@@ -132,6 +162,8 @@ def main() -> None:
     if BEHAVIOUR.get("silent"):
         threading.Event().wait()
     print("fake llama-server: loading model", file=sys.stderr, flush=True)
+    if "say" in BEHAVIOUR:
+        print(BEHAVIOUR["say"], file=sys.stderr, flush=True)
     held = b"\x01" * (BEHAVIOUR.get("hold_mb", 0) << 20)  # written, so resident
     server = ThreadingHTTPServer((arg("--host", "127.0.0.1"), int(arg("--port", "8080"))), Handler)
     server.daemon_threads = True
