@@ -5,6 +5,7 @@ alone. Raw sockets play the slow clients; order and counts are asserted, never t
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -79,11 +80,15 @@ async def started(
     config.write_text(config.read_text() + "[limits]\n" + limits)
     url = f"http://127.0.0.1:{port}"
     with gateway(config) as process:
-        async with aiohttp.ClientSession() as http:
-            await wait_ready(http, url)
-        found = Gateway(url, port, process.pid, record, tmp_path / "gateway.log")
-        await wait_until(lambda: found.sockets() == 0, within=10)
-        yield found
+        try:
+            async with aiohttp.ClientSession() as http:
+                await wait_ready(http, url)
+            found = Gateway(url, port, process.pid, record, tmp_path / "gateway.log")
+            await wait_until(lambda: found.sockets() == 0, within=10)
+            yield found
+        finally:  # SIGTERM, so the gateway stops its llama-server too (SIGKILL leaves it)
+            process.send_signal(signal.SIGTERM)
+            await anyio.to_thread.run_sync(process.wait, 30)
 
 
 async def read_to_eof(stream: anyio.abc.SocketStream) -> bytes:
