@@ -7,12 +7,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: run test check setup venv llama model bench soak clean install uninstall
+.PHONY: run test check setup venv llama model browser screenshots bench soak clean install uninstall
 
 run: setup
 	$(VENV)/bin/ai-server serve $(ARGS)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest $(ARGS)
 
 check: venv
@@ -35,6 +35,21 @@ llama: venv
 
 model: venv
 	$(PY) deploy/setup.py model
+
+# Debian's chromium and its matching chromedriver, for the dashboard's browser tests: installed
+# when missing and running as root; otherwise those tests skip and say how to get them.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	  else \
+	    echo "no chromium/chromium-driver (and not root): the browser tests will skip"; \
+	  fi; \
+	fi
+
+# docs/*.png: the dashboard's views in the same headless Chromium, against the real models.
+screenshots: setup browser
+	$(PY) -m tests.e2e.screenshots
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

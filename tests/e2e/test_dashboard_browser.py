@@ -1,0 +1,243 @@
+"""The dashboard in a real headless Chromium, against a real gateway process with the real
+default models (and, for escaping, the fake llama-server saying hostile things). One
+gateway and one browser for the module; each test is one thing a person does."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.e2e.browser import (
+    ADMIN_KEY,
+    GUEST_KEY,
+    MISSING,
+    browser_missing,
+    chrome,
+    fake_config,
+    gateway,
+    post,
+    real_config,
+)
+
+pytestmark = [
+    pytest.mark.llama,
+    pytest.mark.skipif(browser_missing(), reason=MISSING),
+    pytest.mark.timeout(300),
+]
+HOSTILE = '<script>window.pwned=1</script><img src=x onerror="window.pwned=1">'
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with gateway(real_config(tmp_path_factory.mktemp("dashboard"))) as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    driver = chrome()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def until(driver: WebDriver, condition: Callable[[WebDriver], Any], within: float = 60) -> Any:
+    return WebDriverWait(driver, within, poll_frequency=0.1).until(condition)
+
+
+def text(driver: WebDriver, css: str) -> str:
+    return str(driver.find_element(By.CSS_SELECTOR, css).text)
+
+
+def console_errors(driver: WebDriver, allowed: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """SEVERE console entries since the last call, but the failed requests a test caused
+    on purpose (a rejected key: 401, a bad value: 400)."""
+    return [
+        entry
+        for entry in driver.get_log("browser")  # type: ignore[no-untyped-call]
+        if entry["level"] == "SEVERE" and not any(a in entry["message"] for a in allowed)
+    ]
+
+
+def log_in(driver: WebDriver, url: str, key: str) -> None:
+    driver.get(url + "/ui")
+    until(driver, lambda d: d.find_element(By.ID, "key-panel").is_displayed())
+    driver.find_element(By.ID, "key-input").send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    until(driver, lambda d: not d.find_element(By.ID, "key-panel").is_displayed())
+
+
+def test_dashboard_asks_for_a_key_and_says_when_one_is_rejected(
+    browser: WebDriver, url: str
+) -> None:
+    browser.get(url + "/ui")
+    until(browser, lambda d: d.find_element(By.ID, "key-panel").is_displayed())
+    assert "needs an API key" in text(browser, "#key-message")
+    browser.find_element(By.ID, "key-input").send_keys("not-a-key")
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    until(browser, lambda d: "not accepted" in text(d, "#key-message"))
+    browser.find_element(By.ID, "key-input").send_keys(ADMIN_KEY)
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    until(browser, lambda d: text(d, "#who") == "operator · admin")
+    assert "operator-secret" not in browser.current_url
+    assert console_errors(browser, allowed=("401",)) == []
+
+
+def test_dashboard_status_table_fills_with_models_and_instances(
+    browser: WebDriver, url: str
+) -> None:
+    browser.get(url + "/ui")
+    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#models tbody tr")) >= 2)
+    names = [
+        r.get_attribute("data-model")
+        for r in browser.find_elements(By.CSS_SELECTOR, "#models tbody tr")
+    ]
+    assert {"smollm2-135m-instruct", "gemma-3-270m"} <= set(names)
+    assert text(browser, "#mode") == "server"
+    until(browser, lambda d: re.search(r"\b\d{2,}\b", text(d, "#instances tbody")))
+    assert "AI Server" in browser.title and " · " in browser.title
+    assert console_errors(browser) == []
+
+
+def test_dashboard_chat_streams_into_the_page_with_tokens_per_second(
+    browser: WebDriver, url: str
+) -> None:
+    browser.get(url + "/ui/playground")
+    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chat-model option")) >= 3)
+    Select(browser.find_element(By.ID, "chat-model")).select_by_value("smollm2-135m-instruct")
+    # Count each change of the answer's text: a streamed answer arrives in many pieces.
+    browser.execute_script(
+        "window.pieces = 0; new MutationObserver((changes) => { window.pieces += changes.length })"
+        ".observe(document.getElementById('chat-log'), {childList: true, subtree: true,"
+        " characterData: true});"
+    )
+    browser.find_element(By.ID, "chat-input").send_keys("Write three sentences about Paris.")
+    browser.find_element(By.ID, "chat-send").click()
+    until(browser, lambda d: d.find_element(By.ID, "chat-send").is_enabled(), within=120)
+    answer = text(browser, "#chat-log .msg.assistant")
+    assert answer.strip()
+    assert browser.execute_script("return window.pieces") > 5
+    assert re.fullmatch(r"\d+(\.\d)? tokens/s", text(browser, "#chat-speed"))
+    assert re.fullmatch(r"TTFT \d+ ms", text(browser, "#chat-ttft"))
+    assert re.fullmatch(r"\d+ tokens", text(browser, "#chat-tokens"))
+    assert text(browser, "#chat-error") == ""
+    assert console_errors(browser) == []
+
+
+def test_dashboard_image_upload_previews_and_returns_tags(
+    browser: WebDriver, url: str, tmp_path: Path
+) -> None:
+    picture = tmp_path / "red.png"
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, "PNG")
+    picture.write_bytes(buffer.getvalue())
+    browser.get(url + "/ui/playground")
+    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#image-model option")) >= 3)
+    browser.find_element(By.ID, "image-file").send_keys(str(picture))
+    preview = browser.find_element(By.ID, "image-preview")
+    until(browser, lambda d: preview.is_displayed())
+    assert str(preview.get_attribute("src")).startswith("blob:")
+    browser.find_element(By.ID, "image-tag").click()
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#image-tags li"), within=120)
+    tags = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#image-tags li")]
+    assert tags and all(tag.strip() for tag in tags)
+    assert text(browser, "#image-error") == ""
+    assert console_errors(browser) == []
+
+
+def test_dashboard_shows_a_bad_config_value_next_to_its_field(browser: WebDriver, url: str) -> None:
+    browser.get(url + "/ui/config")
+    field = until(browser, lambda d: d.find_element(By.ID, "f-top_p"))
+    assert field.get_attribute("max") == "1"  # the range came from the server
+    field.clear()
+    field.send_keys("2")
+    browser.find_element(By.ID, "apply").click()
+    error = browser.find_element(By.ID, "err-llm_params.top_p")
+    until(browser, lambda d: "top_p" in error.text)
+    box = browser.find_element(By.CSS_SELECTOR, '[data-param="llm_params.top_p"]')
+    assert "invalid" in str(box.get_attribute("class"))
+    assert text(browser, "#form-error") == ""
+    assert console_errors(browser, allowed=("400",)) == []
+
+
+def test_dashboard_mode_switch_is_confirmed_and_shows_in_the_status(
+    browser: WebDriver, url: str
+) -> None:
+    browser.get(url + "/ui/config")
+    until(browser, lambda d: d.find_element(By.ID, "f-backend").get_attribute("value") == "server")
+    Select(browser.find_element(By.ID, "f-backend")).select_by_value("cli")
+    browser.find_element(By.ID, "apply").click()
+    until(browser, lambda d: d.find_element(By.ID, "confirm").is_displayed())
+    assert "cli mode" in text(browser, "#confirm-text")
+    browser.find_element(By.ID, "confirm-yes").click()
+    until(browser, lambda d: "done" in text(d, "#restart-log"), within=90)
+    browser.get(url + "/ui")
+    until(browser, lambda d: text(d, "#mode") == "cli")
+    until(browser, lambda d: d.find_element(By.ID, "instances-empty").is_displayed())
+    assert console_errors(browser) == []
+    assert post(url + "/api/config", {"backend": "server"}, ADMIN_KEY) == 200
+
+
+def test_dashboard_streams_a_models_log(browser: WebDriver, url: str) -> None:
+    browser.get(url + "/ui/logs?model=gemma-3-270m")
+    until(browser, lambda d: "[ai-server] started pid" in text(d, "#log"), within=90)
+    assert browser.find_element(By.ID, "log-stop").is_enabled()
+    browser.find_element(By.ID, "log-stop").click()
+    until(browser, lambda d: text(d, "#log-status") == "stopped")
+    assert console_errors(browser) == []
+
+
+def test_dashboard_guest_sees_the_config_read_only_and_no_logs(
+    browser: WebDriver, url: str
+) -> None:
+    browser.execute_script("sessionStorage.clear()")
+    log_in(browser, url, GUEST_KEY)
+    assert text(browser, "#who") == "guest"
+    browser.get(url + "/ui/config")
+    until(browser, lambda d: d.find_element(By.ID, "readonly").is_displayed())
+    assert not browser.find_element(By.ID, "f-temp").is_enabled()
+    assert not browser.find_element(By.ID, "apply").is_enabled()
+    browser.get(url + "/ui/logs")
+    until(browser, lambda d: d.find_element(By.ID, "logs-denied").is_displayed())
+    assert not browser.find_element(By.ID, "logs-form").is_displayed()
+    assert console_errors(browser, allowed=("401",)) == []  # the page before the key
+    browser.execute_script("sessionStorage.clear()")
+    log_in(browser, url, ADMIN_KEY)
+
+
+def test_dashboard_every_view_loads_without_console_errors(browser: WebDriver, url: str) -> None:
+    console_errors(browser)  # start afresh
+    for view in ("", "/playground", "/config", "/logs", "/metrics"):
+        browser.get(url + "/ui" + view)
+        until(browser, lambda d: d.find_element(By.ID, "who").text not in ("", "…"))
+    assert console_errors(browser) == []
+
+
+def test_dashboard_inserts_model_output_and_log_lines_as_text(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    behaviour = json.dumps({"answer": HOSTILE, "say": HOSTILE})
+    with gateway(fake_config(tmp_path), env={"FAKE_LLAMA": behaviour}, within=60) as fake:
+        browser.get(fake + "/ui/playground")
+        until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chat-model option")) >= 2)
+        browser.find_element(By.ID, "chat-input").send_keys("say something")
+        browser.find_element(By.ID, "chat-send").click()
+        until(browser, lambda d: "onerror" in text(d, "#chat-log .msg.assistant"))
+        assert text(browser, "#chat-log .msg.assistant") == HOSTILE
+        browser.get(fake + "/ui/logs?model=stub")
+        until(browser, lambda d: HOSTILE in text(d, "#log"), within=30)
+        for area in ("#log", "#chat-log", "body"):
+            assert not browser.find_elements(By.CSS_SELECTOR, f"{area} img[src='x']")
+        assert browser.execute_script("return window.pwned") is None
+        assert console_errors(browser) == []
