@@ -17,6 +17,7 @@ import msgspec
 from backends.base import ChatResult, ChatTask, Embedded, VisionTask
 from backends.catalog import ModelDef
 from backends.router import Router, Target, key_of
+from backends.spares import Spares
 from backends.specs import server_spec
 from backends.sse import read_event
 from gateway.config import LlmParams
@@ -144,10 +145,13 @@ def _failed(router: Router, target: Target, failure: _BeforeFirstByte) -> None:
 class ServerBackend:
     name: Literal["server"] = "server"
 
-    def __init__(self, supervisor: Supervisor, router: Router, timeout: float) -> None:
+    def __init__(
+        self, supervisor: Supervisor, router: Router, timeout: float, spares: Spares | None = None
+    ) -> None:
         self._supervisor = supervisor
         self._router = router
         self._timeout = timeout
+        self._spares = spares
 
     def _spec(self, model: ModelDef, params: LlmParams) -> ServerSpec:
         model.file()  # a missing file is named (with its fix), not left to llama-server
@@ -310,12 +314,17 @@ class ServerBackend:
                 )
                 if resp.status != 200:
                     self._raise_for(target, resp.status, await resp.read())
+            first = True
             while True:
                 with self._upstream_errors(target, upstream.pid):  # a deadline per event
                     event = await read_event(resp.content)
                 if event is None:
                     return
                 yield event
+                # After the first event is out, not before: a refill then does not delay it.
+                if first and self._spares is not None:
+                    self._spares.refill(upstream.url, upstream.headers)
+                first = False
 
     async def _post(
         self, spec: ServerSpec, path: str, payload: dict[str, Any], replacing: int | None = None

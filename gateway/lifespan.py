@@ -22,6 +22,7 @@ from backends.cli import CliBackend
 from backends.dispatcher import Dispatcher
 from backends.router import Router
 from backends.server import ServerBackend
+from backends.spares import Spares
 from gateway.admission import Admission
 from gateway.config import Settings
 from gateway.errors import MissingComponent
@@ -85,7 +86,13 @@ def make_lifespan(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         # No total timeout here: each backend bounds its own calls.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
-        async with aiohttp.ClientSession(timeout=timeout) as http, anyio.create_task_group() as tg:
+        # Idle connections are dropped before llama-server's keep-alive timeout (5 s) ends
+        # them, so a request never takes one the server is closing (backends.spares).
+        connector = aiohttp.TCPConnector(keepalive_timeout=4)
+        async with (
+            aiohttp.ClientSession(timeout=timeout, connector=connector) as http,
+            anyio.create_task_group() as tg,
+        ):
             admission = Admission(settings.limits)
             config = supervisor_config(settings, budget_mb)
             supervisor = Supervisor(config, http, queued=admission.queued)
@@ -118,7 +125,9 @@ def make_lifespan(
             await tg.start(fleet.run)
             router = Router(supervisor, fleet, settings.limits.max_concurrency)
             admission.capacity_of = router.capacity_of
-            server = ServerBackend(supervisor, router, settings.limits.request_timeout_s)
+            spares = Spares(http)
+            await tg.start(spares.run)
+            server = ServerBackend(supervisor, router, settings.limits.request_timeout_s, spares)
             cli = CliBackend(settings)
             dispatcher = Dispatcher(settings, catalog, supervisor, router, server=server, cli=cli)
             await dispatcher.reconfigure(store.current)
