@@ -56,6 +56,8 @@
     if (params.get("model")) $("log-model").value = params.get("model");
     $("logs-form").addEventListener("submit", (event) => { event.preventDefault(); follow(); });
     $("log-stop").addEventListener("click", stop);
+    // Leaving the page must close the stream: the browser may keep the connection open.
+    window.addEventListener("pagehide", stop);
     follow();
   });
 })();

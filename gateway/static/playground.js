@@ -139,6 +139,7 @@
     fillModels($("image-model"), pool.models, "vision");
     $("chat-form").addEventListener("submit", chat);
     $("chat-stop").addEventListener("click", () => chatting && chatting.abort());
+    window.addEventListener("pagehide", () => chatting && chatting.abort());
     $("chat-clear").addEventListener("click", () => { history.length = 0; $("chat-log").replaceChildren(); });
     $("embed-form").addEventListener("submit", embed);
     $("image-file").addEventListener("change", () => pick($("image-file").files[0]));

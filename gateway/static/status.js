@@ -70,6 +70,20 @@
     }));
   }
 
+  // Admins: who is using each model's share (GET /api/clients).
+  async function clients() {
+    const body = await api("/api/clients");
+    const rows = body.lanes.flatMap((lane) => Object.entries(lane.clients).map(([name, c]) => {
+      const row = el("tr");
+      row.append(cell(lane.model || lane.backend), cell(name), cell(c.in_flight, "num"),
+                 cell(c.queued, "num"), cell(c.refused, "num"));
+      return row;
+    }));
+    $("clients").hidden = false;
+    $("client-table").tBodies[0].replaceChildren(...rows);
+    $("clients-empty").hidden = rows.length > 0;
+  }
+
   async function refresh() {
     const [pool, config] = await Promise.all([api("/api/models"), api("/api/config")]);
     mode = config.backend;
@@ -84,6 +98,7 @@
     $("instances").tBodies[0].replaceChildren(...rows);
     $("instances-empty").hidden = rows.length > 0;
     failures(pool.models);
+    if (admin) await clients();
   }
 
   AI.start((who) => {

@@ -103,8 +103,10 @@ def post(url: str, body: object, key: str | None = None) -> int:
 
 
 @contextmanager
-def gateway(config: Path, env: dict[str, str] | None = None, within: float = 180) -> Iterator[str]:
-    """`ai-server serve --config` as a process, once /ready answers 200; its URL."""
+def gateway(
+    config: Path, env: dict[str, str] | None = None, within: float = 180, probe: str = "/ready"
+) -> Iterator[str]:
+    """`ai-server serve --config` as a process, once `probe` answers 200; its URL."""
     url = f"http://127.0.0.1:{_port(config)}"
     with (config.parent / "gateway.log").open("ab") as log:
         process = subprocess.Popen(
@@ -118,7 +120,7 @@ def gateway(config: Path, env: dict[str, str] | None = None, within: float = 180
             while True:
                 assert process.poll() is None, (config.parent / "gateway.log").read_text()
                 try:
-                    if get(url + "/ready", ADMIN_KEY)[0] == 200:
+                    if get(url + probe, ADMIN_KEY)[0] == 200:
                         break
                 except OSError:
                     pass

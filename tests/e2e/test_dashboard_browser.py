@@ -241,3 +241,16 @@ def test_dashboard_inserts_model_output_and_log_lines_as_text(
             assert not browser.find_elements(By.CSS_SELECTOR, f"{area} img[src='x']")
         assert browser.execute_script("return window.pwned") is None
         assert console_errors(browser) == []
+        browser.get("about:blank")  # ends the log stream before the gateway stops
+
+
+def test_dashboard_shows_why_a_model_failed_with_its_log(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    crash = json.dumps({"exit_at_start": 3})  # prints "error: failed to load model", exits
+    with gateway(fake_config(tmp_path), env={"FAKE_LLAMA": crash}, probe="/health") as broken:
+        browser.get(broken + "/ui")
+        until(browser, lambda d: "exited with status 3" in text(d, "#failure-list"))
+        assert "error: failed to load model" in text(browser, "#failure-list")
+        assert console_errors(browser) == []
+        browser.get("about:blank")

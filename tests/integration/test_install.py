@@ -64,6 +64,9 @@ def test_install_into_a_destdir_writes_every_file_once(tmp_path: Path) -> None:
     assert ai_server.read_text().splitlines()[0] == "#!/opt/ai-server/bin/python"
     assert str(dest) not in (prefix / "pyvenv.cfg").read_text()
     assert (prefix / ".install-state").is_file()
+    # The dashboard's pages and files are package data: a non-editable install has them.
+    site = next(prefix.glob("lib/python3*/site-packages/gateway"))
+    assert (site / "templates/base.html").is_file() and (site / "static/common.js").is_file()
     cache = dest / "var/lib/ai-server/cache"
     assert (toolchain.llama_bin_dir(cache) / "rpc-server").is_file()
     for model in (toolchain.default_model_path, toolchain.smollm2_model_path):
