@@ -82,3 +82,4 @@ bench: setup
 	$(PY) -m bench.pool
 	$(PY) -m bench.routing
 	$(PY) -m bench.images
+	$(PY) -m bench.fairness
