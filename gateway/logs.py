@@ -35,6 +35,10 @@ class JsonLines(logging.Formatter):
 
 
 def configure(fmt: str, level: str) -> None:
+    # No line we write says where a record was made, or in which thread or process: finding
+    # out costs 4 of the 18 us of a record, and the access log writes one per request.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.addFilter(_RequestId())
     if fmt == "json":
