@@ -1,4 +1,5 @@
-"""Routing between replicas, in simulation (issue 14): round-robin against least-busy.
+"""Routing between replicas, in simulation (issue 14): round-robin against least-busy; and
+the router's own decision time per request, in process (bench/decision.py).
 
 Four stub replicas, real HTTP servers in this process (aiohttp, each on its own loopback
 address, 127.0.0.2-5), one slot each, with service times of 20, 40, 80 and 160 ms: a request
@@ -35,6 +36,7 @@ import anyio
 from aiohttp import web
 
 from backends.routing import Candidate, RoundRobin, capacity, least_busy
+from bench import decision
 from bench.common import Machine, write_section
 
 SERVICE = (0.020, 0.040, 0.080, 0.160)  # seconds per request at each replica, one slot each
@@ -293,8 +295,9 @@ def parse() -> argparse.Namespace:
 def main() -> int:
     args = parse()
     machine = Machine()
+    decided = decision.lines(anyio.run(decision.measure))
     runs = anyio.run(rounds, args.seconds, args.rounds, args.load)
-    lines = [*figures(runs, args.seconds, args.load), "", machine.line()]
+    lines = [*figures(runs, args.seconds, args.load), "", *decided, "", machine.line()]
     write_section("routing", lines)
     return 0
 
