@@ -17,7 +17,7 @@ import anyio
 import msgspec
 
 from backends.catalog import Catalog, ModelDef
-from backends.routing import Candidate, capacity, least_busy
+from backends.routing import Candidate, least_busy
 from backends.specs import local_specs
 from gateway.config import LlmParams
 from supervisor.actor import Supervisor
@@ -72,7 +72,7 @@ class Router:
             for spec in local_specs(model, params):
                 state, in_flight, draining = self.supervisor.load_of(spec)
                 candidate = Candidate(
-                    key=key_of(spec),
+                    key=f"local/{spec.replica}",
                     available=state in _SERVING and not draining,
                     loaded=state is State.READY,
                     slots=self.local_slots,
@@ -98,11 +98,18 @@ class Router:
         return None if chosen is None else found[chosen][1]
 
     def capacity_of(self, name: str) -> int:
-        """The slots of `name`'s available instances (its admission lane's size)."""
+        """The slots of `name`'s available instances (its admission lane's size): read at
+        every admission, so counted without building a snapshot."""
         model = self._catalog.models.get(name) if self._catalog else None
         if model is None or self._params is None or not self.routes(model):
             return self.local_slots
-        return capacity([c for c, _ in self.targets(model, self._params)])
+        local = 0
+        if model.replicas and model.path:
+            for spec in local_specs(model, self._params):
+                state, _, draining = self.supervisor.load_of(spec)
+                local += state in _SERVING and not draining
+        remote = sum(r.slots for r in self.fleet.of(model.name) if r.available)
+        return local * self.local_slots + remote
 
     def why_down(self, model: ModelDef, params: LlmParams) -> str:
         """Why no instance of `model` can take a request, instance by instance."""

@@ -37,9 +37,11 @@ def server_spec(model: ModelDef, params: LlmParams, replica: int = 0) -> ServerS
     )
 
 
-def local_specs(model: ModelDef, params: LlmParams) -> list[ServerSpec]:
-    """`model`'s local instances: its replicas, none for a remote-only model."""
-    return [server_spec(model, params, i) for i in range(model.replicas)]
+@lru_cache(maxsize=1024)
+def local_specs(model: ModelDef, params: LlmParams) -> tuple[ServerSpec, ...]:
+    """`model`'s local instances: its replicas, none for a remote-only model. Cached like
+    `server_spec`: a routed request reads them twice (bench/decision.py)."""
+    return tuple(server_spec(model, params, i) for i in range(model.replicas))
 
 
 def estimate_mb(spec: ServerSpec) -> int:
