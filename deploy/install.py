@@ -157,12 +157,15 @@ def service_python(explicit: str | None) -> tuple[str, str]:
 
 
 def source_fingerprint(python_version: str) -> str:
-    """What the installed project is made of: every tracked file of the packages, and
-    pyproject.toml; with the interpreter it runs on."""
+    """What the installed project is made of: every tracked file of the packages, their
+    package data (the dashboard's templates and static files), and pyproject.toml; with the
+    interpreter it runs on."""
     digest = hashlib.sha256(python_version.encode())
     files = [ROOT / "pyproject.toml"]
     for package in ("gateway", "supervisor", "backends"):
         files += sorted((ROOT / package).rglob("*.py"))
+    for data in ("gateway/templates", "gateway/static"):
+        files += sorted(p for p in (ROOT / data).rglob("*") if p.is_file())
     for path in files:
         digest.update(str(path.relative_to(ROOT)).encode())
         digest.update(path.read_bytes())
