@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from gateway.bodies import json_response
 from gateway.config import LlmParams
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, NotFound
 from gateway.history import History
 from gateway.lifespan import services
 from supervisor.logtail import LogTail
@@ -96,6 +96,8 @@ async def logs(request: Request) -> Response:
     replica = request.query_params.get("replica", "0")
     if not replica.isdigit():
         raise BadRequest("`replica` must be a number", param="replica")
+    if int(replica) >= model.replicas:
+        raise NotFound(f"model {model.name} has {model.replicas} local instance(s) here")
     # Read the (empty) body first: the disconnect watcher then cancels the stream.
     await request.body()
     lines = follow(lambda: svc.supervisor.log_of(model.name, int(replica)))

@@ -182,8 +182,11 @@ async def test_logs_follow_moves_to_a_replaced_log() -> None:
 
 async def test_logs_stream_a_llama_servers_output_live(tmp_path: Path) -> None:
     async with serving(fake_settings(tmp_path)) as client:
-        async with client.http.get("/api/logs/nope") as missing:
-            assert missing.status == 404
+        for missing in ("/api/logs/nope", "/api/logs/stub?replica=1"):
+            async with client.http.get(missing) as resp:
+                assert resp.status == 404, missing
+        async with client.http.get("/api/logs/stub?replica=x") as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["param"] == "replica"
         await client.post("/api/models/stub/load", {})
         async with client.http.get("/api/logs/stub") as resp:
             assert resp.status == 200
