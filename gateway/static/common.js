@@ -108,7 +108,9 @@ const AI = (() => {
     $("who").textContent = who.keys_required
       ? `${who.name}${who.admin ? " · admin" : ""}` : "no keys configured";
     $("change-key").hidden = !who.keys_required;
-    starters.splice(0).forEach((start) => start(who));
+    for (const start of starters.splice(0)) {
+      Promise.resolve().then(() => start(who)).catch((error) => banner(error.message));
+    }
   }
 
   function start(fn) { starters.push(fn); }
