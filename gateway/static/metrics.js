@@ -4,11 +4,12 @@
 (() => {
   const { api, $ } = AI;
   const COLORS = ["#1f6feb", "#d29922", "#cf222e"];
+  const SPAN_S = 3600; // the x axis: the last hour, ending now
 
   function draw(canvas, points, series) {
     const ratio = window.devicePixelRatio || 1;
     const width = canvas.clientWidth;
-    const height = canvas.clientHeight || 160;
+    const height = canvas.clientHeight;
     canvas.width = width * ratio;
     canvas.height = height * ratio;
     const g = canvas.getContext("2d");
@@ -23,19 +24,19 @@
     g.beginPath(); g.moveTo(left, 6); g.lineTo(left, bottom); g.lineTo(right, bottom); g.stroke();
     g.fillText(String(Math.round(top)), 2, 14);
     g.fillText("0", 2, bottom);
-    if (points.length) {
-      g.fillText(new Date(points[0].t * 1000).toLocaleTimeString(), left, height - 4);
-      const last = new Date(points[points.length - 1].t * 1000).toLocaleTimeString();
-      g.fillText(last, right - g.measureText(last).width, height - 4);
-    }
-    const x = (i) => left + (points.length < 2 ? 0 : (i / (points.length - 1)) * (right - left));
+    g.fillText("−60 min", left, height - 4);
+    g.fillText("now", right - g.measureText("now").width, height - 4);
+    const end = Date.now() / 1000;
+    const x = (p) => left + Math.max(0, 1 - (end - p.t) / SPAN_S) * (right - left);
     const y = (v) => bottom - (v / top) * (bottom - 10);
     series.forEach((name, n) => {
       g.strokeStyle = COLORS[n];
       g.lineWidth = 1.6;
       g.beginPath();
-      points.forEach((p, i) => (i ? g.lineTo(x(i), y(p[name] ?? 0)) : g.moveTo(x(i), y(p[name] ?? 0))));
+      points.forEach((p, i) => (i ? g.lineTo(x(p), y(p[name] ?? 0)) : g.moveTo(x(p), y(p[name] ?? 0))));
       g.stroke();
+      g.fillStyle = COLORS[n];
+      points.forEach((p) => g.fillRect(x(p) - 1.5, y(p[name] ?? 0) - 1.5, 3, 3));
     });
   }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -13,7 +14,7 @@ from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from tests.e2e.browser import ADMIN_KEY, MISSING, browser_missing, chrome, gateway, real_config
+from tests.e2e.browser import ADMIN_KEY, MISSING, browser_missing, chrome, gateway, get, real_config
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -74,6 +75,10 @@ def main() -> int:
             driver.get(url + "/ui/logs?model=smollm2-135m-instruct")
             wait(driver, "#log div")
             driver.save_screenshot(str(DOCS / "dashboard-logs.png"))
+            for _ in range(60):  # a few 10 s samples, for lines rather than dots
+                if len(get(url + "/api/metrics/history", ADMIN_KEY)[1]["points"]) >= 4:  # type: ignore[arg-type]
+                    break
+                time.sleep(1)
             driver.get(url + "/ui/metrics")
             wait(driver, "#metrics-empty[hidden]", within=30)  # the first 10 s sample
             driver.save_screenshot(str(DOCS / "dashboard-metrics.png"))
