@@ -22,7 +22,8 @@ from pathlib import Path
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.config import ConfigError, Settings, secret_of
+from gateway.budgets import Budget, Bucket
+from gateway.config import ConfigError, NamedKey, Settings, secret_of
 from gateway.error_handlers import error_response
 
 PROBES = ("/health", "/ready", "/metrics")
@@ -35,14 +36,16 @@ class Key(msgspec.Struct, frozen=True):
     name: str
     secret: bytes
     admin: bool
+    budget: Budget | None = None
 
 
 class Client(msgspec.Struct, frozen=True):
-    """Who sent a request: a key's name (`keyed`), or an address."""
+    """Who sent a request: a key's name (`keyed`), or an address; its key's rate budget."""
 
     name: str
     admin: bool
     keyed: bool
+    budget: Budget | None = None
 
 
 class Keys(msgspec.Struct, frozen=True):
@@ -84,9 +87,18 @@ def load_keys(settings: Settings, env: Mapping[str, str] = os.environ) -> Keys:
             raise ConfigError(f"{where}: the name {name} is taken (bare keys are key-1, key-2...)")
         if (secret := secret_of(named.key, named.key_file, where)) is None:
             raise ConfigError(f"{where}: set key or key_file")
-        entries.append(Key(name, secret.encode(), named.admin))
+        entries.append(Key(name, secret.encode(), named.admin, _budget(named)))
     _check_unique(entries)
     return Keys(tuple(entries))
+
+
+def _budget(named: NamedKey) -> Budget | None:
+    rpm, tpm = named.requests_per_minute, named.tokens_per_minute
+    if rpm is None and tpm is None:
+        return None
+    return Budget(
+        Bucket(rpm) if rpm is not None else None, Bucket(tpm) if tpm is not None else None
+    )
 
 
 def _check_unique(entries: Sequence[Key]) -> None:
@@ -185,7 +197,8 @@ class RequireKeys:
         elif not key.admin and _for_admins(scope["method"], scope["path"]):
             response = error_response(403, "forbidden", "this needs an admin key")
         else:
-            scope.setdefault("state", {})["client"] = Client(key.name, key.admin, keyed=True)
+            client = Client(key.name, key.admin, keyed=True, budget=key.budget)
+            scope.setdefault("state", {})["client"] = client
             await self.app(scope, receive, send)
             return
         await response(scope, receive, send)

@@ -180,6 +180,9 @@ class NamedKey(_Section, frozen=True):
     key: str | None = None
     key_file: str | None = None
     admin: bool = False
+    # Rate budgets (unset: none): requests, and prompt plus completion tokens, per minute.
+    requests_per_minute: Annotated[int, Meta(ge=1)] | None = None
+    tokens_per_minute: Annotated[int, Meta(ge=1)] | None = None
 
 
 class Auth(_Section, frozen=True):

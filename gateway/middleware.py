@@ -19,8 +19,9 @@ _GOOD_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class RequestLog:
-    """A request id (X-Request-ID if the client sent a sane one), echoed back; one access
-    line per request; request counts and latency for /metrics."""
+    """A request id (X-Request-ID if the client sent a sane one), echoed back with a rate
+    budget's x-ratelimit headers; one access line per request; request counts and latency
+    for /metrics."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: frozenset[str]) -> None:
         self.app = app
@@ -41,7 +42,11 @@ class RequestLog:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                headers = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                client = scope.get("state", {}).get("client")
+                if client is not None and client.budget is not None:  # x-ratelimit-*
+                    headers += [(k.encode(), v.encode()) for k, v in client.budget.headers()]
+                message["headers"] = headers
             await send(message)
 
         try:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from contextlib import aclosing, contextmanager
 from functools import partial
 
 import anyio
@@ -15,6 +15,7 @@ from backends.base import ChatResult, ChatTask, Embedded, VisionTask
 from backends.catalog import ModelDef
 from backends.vision import prepare_image
 from gateway.admission import admitted
+from gateway.budgets import Budget
 from gateway.config import LlmParams
 from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.lifespan import services
@@ -31,6 +32,7 @@ class Job:
         # Who asked (gateway.auth names every client of a guarded route): fair shares.
         client = request.scope.get("state", {}).get("client")
         self.client = client.name if client is not None else ""
+        self.budget: Budget | None = client.budget if client is not None else None
 
     def use(self, requested: str | None, role: str) -> ModelDef:
         """The model this request asked for by name or alias (404 for neither), else its
@@ -54,32 +56,60 @@ class Job:
             params=params,
         )
 
+    @contextmanager
+    def budgeted(self, tokens: int) -> Iterator[Callable[[int | None, int | None], None]]:
+        """Charge this key's budget (if any) one request and `tokens` up front (429 past
+        it); yields the function that settles the charge to the real counts. A request that
+        fails is refunded its tokens; one whose counts are unknown keeps its charge."""
+        budget = self.budget
+        if budget is None:
+            yield lambda prompt, completion: None
+            return
+        budget.charge(tokens)
+
+        def settle(prompt: int | None, completion: int | None) -> None:
+            if prompt is not None and completion is not None:
+                budget.settle(tokens, prompt + completion)
+
+        try:
+            yield settle
+        except BaseException:
+            budget.settle(tokens, 0)
+            raise
+
     async def chat(self, task: ChatTask) -> ChatResult:
-        async with self.lane.slot(self.client):
-            result = await self.backend.chat(task)
+        with self.budgeted(task.max_tokens) as settle:
+            async with self.lane.slot(self.client):
+                result = await self.backend.chat(task)
+            settle(result.prompt_tokens, result.completion_tokens)
         self.svc.metrics.record_generation(
             self.backend.name, result.completion_tokens, result.tokens_per_second
         )
         return result
 
     async def chat_stream(self, task: ChatTask, include_usage: bool) -> EventStream:
-        events = self.backend.chat_stream(task, include_usage=True)
-        return await event_stream(
-            admitted(self.lane, self._counted(events, include_usage), self.client)
-        )
+        # Charged before it queues; refunded if it fails before its first event.
+        with self.budgeted(task.max_tokens) as settle:
+            events = self.backend.chat_stream(task, include_usage=True)
+            counted = self._counted(events, include_usage, settle)
+            return await event_stream(admitted(self.lane, counted, self.client))
 
     async def _counted(
-        self, events: AsyncGenerator[bytes, None], include_usage: bool
+        self,
+        events: AsyncGenerator[bytes, None],
+        include_usage: bool,
+        settle: Callable[[int | None, int | None], None],
     ) -> AsyncGenerator[bytes, None]:
-        """A stream's completion tokens into the token metrics, from its usage chunk (asked
-        for always; passed on only to a client that asked for it)."""
+        """A stream's completion tokens into the token metrics, and its budget settled, from
+        its usage chunk (asked for always; passed on only to a client that asked for it)."""
         async with aclosing(events):
             async for event in events:
                 if b'"usage"' in event and b'"choices":[]' in event:
-                    usage = msgspec.json.decode(event.removeprefix(b"data: ")).get("usage", {})
-                    self.svc.metrics.record_generation(
-                        self.backend.name, usage.get("completion_tokens")
-                    )
+                    body = msgspec.json.decode(event.removeprefix(b"data: "))
+                    usage = body.get("usage", {})
+                    completion = usage.get("completion_tokens")
+                    self.svc.metrics.record_generation(self.backend.name, completion)
+                    settle(usage.get("prompt_tokens"), completion)
                     if not include_usage:
                         continue
                 yield event
@@ -94,17 +124,19 @@ class Job:
         if len(image) > limits.max_image_bytes:
             raise PayloadTooLarge(f"the image is over {limits.max_image_bytes} bytes")
         prepare = partial(prepare_image, max_side=limits.max_side, max_pixels=limits.max_pixels)
-        async with self.lane.slot(self.client):
-            prepared = await anyio.to_thread.run_sync(prepare, image)
-            task = VisionTask(
-                model=self.model,
-                image=prepared,
-                prompt=prompt,
-                max_tokens=max_tokens,
-                params=params,
-                grammar=grammar,
-            )
-            result = await self.backend.vision(task)
+        with self.budgeted(max_tokens) as settle:
+            async with self.lane.slot(self.client):
+                prepared = await anyio.to_thread.run_sync(prepare, image)
+                task = VisionTask(
+                    model=self.model,
+                    image=prepared,
+                    prompt=prompt,
+                    max_tokens=max_tokens,
+                    params=params,
+                    grammar=grammar,
+                )
+                result = await self.backend.vision(task)
+            settle(result.prompt_tokens, result.completion_tokens)
         self.svc.metrics.record_generation(
             self.backend.name, result.completion_tokens, result.tokens_per_second
         )
@@ -116,5 +148,8 @@ class Job:
             raise BadRequest(f"input {empty[0]} is empty: there is nothing to embed")
         if not self.model.embeddings:
             raise BadRequest(f"model {self.model.name} does not serve embeddings")
-        async with self.lane.slot(self.client):
-            return await self.backend.embed(self.model, texts, self.config.llm_params)
+        with self.budgeted(0) as settle:
+            async with self.lane.slot(self.client):
+                embedded = await self.backend.embed(self.model, texts, self.config.llm_params)
+            settle(embedded.prompt_tokens, 0)
+        return embedded

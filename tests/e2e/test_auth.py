@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from gateway.app import create_app
@@ -179,3 +180,43 @@ async def test_without_keys_a_client_is_its_address_and_may_do_everything(
         assert (status, me) == (200, {"name": "127.0.0.1", "admin": True, "keys_required": False})
         status, _ = await client.get("/api/clients")
         assert status == 200
+
+
+async def test_rate_budgets_answer_with_openai_headers_and_429(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AI_SERVER_API_KEYS", raising=False)
+    monkeypatch.delenv("AI_SERVER_ADMIN_KEYS", raising=False)
+    metered = NamedKey(key="m-secret", requests_per_minute=2, tokens_per_minute=1000)
+    auth = Auth(keys={"metered": metered, "free": NamedKey(key="f-secret")})
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 100}
+    async with serving(fake_settings(tmp_path, auth=auth)) as client:
+
+        async def ask(key: str, **extra: object) -> tuple[int, Any, Any]:
+            headers = {"Authorization": f"Bearer {key}"}
+            async with client.http.post(
+                "/v1/chat/completions", json=body | extra, headers=headers
+            ) as resp:
+                return resp.status, resp.headers, await resp.read()
+
+        status, headers, _ = await ask("m-secret")
+        assert status == 200
+        assert (headers["x-ratelimit-limit-requests"], headers["x-ratelimit-limit-tokens"]) == (
+            "2", "1000",
+        )  # fmt: skip
+        assert headers["x-ratelimit-remaining-requests"] == "1"
+        # 100 charged up front, settled to the real 3 + 2 before the answer went out (the
+        # bucket refills at 1000 / 60 a second meanwhile).
+        assert int(headers["x-ratelimit-remaining-tokens"]) >= 995
+        status, headers, _ = await ask("m-secret", stream=True)
+        assert status == 200  # a stream's headers go out with its up-front charge taken
+        assert int(headers["x-ratelimit-remaining-tokens"]) <= 950
+        status, headers, answer = await ask("m-secret")
+        assert status == 429 and int(headers["Retry-After"]) >= 1
+        assert headers["x-ratelimit-remaining-requests"] == "0"
+        error = msgspec.json.decode(answer)["error"]
+        assert error["code"] == "rate_limit_exceeded" and "requests per minute" in error["message"]
+        status, headers, _ = await ask("f-secret")
+        assert status == 200 and "x-ratelimit-limit-requests" not in headers
+        status, headers, answer = await ask("m-secret", max_tokens=5000)
+        assert status == 400 and msgspec.json.decode(answer)["error"]["param"] == "max_tokens"
