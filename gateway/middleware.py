@@ -38,10 +38,12 @@ class RequestLog:
         status = 500
         started = time.perf_counter()
 
+        answered = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
                 headers = [*message.get("headers", []), (b"x-request-id", rid.encode())]
                 client = scope.get("state", {}).get("client")
                 if client is not None and client.budget is not None:  # x-ratelimit-*
@@ -51,6 +53,8 @@ class RequestLog:
 
         try:
             await self.app(scope, receive, send_with_id)
+            if status == 500 and not answered:
+                status = 499  # ended without an answer: its client went away (nginx's 499)
         finally:
             duration = time.perf_counter() - started
             route = scope["path"] if scope["path"] in self.routes else "other"

@@ -55,6 +55,26 @@ async def test_metrics_parse_and_count_requests_and_processes(
     assert samples[("ai_server_queued", (("backend", "cli"), ("model", "")))] == 0
 
 
+async def test_a_request_whose_client_hung_up_counts_as_499_not_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch, answer_delay=30)
+    async with serving(fake_settings(tmp_path)) as client:
+        with anyio.move_on_after(1):  # the client gives up; the gateway cancels the request
+            await client.post("/v1/chat/completions", CHAT)
+
+        def count(status: str) -> float:
+            labels = (("backend", "server"), ("method", "POST"),
+                      ("route", "/v1/chat/completions"), ("status", status))  # fmt: skip
+            return samples.get(("ai_server_requests_total", labels), 0)
+
+        samples = await scrape(client)
+        with anyio.fail_after(10):
+            while not count("499"):
+                samples = await scrape(client)
+        assert count("500") == 0
+
+
 async def test_request_id_is_echoed_or_made_and_in_the_access_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
