@@ -108,6 +108,10 @@ def lines(timings: dict[str, list[float]]) -> list[str]:
         "| model's instances | us | p10-p90 | added over one local (not routed) |",
         "|---|---|---|---|",
         *rows,
+        "",
+        "Local instances on a supervisor that is not running (each reads as STOPPED: the same "
+        "lookups as READY), remote ones marked READY by hand; the empty call is the loop's "
+        "own cost, left in every row.",
     ]
 
 

@@ -38,7 +38,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    if b'"stream":true' not in await request.read():
+    body = await request.read()
+    if b'"stream":true' not in body and b'"stream": true' not in body:
         return web.json_response(CHAT)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
