@@ -52,6 +52,20 @@ def browser() -> Iterator[WebDriver]:
         driver.quit()
 
 
+@pytest.fixture
+def admin(browser: WebDriver, url: str) -> WebDriver:
+    """The browser with the admin key in the tab's sessionStorage, as the key form leaves it."""
+    browser.get(url + "/ui")
+    until(browser, lambda d: d.find_element(By.ID, "who").text != "…" or shown(d, "key-panel"))
+    browser.execute_script("sessionStorage.setItem('ai-server-key', arguments[0])", ADMIN_KEY)
+    console_errors(browser)  # drained: the page may have asked for a key before it had one
+    return browser
+
+
+def shown(driver: WebDriver, element_id: str) -> bool:
+    return bool(driver.find_element(By.ID, element_id).is_displayed())
+
+
 def until(driver: WebDriver, condition: Callable[[WebDriver], Any], within: float = 60) -> Any:
     return WebDriverWait(driver, within, poll_frequency=0.1).until(condition)
 
@@ -94,108 +108,127 @@ def test_dashboard_asks_for_a_key_and_says_when_one_is_rejected(
     assert console_errors(browser, allowed=("401",)) == []
 
 
-def test_dashboard_status_table_fills_with_models_and_instances(
-    browser: WebDriver, url: str
-) -> None:
-    browser.get(url + "/ui")
-    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#models tbody tr")) >= 2)
+def test_dashboard_status_table_fills_with_models_and_instances(admin: WebDriver, url: str) -> None:
+    admin.get(url + "/ui")
+    until(admin, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#models tbody tr")) >= 2)
     names = [
         r.get_attribute("data-model")
-        for r in browser.find_elements(By.CSS_SELECTOR, "#models tbody tr")
+        for r in admin.find_elements(By.CSS_SELECTOR, "#models tbody tr")
     ]
     assert {"smollm2-135m-instruct", "gemma-3-270m"} <= set(names)
-    assert text(browser, "#mode") == "server"
-    until(browser, lambda d: re.search(r"\b\d{2,}\b", text(d, "#instances tbody")))
-    assert "AI Server" in browser.title and " · " in browser.title
-    assert console_errors(browser) == []
+    assert text(admin, "#mode") == "server"
+    until(admin, lambda d: re.search(r"\b\d{2,}\b", text(d, "#instances tbody")))
+    assert "AI Server" in admin.title and " · " in admin.title
+    assert console_errors(admin) == []
 
 
 def test_dashboard_chat_streams_into_the_page_with_tokens_per_second(
-    browser: WebDriver, url: str
+    admin: WebDriver, url: str
 ) -> None:
-    browser.get(url + "/ui/playground")
-    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chat-model option")) >= 3)
-    Select(browser.find_element(By.ID, "chat-model")).select_by_value("smollm2-135m-instruct")
+    admin.get(url + "/ui/playground")
+    until(admin, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chat-model option")) >= 3)
+    Select(admin.find_element(By.ID, "chat-model")).select_by_value("smollm2-135m-instruct")
     # Count each change of the answer's text: a streamed answer arrives in many pieces.
-    browser.execute_script(
+    admin.execute_script(
         "window.pieces = 0; new MutationObserver((changes) => { window.pieces += changes.length })"
         ".observe(document.getElementById('chat-log'), {childList: true, subtree: true,"
         " characterData: true});"
     )
-    browser.find_element(By.ID, "chat-input").send_keys("Write three sentences about Paris.")
-    browser.find_element(By.ID, "chat-send").click()
-    until(browser, lambda d: d.find_element(By.ID, "chat-send").is_enabled(), within=120)
-    answer = text(browser, "#chat-log .msg.assistant")
+    admin.find_element(By.ID, "chat-input").send_keys("Write three sentences about Paris.")
+    admin.find_element(By.ID, "chat-send").click()
+    until(admin, lambda d: d.find_element(By.ID, "chat-send").is_enabled(), within=120)
+    answer = text(admin, "#chat-log .msg.assistant")
     assert answer.strip()
-    assert browser.execute_script("return window.pieces") > 5
-    assert re.fullmatch(r"\d+(\.\d)? tokens/s", text(browser, "#chat-speed"))
-    assert re.fullmatch(r"TTFT \d+ ms", text(browser, "#chat-ttft"))
-    assert re.fullmatch(r"\d+ tokens", text(browser, "#chat-tokens"))
-    assert text(browser, "#chat-error") == ""
-    assert console_errors(browser) == []
+    assert admin.execute_script("return window.pieces") > 5
+    assert re.fullmatch(r"\d+(\.\d)? tokens/s", text(admin, "#chat-speed"))
+    assert re.fullmatch(r"TTFT \d+ ms", text(admin, "#chat-ttft"))
+    assert re.fullmatch(r"\d+ tokens", text(admin, "#chat-tokens"))
+    assert text(admin, "#chat-error") == ""
+    assert console_errors(admin) == []
+
+
+def test_dashboard_chat_stop_ends_the_answer_and_embeddings_compare(
+    admin: WebDriver, url: str
+) -> None:
+    admin.get(url + "/ui/playground")
+    until(admin, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chat-model option")) >= 3)
+    admin.find_element(By.ID, "chat-clear").click()
+    max_tokens = admin.find_element(By.ID, "chat-max")
+    max_tokens.clear()
+    max_tokens.send_keys("2000")
+    admin.find_element(By.ID, "chat-input").send_keys("Tell me a very long story about a ship.")
+    admin.find_element(By.ID, "chat-send").click()
+    until(admin, lambda d: text(d, "#chat-log .msg.assistant").strip(), within=120)
+    admin.find_element(By.ID, "chat-stop").click()
+    until(admin, lambda d: text(d, "#chat-log .msg.error") == "stopped")
+    assert admin.find_element(By.ID, "chat-send").is_enabled()
+    admin.find_element(By.ID, "embed-go").click()
+    until(admin, lambda d: text(d, "#embed-dims") == "640")
+    assert 0 < float(text(admin, "#embed-cos")) <= 1
+    assert console_errors(admin) == []
 
 
 def test_dashboard_image_upload_previews_and_returns_tags(
-    browser: WebDriver, url: str, tmp_path: Path
+    admin: WebDriver, url: str, tmp_path: Path
 ) -> None:
     picture = tmp_path / "red.png"
     buffer = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, "PNG")
     picture.write_bytes(buffer.getvalue())
-    browser.get(url + "/ui/playground")
-    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#image-model option")) >= 3)
-    browser.find_element(By.ID, "image-file").send_keys(str(picture))
-    preview = browser.find_element(By.ID, "image-preview")
-    until(browser, lambda d: preview.is_displayed())
+    admin.get(url + "/ui/playground")
+    until(admin, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#image-model option")) >= 3)
+    admin.find_element(By.ID, "image-file").send_keys(str(picture))
+    preview = admin.find_element(By.ID, "image-preview")
+    until(admin, lambda d: preview.is_displayed())
     assert str(preview.get_attribute("src")).startswith("blob:")
-    browser.find_element(By.ID, "image-tag").click()
-    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#image-tags li"), within=120)
-    tags = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#image-tags li")]
+    admin.find_element(By.ID, "image-tag").click()
+    until(admin, lambda d: d.find_elements(By.CSS_SELECTOR, "#image-tags li"), within=120)
+    tags = [li.text for li in admin.find_elements(By.CSS_SELECTOR, "#image-tags li")]
     assert tags and all(tag.strip() for tag in tags)
-    assert text(browser, "#image-error") == ""
-    assert console_errors(browser) == []
+    assert text(admin, "#image-error") == ""
+    assert console_errors(admin) == []
 
 
-def test_dashboard_shows_a_bad_config_value_next_to_its_field(browser: WebDriver, url: str) -> None:
-    browser.get(url + "/ui/config")
-    field = until(browser, lambda d: d.find_element(By.ID, "f-top_p"))
+def test_dashboard_shows_a_bad_config_value_next_to_its_field(admin: WebDriver, url: str) -> None:
+    admin.get(url + "/ui/config")
+    field = until(admin, lambda d: d.find_element(By.ID, "f-top_p"))
     assert field.get_attribute("max") == "1"  # the range came from the server
     field.clear()
     field.send_keys("2")
-    browser.find_element(By.ID, "apply").click()
-    error = browser.find_element(By.ID, "err-llm_params.top_p")
-    until(browser, lambda d: "top_p" in error.text)
-    box = browser.find_element(By.CSS_SELECTOR, '[data-param="llm_params.top_p"]')
+    admin.find_element(By.ID, "apply").click()
+    error = admin.find_element(By.ID, "err-llm_params.top_p")
+    until(admin, lambda d: "top_p" in error.text)
+    box = admin.find_element(By.CSS_SELECTOR, '[data-param="llm_params.top_p"]')
     assert "invalid" in str(box.get_attribute("class"))
-    assert text(browser, "#form-error") == ""
-    assert console_errors(browser, allowed=("400",)) == []
+    assert text(admin, "#form-error") == ""
+    assert console_errors(admin, allowed=("400",)) == []
 
 
 def test_dashboard_mode_switch_is_confirmed_and_shows_in_the_status(
-    browser: WebDriver, url: str
+    admin: WebDriver, url: str
 ) -> None:
-    browser.get(url + "/ui/config")
-    until(browser, lambda d: d.find_element(By.ID, "f-backend").get_attribute("value") == "server")
-    Select(browser.find_element(By.ID, "f-backend")).select_by_value("cli")
-    browser.find_element(By.ID, "apply").click()
-    until(browser, lambda d: d.find_element(By.ID, "confirm").is_displayed())
-    assert "cli mode" in text(browser, "#confirm-text")
-    browser.find_element(By.ID, "confirm-yes").click()
-    until(browser, lambda d: "done" in text(d, "#restart-log"), within=90)
-    browser.get(url + "/ui")
-    until(browser, lambda d: text(d, "#mode") == "cli")
-    until(browser, lambda d: d.find_element(By.ID, "instances-empty").is_displayed())
-    assert console_errors(browser) == []
+    admin.get(url + "/ui/config")
+    until(admin, lambda d: d.find_element(By.ID, "f-backend").get_attribute("value") == "server")
+    Select(admin.find_element(By.ID, "f-backend")).select_by_value("cli")
+    admin.find_element(By.ID, "apply").click()
+    until(admin, lambda d: d.find_element(By.ID, "confirm").is_displayed())
+    assert "cli mode" in text(admin, "#confirm-text")
+    admin.find_element(By.ID, "confirm-yes").click()
+    until(admin, lambda d: "done" in text(d, "#restart-log"), within=90)
+    admin.get(url + "/ui")
+    until(admin, lambda d: text(d, "#mode") == "cli")
+    until(admin, lambda d: d.find_element(By.ID, "instances-empty").is_displayed())
+    assert console_errors(admin) == []
     assert post(url + "/api/config", {"backend": "server"}, ADMIN_KEY) == 200
 
 
-def test_dashboard_streams_a_models_log(browser: WebDriver, url: str) -> None:
-    browser.get(url + "/ui/logs?model=gemma-3-270m")
-    until(browser, lambda d: "[ai-server] started pid" in text(d, "#log"), within=90)
-    assert browser.find_element(By.ID, "log-stop").is_enabled()
-    browser.find_element(By.ID, "log-stop").click()
-    until(browser, lambda d: text(d, "#log-status") == "stopped")
-    assert console_errors(browser) == []
+def test_dashboard_streams_a_models_log(admin: WebDriver, url: str) -> None:
+    admin.get(url + "/ui/logs?model=gemma-3-270m")
+    until(admin, lambda d: "[ai-server] started pid" in text(d, "#log"), within=90)
+    assert admin.find_element(By.ID, "log-stop").is_enabled()
+    admin.find_element(By.ID, "log-stop").click()
+    until(admin, lambda d: text(d, "#log-status") == "stopped")
+    assert console_errors(admin) == []
 
 
 def test_dashboard_guest_sees_the_config_read_only_and_no_logs(
@@ -212,16 +245,14 @@ def test_dashboard_guest_sees_the_config_read_only_and_no_logs(
     until(browser, lambda d: d.find_element(By.ID, "logs-denied").is_displayed())
     assert not browser.find_element(By.ID, "logs-form").is_displayed()
     assert console_errors(browser, allowed=("401",)) == []  # the page before the key
-    browser.execute_script("sessionStorage.clear()")
-    log_in(browser, url, ADMIN_KEY)
 
 
-def test_dashboard_every_view_loads_without_console_errors(browser: WebDriver, url: str) -> None:
-    console_errors(browser)  # start afresh
+def test_dashboard_every_view_loads_without_console_errors(admin: WebDriver, url: str) -> None:
+    console_errors(admin)  # start afresh
     for view in ("", "/playground", "/config", "/logs", "/metrics"):
-        browser.get(url + "/ui" + view)
-        until(browser, lambda d: d.find_element(By.ID, "who").text not in ("", "…"))
-    assert console_errors(browser) == []
+        admin.get(url + "/ui" + view)
+        until(admin, lambda d: d.find_element(By.ID, "who").text not in ("", "…"))
+    assert console_errors(admin) == []
 
 
 def test_dashboard_inserts_model_output_and_log_lines_as_text(
