@@ -63,13 +63,19 @@ def frame(line: str) -> bytes:
     return msgspec.json.encode({"line": line}) + b"\n"
 
 
-async def follow(lookup: Callable[[], LogTail | None]) -> AsyncIterator[bytes]:
+async def follow(
+    lookup: Callable[[], LogTail | None], stopping: Callable[[], bool] = lambda: False
+) -> AsyncIterator[bytes]:
     """The log's lines held now, then each new one as it comes; waits for a log that does
     not exist yet (a model never loaded), and moves to a new one when the model's record is
-    replaced (a changed startup parameter). Ends only when cancelled (the client went)."""
+    replaced (a changed startup parameter). Ends when cancelled (the client went), or within
+    FOLLOW_WAIT_S once `stopping()` (the gateway is shutting down: an open log view must not
+    hold the shutdown for its whole grace period)."""
     log = lookup()
     while log is None:
         await anyio.sleep(FOLLOW_WAIT_S)
+        if stopping():
+            return
         log = lookup()
     position = _start(log)
     while True:
@@ -79,6 +85,8 @@ async def follow(lookup: Callable[[], LogTail | None]) -> AsyncIterator[bytes]:
             yield frame(line)
         with anyio.move_on_after(FOLLOW_WAIT_S):
             await log.wait_past(position)
+        if stopping():
+            return
         if (current := lookup()) is not None and current is not log:
             log, position = current, _start(current)  # the model's record was replaced
 
@@ -100,7 +108,11 @@ async def logs(request: Request) -> Response:
         raise NotFound(f"model {model.name} has {model.replicas} local instance(s) here")
     # Read the (empty) body first: the disconnect watcher then cancels the stream.
     await request.body()
-    lines = follow(lambda: svc.supervisor.log_of(model.name, int(replica)))
+    # `app.state.stopping`: set by whoever serves the app when it starts shutting down.
+    lines = follow(
+        lambda: svc.supervisor.log_of(model.name, int(replica)),
+        lambda: bool(getattr(request.app.state, "stopping", False)),
+    )
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(lines, media_type="application/x-ndjson", headers=headers)
 

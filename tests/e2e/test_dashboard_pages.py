@@ -180,6 +180,19 @@ async def test_logs_follow_moves_to_a_replaced_log() -> None:
     await lines.aclose()  # type: ignore[attr-defined]
 
 
+async def test_logs_follow_ends_when_the_gateway_is_stopping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("gateway.routes.dashboard.FOLLOW_WAIT_S", 0.05)
+    log, stopping = LogTail(), [False]
+    log.feed("one\n")
+    lines = follow(lambda: log, lambda: stopping[0])
+    assert json.loads(await anext(lines)) == {"line": "one"}
+    stopping[0] = True
+    with anyio.fail_after(5):
+        assert [frame async for frame in lines] == []
+
+
 async def test_logs_stream_a_llama_servers_output_live(tmp_path: Path) -> None:
     async with serving(fake_settings(tmp_path)) as client:
         for missing in ("/api/logs/nope", "/api/logs/stub?replica=1"):
