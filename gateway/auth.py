@@ -22,7 +22,7 @@ from pathlib import Path
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.budgets import Budget, Bucket
+from gateway.budgets import Bucket, Budget
 from gateway.config import ConfigError, NamedKey, Settings, secret_of
 from gateway.error_handlers import error_response
 
