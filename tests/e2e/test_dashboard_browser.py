@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -67,7 +68,9 @@ def shown(driver: WebDriver, element_id: str) -> bool:
 
 
 def until(driver: WebDriver, condition: Callable[[WebDriver], Any], within: float = 60) -> Any:
-    return WebDriverWait(driver, within, poll_frequency=0.1).until(condition)
+    # The status tables are redrawn every 2 s: an element read may be replaced meanwhile.
+    stale = (StaleElementReferenceException,)
+    return WebDriverWait(driver, within, 0.1, ignored_exceptions=stale).until(condition)
 
 
 def text(driver: WebDriver, css: str) -> str:
@@ -110,12 +113,14 @@ def test_dashboard_asks_for_a_key_and_says_when_one_is_rejected(
 
 def test_dashboard_status_table_fills_with_models_and_instances(admin: WebDriver, url: str) -> None:
     admin.get(url + "/ui")
-    until(admin, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#models tbody tr")) >= 2)
-    names = [
-        r.get_attribute("data-model")
-        for r in admin.find_elements(By.CSS_SELECTOR, "#models tbody tr")
-    ]
-    assert {"smollm2-135m-instruct", "gemma-3-270m"} <= set(names)
+    names = until(
+        admin,
+        lambda d: {
+            r.get_attribute("data-model")
+            for r in d.find_elements(By.CSS_SELECTOR, "#models tbody tr")
+        },
+    )
+    assert {"smollm2-135m-instruct", "gemma-3-270m"} <= names
     assert text(admin, "#mode") == "server"
     until(admin, lambda d: re.search(r"\b\d{2,}\b", text(d, "#instances tbody")))
     assert "AI Server" in admin.title and " · " in admin.title
@@ -228,6 +233,30 @@ def test_dashboard_streams_a_models_log(admin: WebDriver, url: str) -> None:
     assert admin.find_element(By.ID, "log-stop").is_enabled()
     admin.find_element(By.ID, "log-stop").click()
     until(admin, lambda d: text(d, "#log-status") == "stopped")
+    assert console_errors(admin) == []
+
+
+def test_dashboard_unloads_and_loads_a_model_with_its_buttons(admin: WebDriver, url: str) -> None:
+    row = '#models tr[data-model="gemma-3-270m"]'
+    admin.get(url + "/ui")
+
+    def click_when(label: str) -> None:
+        def clicked(d: WebDriver) -> bool:
+            try:  # the rows are redrawn every 2 s: a button found may be gone at the click
+                button = d.find_element(By.CSS_SELECTOR, f"{row} button")
+                if button.text != label or not button.is_enabled():
+                    return False
+                button.click()
+                return True
+            except StaleElementReferenceException:
+                return False
+
+        until(admin, clicked, within=90)
+
+    click_when("Unload")
+    until(admin, lambda d: text(d, f"{row} .badge") == "unloaded", within=90)
+    click_when("Load")
+    until(admin, lambda d: text(d, f"{row} .badge") == "loaded", within=90)
     assert console_errors(admin) == []
 
 
