@@ -3,12 +3,13 @@ both modes (llama-server's own events are passed through as they are)."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Any
 
 import aiohttp
 import msgspec
+
+from backends.ids import unique_id
 
 DONE = b"data: [DONE]\n\n"
 
@@ -39,7 +40,7 @@ class ChunkWriter:
     """Builds the chunks of one streamed completion."""
 
     def __init__(self, model: str) -> None:
-        self.id = f"chatcmpl-{secrets.token_hex(12)}"
+        self.id = f"chatcmpl-{unique_id()}"
         self.created = int(time.time())
         self.model = model
         self._started = False

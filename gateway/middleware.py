@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 import time
 
 import anyio
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backends.ids import unique_id
 from gateway.logs import request_id
 from gateway.metrics import Metrics
 
@@ -48,7 +48,7 @@ class RequestLog:
             await self.app(scope, receive, send)
             return
         sent = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = sent if _GOOD_ID.fullmatch(sent) else secrets.token_hex(8)
+        rid = sent if _GOOD_ID.fullmatch(sent) else unique_id()
         token = request_id.set(rid)
         status = 500
         started = time.perf_counter()

@@ -6,7 +6,6 @@ The same dispatcher, mode switch and parameter defaults as /api; streams are
 from __future__ import annotations
 
 import base64
-import secrets
 import struct
 import time
 
@@ -16,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from backends.base import ChatResult
+from backends.ids import unique_id
 from backends.vision import decode_base64_image
 from gateway.bodies import decode_json, json_response
 from gateway.openai_schemas import ChatCompletionRequest, EmbeddingRequest
@@ -60,7 +60,7 @@ def _completion(result: ChatResult, model: str) -> Response:
         }
     return json_response(
         {
-            "id": f"chatcmpl-{secrets.token_hex(12)}",
+            "id": f"chatcmpl-{unique_id()}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
