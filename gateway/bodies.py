@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
@@ -24,14 +24,29 @@ def _is_json(content_type: str) -> bool:
 
 async def read_limited(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"request body is over the limit of {max_bytes} bytes")
+    if declared and declared.isdigit():
+        if int(declared) > max_bytes:
+            raise PayloadTooLarge(f"request body is over the limit of {max_bytes} bytes")
+        # The HTTP parser holds a body to its declared length: no counting chunk by chunk, and
+        # no async generator (request.stream()) around `receive`.
+        return await _read_all(request)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_bytes:
             raise PayloadTooLarge(f"request body is over the limit of {max_bytes} bytes")
     return bytes(body)
+
+
+async def _read_all(request: Request) -> bytes:
+    chunks = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def decode_json(request: Request, type_: type[T], max_bytes: int) -> T:
