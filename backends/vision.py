@@ -3,7 +3,8 @@
 The declared size is checked before decoding (a 100000x100000 PNG header is refused without
 allocating it), JPEGs are decoded in draft mode at about the target size, EXIF orientation
 is applied, animations give their first frame, every mode becomes RGB, and the longest side
-is scaled down to `max_side`. A JPEG comes out as a JPEG at quality 95 without chroma
+is scaled down to `max_side` (a JPEG's to between 0.95 x `max_side` and `max_side`: see
+`draft_scale`). A JPEG comes out as a JPEG at quality 95 without chroma
 subsampling (it was lossy already; 2 ms where a PNG of a 12 MP photo takes 37, bench/images.py),
 anything else as a lossless PNG. llama.cpp (stb_image) reads both. CPU-bound: call it in a
 worker thread."""
@@ -22,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
 
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+SLACK = 0.95  # a JPEG's draft is kept, unresampled, down to this fraction of max_side
 _DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,(.*)", re.S)
 
 
@@ -44,6 +46,18 @@ def decode_base64_image(text: str) -> bytes:
         raise BadRequest("`image` is neither base64 nor a data:image/...;base64 URL") from None
 
 
+def draft_scale(size: tuple[int, int], max_side: int) -> int:
+    """The JPEG draft scale (1, 2, 4 or 8: libjpeg decodes at 1/scale) to decode at: the
+    smallest image whose longest side is at least SLACK x `max_side`. `max_side` is a cap, so
+    a draft that lands a little below it (4000x3000 at 1/4 is 1000x750, for 1024) is used as
+    it is: no resize at all, where the next scale up would decode 4x the pixels and resample."""
+    longest = max(size)
+    for scale in (8, 4, 2):
+        if -(-longest // scale) >= SLACK * max_side:
+            return scale
+    return 1
+
+
 def prepare_image(data: bytes, *, max_side: int, max_pixels: int) -> PreparedImage:
     if not data:
         raise BadRequest("the image is empty")
@@ -62,8 +76,9 @@ def prepare_image(data: bytes, *, max_side: int, max_pixels: int) -> PreparedIma
     width, height = opened.size
     if width * height > max_pixels:
         raise PayloadTooLarge(f"{width}x{height} pixels is over the limit of {max_pixels}")
-    if opened.format == "JPEG":
-        opened.draft("RGB", (max_side, max_side))  # decode at a fraction of the size
+    if opened.format == "JPEG" and (scale := draft_scale(opened.size, max_side)) > 1:
+        # Decoded at a fraction of the size: Pillow takes the largest scale fitting the box.
+        opened.draft("RGB", (width // scale, height // scale))
     try:
         opened.load()  # the first frame of an animation
         ImageOps.exif_transpose(opened, in_place=True)  # without it, a copy even if upright
@@ -72,8 +87,8 @@ def prepare_image(data: bytes, *, max_side: int, max_pixels: int) -> PreparedIma
         image = image.convert("RGB") if image.mode != "RGB" else image
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadRequest(f"the image could not be decoded: {exc}") from None
-    # Bilinear, not thumbnail's bicubic: half the time (a 12 MP JPEG, drafted to 2000 px, is
-    # 2x down: too little for reduce()) for 44 dB PSNR against bicubic (bench/images.py).
+    # Bilinear, not thumbnail's bicubic: half the time (a JPEG drafted to 1.9x max_side at
+    # most is too little down for reduce()) for 44 dB PSNR against bicubic (bench/images.py).
     image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     out = io.BytesIO()
     if opened.format == "JPEG":

@@ -117,13 +117,50 @@ def bicubic_reference(data: bytes, max_side: int) -> Image.Image:
     return Image.open(io.BytesIO(encode(image, "JPEG", quality=95, subsampling=0)))
 
 
+def psnr_and_mean_abs(ours: Image.Image, reference: Image.Image) -> tuple[float, float]:
+    stat = ImageStat.Stat(ImageChops.difference(ours, reference))
+    mse = sum(stat.sum2) / (3 * ours.size[0] * ours.size[1])
+    return 10 * math.log10(255**2 / mse), sum(stat.mean) / 3
+
+
 def test_prepare_image_scales_a_photo_as_closely_as_bicubic() -> None:
     """Within 2 dB of the bilinear filter's 44 dB: box (40.5 dB) or nearest (32 dB) fail."""
-    data = photo((1600, 1200))  # drafted to 800x600, then scaled down to 400x300
-    ours = decoded(prepare_image(data, max_side=400, max_pixels=50_000_000))
-    reference = bicubic_reference(data, 400)
-    assert ours.size == reference.size == (400, 300)
-    stat = ImageStat.Stat(ImageChops.difference(ours, reference))
-    mean_abs = sum(stat.mean) / 3
-    psnr = 10 * math.log10(255**2 / (sum(stat.sum2) / (3 * 400 * 300)))
+    data = photo((1600, 1200))  # drafted to 800x600, then scaled down to 500x375
+    ours = decoded(prepare_image(data, max_side=500, max_pixels=50_000_000))
+    reference = bicubic_reference(data, 500)
+    assert ours.size == reference.size == (500, 375)
+    psnr, mean_abs = psnr_and_mean_abs(ours, reference)
     assert mean_abs < 1.5 and psnr > 42, (mean_abs, psnr)
+
+
+@pytest.mark.parametrize(
+    ("size", "max_side", "out"),
+    [
+        ((4000, 3000), 1024, (1000, 750)),  # 1/4 is 2.3% under the cap: kept as it is
+        ((3000, 4000), 1024, (750, 1000)),
+        ((4032, 3024), 1024, (1008, 756)),
+        ((1600, 1200), 416, (400, 300)),
+        ((1600, 1200), 400, (400, 300)),  # exactly the cap
+        ((2000, 1500), 1024, (1000, 750)),  # 1/2 is under the cap too
+        ((1600, 1200), 1024, (1024, 768)),  # not even 1/2 is within 5%: scaled
+        ((1600, 1200), 500, (500, 375)),  # 1/4 is 20% under: 1/2, then scaled
+    ],
+)
+def test_prepare_image_keeps_a_jpeg_draft_within_5_percent_under_max_side(
+    size: tuple[int, int], max_side: int, out: tuple[int, int]
+) -> None:
+    data = photo(size)
+    assert decoded(prepare_image(data, max_side=max_side, max_pixels=50_000_000)).size == out
+
+
+def test_prepare_image_draft_under_max_side_is_close_to_the_scaled_output() -> None:
+    """A draft kept at 400x300 (max_side 416) against the output before it: drafted to
+    800x600, bilinear to 416x312, then scaled to 400x300 to compare."""
+    data = photo((1600, 1200))
+    ours = decoded(prepare_image(data, max_side=416, max_pixels=50_000_000))
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", (416, 416))
+    image.thumbnail((416, 416), Image.Resampling.BILINEAR)
+    before = Image.open(io.BytesIO(encode(image, "JPEG", quality=95, subsampling=0)))
+    psnr, mean_abs = psnr_and_mean_abs(ours, before.resize(ours.size, Image.Resampling.BICUBIC))
+    assert mean_abs < 2.5 and psnr > 38, (mean_abs, psnr)
