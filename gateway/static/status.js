@@ -49,13 +49,22 @@
     return row;
   }
 
+  // Why an instance is not serving: its last error, a remote's cooldown, missing RPC workers.
+  function why(i) {
+    const parts = [];
+    if (i.cooldown_s) parts.push(`cooldown ${Math.ceil(i.cooldown_s)} s`);
+    if (i.missing_workers && i.missing_workers.length) parts.push(`waiting for RPC workers ${i.missing_workers.join(", ")}`);
+    if (i.reason) parts.push(i.reason);
+    return parts.join(": ");
+  }
+
   function instanceRows(model) {
     return (model.instances || []).map((i) => {
       const port = i.url ? new URL(i.url).port : "–";
       const row = el("tr");
       row.append(cell(model.name), cell(i.instance), cell(badge(i.state)), cell(i.pid ?? "–", "num"),
                  cell(port, "num"), cell(i.restarts ?? "–", "num"), cell(i.in_flight ?? 0, "num"),
-                 cell(i.reason || i.cooldown_reason || "", "error-cell"));
+                 cell(why(i), "error-cell"));
       return row;
     });
   }
