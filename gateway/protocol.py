@@ -160,8 +160,11 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self._timer is not None:
             self._disarm()
+        cycle = self.cycle
         super().on_headers_complete()
         self._phase = BODY
+        if self.cycle is not cycle:  # a new request's cycle (not an upgrade's early return)
+            self.cycle.transport = _Corked(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         if self._timer is not None:
@@ -230,6 +233,50 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.write_eof()
         self._phase = CLOSING
         self._timer = self.loop.call_later(LINGER_S, self.transport.close)
+
+
+class _Corked:
+    """The transport as a response's cycle sees it: the cycle's first write (the status line
+    and headers) is held until its next one (the first body chunk) or the end of this turn of
+    the loop, whichever comes first. A response sent at once (every JSON answer) goes out in
+    one send, not two; a stream's headers go out at the end of the turn, as before. Under
+    wrk, uvicorn's two writes per response were most of its send's cost (BENCHMARKS.md,
+    profile)."""
+
+    __slots__ = ("_held", "_loop", "_transport", "_written")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._held: bytes | None = None
+        self._written = False
+        self._loop = loop
+
+    def write(self, data: bytes) -> None:
+        if not self._written:  # the first: held for a turn of the loop
+            self._written = True
+            self._held = data
+            self._loop.call_soon(self._flush)
+        elif (held := self._held) is not None:
+            self._held = None
+            self._transport.write(held + data)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        if (held := self._held) is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
