@@ -188,3 +188,30 @@ async def test_sigterm_finishes_a_stream_notifies_systemd_and_exits_0(
     assert messages[-1] == b"STOPPING=1"
     [run] = [json.loads(line) for line in log.read_text().splitlines()]
     assert not alive(run["pid"])
+
+
+async def test_sigterm_ends_an_open_log_view_instead_of_waiting_out_the_grace(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, free_port())
+    with config.open("a") as toml:
+        toml.write("[limits]\nshutdown_grace_s = 300\n")
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http, anyio.create_task_group() as tg:
+        with gateway(config) as process:
+            await wait_ready(http, url)
+            lines: list[bytes] = []
+
+            async def follow() -> None:  # the dashboard's Logs page, left open
+                async with http.get(url + "/api/logs/stub") as resp:
+                    assert resp.status == 200
+                    async for line in resp.content:
+                        lines.append(line)
+
+            tg.start_soon(follow)
+            await wait_until(lambda: bool(lines), within=10)
+            process.send_signal(signal.SIGTERM)
+            # Within the hang guard, far short of the 300 s grace the stream would hold.
+            assert await anyio.to_thread.run_sync(process.wait, 60) == 0
+    assert b"listening" in b"".join(lines)  # the fake llama-server's own output
