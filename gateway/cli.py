@@ -42,6 +42,8 @@ async def _on_signals(server: uvicorn.Server) -> None:
                 server.force_exit = True  # a second Ctrl-C: stop waiting
             log.info("gateway.stopping signal=%s", signal.Signals(signum).name)
             systemd.notify("STOPPING=1")
+            # Endless streams (a dashboard's log view) end on it, not at the grace's end.
+            cast(Starlette, server.config.app).state.stopping = True
             server.should_exit = True
 
 
