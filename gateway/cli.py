@@ -84,7 +84,11 @@ async def _run(server: uvicorn.Server) -> bool:
 
 
 def serve(settings: Settings) -> int:
-    logs.configure(settings.logging.format, settings.logging.level)
+    with logs.configured(settings.logging.format, settings.logging.level):
+        return _serve(settings)
+
+
+def _serve(settings: Settings) -> int:
     app = create_app(settings)
     if warning := protocol.fd_limit_warning(settings.limits):
         log.warning(warning)

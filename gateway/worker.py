@@ -153,7 +153,7 @@ async def _serve(config: SupervisorConfig, spec: ServerSpec) -> None:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    logs.configure(settings.logging.format, settings.logging.level)
-    spec = worker_spec(args, settings)
-    anyio.run(_serve, worker_config(args, settings, spec), spec)
+    with logs.configured(settings.logging.format, settings.logging.level):
+        spec = worker_spec(args, settings)
+        anyio.run(_serve, worker_config(args, settings, spec), spec)
     return 0
