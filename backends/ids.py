@@ -1,16 +1,15 @@
-"""Ids for requests and completions: a random prefix per process and a counter, unique
-without a getrandom() call per request (`secrets.token_hex` made two per request)."""
+"""Ids for requests and completions: 64 random bits from a per-process generator seeded
+from the OS, without a getrandom() call per request (`secrets.token_hex` made two per
+request). Not a counter: an id must not tell one client how many requests others made."""
 
 from __future__ import annotations
 
-import itertools
+import random
 import secrets
 
-_PREFIX = secrets.token_hex(4)
-_COUNT = itertools.count()
+_RANDOM = random.Random(secrets.randbits(128))  # noqa: S311 - ids, not secrets
 
 
 def unique_id() -> str:
-    """16 hex digits, unique within this process (for 2**32 ids) and, by its random prefix,
-    almost surely across processes and restarts."""
-    return f"{_PREFIX}{next(_COUNT) & 0xFFFFFFFF:08x}"
+    """16 hex digits, almost surely unique across processes and restarts."""
+    return f"{_RANDOM.getrandbits(64):016x}"
