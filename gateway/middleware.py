@@ -68,7 +68,7 @@ class RequestLog:
 
         try:
             await self.app(scope, receive, send_with_id)
-            if status == 500 and not answered:
+            if not answered:
                 status = 499  # ended without an answer: its client went away (nginx's 499)
         finally:
             duration = time.perf_counter() - started

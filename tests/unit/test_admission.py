@@ -131,22 +131,24 @@ async def test_freed_slots_go_round_robin_between_waiting_clients() -> None:
     assert lane.in_flight == lane.waiting == 0 and not lane.held
 
 
+async def hold(lane: Lane, client: str, release: anyio.Event) -> None:
+    """One request of `client`: a slot of `lane` held until `release`."""
+    async with lane.slot(client):
+        await release.wait()
+
+
 async def test_a_client_past_its_own_line_gets_429_while_others_still_queue() -> None:
     lane = Lane(1, max_queue=16, queue_timeout=10, per_client_queue=2)
     release = anyio.Event()
 
-    async def request(client: str) -> None:
-        async with lane.slot(client):
-            await release.wait()
-
     async with anyio.create_task_group() as tg:
         for _ in range(3):  # one in flight, two waiting: a's line is full
-            tg.start_soon(request, "a")
+            tg.start_soon(hold, lane, "a", release)
         await anyio.sleep(0.02)
         with pytest.raises(Overloaded, match="2 of your requests are queued"):
             async with lane.slot("a"):
                 pass
-        tg.start_soon(request, "b")
+        tg.start_soon(hold, lane, "b", release)
         await anyio.sleep(0.02)
         assert lane.queued() == {"a": 2, "b": 1}
         assert lane.refused == {"a": 1}
@@ -158,16 +160,12 @@ async def test_a_client_at_its_cap_waits_while_another_takes_a_free_slot() -> No
     lane = Lane(4, max_queue=16, queue_timeout=10, per_client=2)
     release = anyio.Event()
 
-    async def request(client: str) -> None:
-        async with lane.slot(client):
-            await release.wait()
-
     async with anyio.create_task_group() as tg:
         for _ in range(3):
-            tg.start_soon(request, "a")
+            tg.start_soon(hold, lane, "a", release)
         await anyio.sleep(0.02)
         assert (lane.held, lane.queued()) == ({"a": 2}, {"a": 1})  # two slots stay free
-        tg.start_soon(request, "b")
+        tg.start_soon(hold, lane, "b", release)
         await anyio.sleep(0.02)
         assert lane.held == {"a": 2, "b": 1}
         release.set()
