@@ -24,7 +24,7 @@ def random_image(rng: random.Random) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize(("backend", "images"), [("server", 20), ("cli", 3)])
+@pytest.mark.parametrize(("backend", "images"), [("server", 10), ("cli", 3)])
 async def test_tags_are_always_valid_and_describe_answers(
     tmp_path: Path, backend: str, images: int
 ) -> None:
