@@ -16,11 +16,14 @@ from tests.e2e.test_vision_fake import private_dirs, upload
 pytestmark = pytest.mark.llama
 
 
-def random_image(rng: random.Random) -> bytes:
+FORMATS = ["PNG", "JPEG", "WEBP", "GIF"]
+
+
+def random_image(rng: random.Random, image_format: str) -> bytes:
     size = (rng.randint(8, 900), rng.randint(8, 900))
     image = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
     out = io.BytesIO()
-    image.save(out, rng.choice(["PNG", "JPEG", "WEBP", "GIF"]))
+    image.save(out, image_format)
     return out.getvalue()
 
 
@@ -32,7 +35,7 @@ async def test_tags_are_always_valid_and_describe_answers(
     before = private_dirs()
     async with serving(real_settings(tmp_path, backend=backend)) as client:
         for i in range(images):
-            data = random_image(rng)
+            data = random_image(rng, FORMATS[i % len(FORMATS)])
             if i % 2:
                 status, body = await upload(client, "/api/tag", data, max_tags="4")
             else:
@@ -43,6 +46,8 @@ async def test_tags_are_always_valid_and_describe_answers(
             assert isinstance(tags, list) and 1 <= len(tags) <= 4
             assert all(t == t.strip().lower() and 0 < len(t) <= 24 for t in tags)
             assert len(set(tags)) == len(tags) and body["backend"] == backend
-        status, body = await upload(client, "/api/describe", random_image(rng), max_tokens="8")
+        status, body = await upload(
+            client, "/api/describe", random_image(rng, "JPEG"), max_tokens="8"
+        )
         assert status == 200 and isinstance(body["description"], str), body
     assert private_dirs() == before
