@@ -8,8 +8,10 @@ line per client, and freed slots go round-robin between the clients waiting (`gr
 so one client's flood never stands between another client and the next free slot. A client
 may hold at most `per_client_concurrency` slots of a lane (0: any number) and queue at most
 `per_client_queue` requests (0: no bound of its own); the lane holds at most `max_queue`.
-Beyond a queue a request is refused at once (429); one that waits longer than the queue
-timeout gives up (503). Both carry Retry-After."""
+When the lane's queue is full, a client with a shorter line than the longest takes the place
+of that line's newest request (`crowded_out`), so several flooding clients together cannot
+lock out one more. Beyond a queue a request is refused at once (429); one that waits longer
+than the queue timeout gives up (503). Both carry Retry-After."""
 
 from __future__ import annotations
 
@@ -53,6 +55,18 @@ def grant_order(
         if left[client]:
             rotation.append(client)
     return granted, rotation
+
+
+def crowded_out(lines: Mapping[str, int], newcomer: str) -> str | None:
+    """When the queue is full: whose newest waiting request gives its place to `newcomer`'s.
+
+    The client with the longest line (the first in the rotation on a tie), if that line is
+    longer than the newcomer's would be with its request in; None if none is (the newcomer
+    is refused). Lines never swap lengths, so two clients never push each other out in turn."""
+    longest = max(lines, key=lines.__getitem__, default=None)
+    if longest is None or lines[longest] <= lines.get(newcomer, 0) + 1:
+        return None
+    return longest
 
 
 class Lane:
@@ -148,9 +162,12 @@ class Lane:
                 client, f"{len(line)} of your requests are queued already; try again"
             )
         if self.waiting >= self.max_queue:
-            raise self._refuse(
-                client, f"{self.in_flight} requests in flight and {self.waiting} queued; try again"
-            )
+            if (longest := crowded_out(self.queued(), client)) is None:
+                raise self._refuse(
+                    client,
+                    f"{self.in_flight} requests in flight and {self.waiting} queued; try again",
+                )
+            self._crowd_out(longest)
         waiter = _Waiter()
         self._lines.setdefault(client, deque()).append(waiter)
         self.waiting += 1
@@ -163,7 +180,7 @@ class Lane:
             if waiter.granted:  # handed a slot just as it gave up: pass the slot on
                 self._give_back(client)
                 self.poke()
-            else:
+            elif not waiter.crowded_out:  # (one crowded out has left its line already)
                 self._leave(client, waiter)
             if isinstance(exc, TimeoutError):
                 self.refused[client] += 1
@@ -171,6 +188,18 @@ class Lane:
                     f"waited {self.queue_timeout:.0f} s in the queue", retry_after=5
                 ) from None
             raise
+        if waiter.crowded_out:
+            raise self._refuse(
+                client, "the queue is full and your line in it was the longest; try again"
+            )
+
+    def _crowd_out(self, client: str) -> None:
+        """Take `client`'s newest waiting request out of its line; it is refused (429)."""
+        waiter = self._lines[client][-1]
+        self._leave(client, waiter)
+        waiter.crowded_out = True
+        waiter.event.set()
+        log.debug("admission.crowded_out lane=%s client=%s", self.name, client)
 
     def _leave(self, client: str, waiter: _Waiter) -> None:
         line = self._lines[client]
@@ -196,11 +225,12 @@ class _Slot:
 
 
 class _Waiter:
-    __slots__ = ("event", "granted")
+    __slots__ = ("crowded_out", "event", "granted")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
-        self.granted = False
+        self.granted = False  # handed a slot
+        self.crowded_out = False  # its place given to another client's request
 
 
 class Admission:

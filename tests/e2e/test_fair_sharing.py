@@ -71,6 +71,11 @@ async def flood_and_trickle(
     return flood, trickled
 
 
+def queued(lane: dict[str, Any]) -> dict[str, int]:
+    """Each client's requests waiting in `lane` (from /api/clients)."""
+    return {name: view["queued"] for name, view in lane["clients"].items()}
+
+
 def admissions(caplog: pytest.LogCaptureFixture, lane: str) -> list[tuple[str, str]]:
     """("queued" | "granted", client) in the order the gateway did them, for `lane`."""
     events: list[tuple[str, str]] = []
@@ -158,3 +163,40 @@ async def test_fair_shares_with_the_real_llama_server(
         flood, trickled = await flood_and_trickle(client, SMOLLM2, body, 4, trickle=2)
         view = await lane_of(client, SMOLLM2)
     check(caplog, SMOLLM2, flood, trickled, view, trickle=2)
+
+
+async def test_two_floods_filling_the_queue_do_not_lock_out_a_third_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a and b flood with no line bound of their own and fill the whole queue; ops still gets
+    in, in place of the newest request of the longest line, which gets the 429."""
+    behave(monkeypatch, answer_delay=1.0)
+    limits = Limits(max_concurrency=2, max_queue=4, per_client_queue=0, request_timeout_s=30)
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+    refusals: list[tuple[str | None, str]] = []  # (Retry-After, message) of each 429
+
+    async with serving(fake_settings(tmp_path, auth=AUTH, limits=limits)) as client:
+
+        async def flood(name: str) -> None:
+            while True:
+                async with client.http.post(
+                    "/v1/chat/completions", json=body, headers=headers(name)
+                ) as resp:
+                    answer = await resp.json()
+                    if resp.status == 429:
+                        message = answer["error"]["message"]
+                        refusals.append((resp.headers.get("Retry-After"), message))
+                        await anyio.sleep(0.05)
+
+        async with anyio.create_task_group() as tg:
+            for name in ("a", "b"):
+                for _ in range(6):
+                    tg.start_soon(flood, name)
+            with anyio.fail_after(30):
+                while sum(queued(await lane_of(client, "stub")).values()) < 4:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            status, answer = await client.post("/v1/chat/completions", body, headers=headers("ops"))
+            tg.cancel_scope.cancel()
+    assert status == 200, answer
+    crowded = [retry for retry, message in refusals if "your line in it was the longest" in message]
+    assert crowded and all(retry == "2" for retry in crowded)

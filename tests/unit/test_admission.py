@@ -7,7 +7,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from gateway.admission import Lane, grant_order
+from gateway.admission import Lane, crowded_out, grant_order
 from gateway.errors import BackendUnavailable, Overloaded
 
 
@@ -104,6 +104,63 @@ def test_grant_order(
     assert grant_order(order, waiting, in_flight, free, cap) == (granted, after)
 
 
+@pytest.mark.parametrize(
+    ("lines", "newcomer", "out"),
+    [
+        ({"a": 4}, "b", "a"),  # a flood gives one place to a client with none queued
+        ({"a": 3, "b": 1}, "c", "a"),
+        ({"a": 2, "b": 2}, "c", "a"),  # a tie: the first in the rotation
+        ({"b": 2, "a": 2}, "c", "b"),
+        ({"a": 2, "b": 1}, "b", None),  # b's line would be as long as a's: b is refused
+        ({"a": 3, "b": 1}, "b", "a"),
+        ({"a": 4}, "a", None),  # the longest line's own next request is refused
+        ({"a": 1, "b": 1}, "c", None),  # every line as short as it gets: c is refused
+        ({}, "a", None),
+    ],
+)
+def test_crowded_out(lines: dict[str, int], newcomer: str, out: str | None) -> None:
+    assert crowded_out(lines, newcomer) == out
+
+
+async def hold(lane: Lane, client: str, release: anyio.Event) -> None:
+    """One request of `client`: a slot of `lane` held until `release`."""
+    async with lane.slot(client):
+        await release.wait()
+
+
+async def test_a_full_queue_takes_a_newcomer_in_place_of_the_longest_lines_newest() -> None:
+    """Two flooders fill the whole queue (no line bound of their own); b, c and d still get
+    in, each in place of the newest request of the longest line, which is refused (429)."""
+    lane = Lane(1, max_queue=4, queue_timeout=10)
+    release = anyio.Event()
+    outcomes: dict[str, str] = {}
+
+    async def request(client: str, tag: str) -> None:
+        try:
+            await hold(lane, client, release)
+            outcomes[tag] = "served"
+        except Overloaded as refused:
+            outcomes[tag] = str(refused)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(5):  # one in flight, four waiting: the queue is full
+            tg.start_soon(request, "a", f"a{n}")
+            await anyio.sleep(0.005)
+        for client in "bcd":
+            tg.start_soon(request, client, client)
+            await anyio.sleep(0.005)
+        assert lane.queued() == {"a": 1, "b": 1, "c": 1, "d": 1}
+        with pytest.raises(Overloaded, match="4 queued"):  # every line as short as can be
+            async with lane.slot("e"):
+                pass
+        release.set()
+    crowded = "the queue is full and your line in it was the longest; try again"
+    assert outcomes == {"a0": "served", "a1": "served", "a2": crowded, "a3": crowded,
+                        "a4": crowded, "b": "served", "c": "served", "d": "served"}  # fmt: skip
+    assert lane.refused == {"a": 3, "e": 1}
+    assert lane.in_flight == lane.waiting == 0 and not lane.held
+
+
 async def test_freed_slots_go_round_robin_between_waiting_clients() -> None:
     """a floods, b and c ask once each: each gets the next slot after at most one of a's."""
     lane = Lane(2, max_queue=16, queue_timeout=10, per_client_queue=8)
@@ -129,12 +186,6 @@ async def test_freed_slots_go_round_robin_between_waiting_clients() -> None:
         done["a1"].set()
     assert admitted == ["a0", "a1", "a2", "b", "c", "a3", "a4", "a5"]
     assert lane.in_flight == lane.waiting == 0 and not lane.held
-
-
-async def hold(lane: Lane, client: str, release: anyio.Event) -> None:
-    """One request of `client`: a slot of `lane` held until `release`."""
-    async with lane.slot(client):
-        await release.wait()
 
 
 async def test_a_client_past_its_own_line_gets_429_while_others_still_queue() -> None:
