@@ -8,6 +8,7 @@ private temp files."""
 from __future__ import annotations
 
 import codecs
+import itertools
 import os
 import re
 import secrets
@@ -88,13 +89,33 @@ class _Embeddings(msgspec.Struct):
 END_OF_TEXT = " [end of text]"
 
 
+class RunTail(LogTail):
+    """One run's output, for its errors and counts; each complete line is also copied to its
+    model's log (`log`, what `/api/logs/{name}` shows in cli mode) after `label`, except
+    llama-embedding's echo of the input, which may run over several lines until llama.cpp's
+    next log line: prompts are never logged."""
+
+    def __init__(self, log: LogTail, label: str) -> None:
+        super().__init__(max_lines=200)
+        self._log, self._label = log, label
+        self._echo = False  # in an echo of the input
+
+    def feed(self, text: str) -> None:
+        before = self.count
+        super().feed(text)
+        for line in self.since(before):
+            self._echo = _in_echo(line, self._echo)
+            if not self._echo:
+                self._log.feed(f"{self._label}{line}\n")
+
+
 class _Run:
     """One llama-completion run as `_generate` goes: its prompt, what it sent, its log."""
 
-    def __init__(self) -> None:
+    def __init__(self, tail: LogTail) -> None:
         self.prompt = ""
         self.text: list[str] = []
-        self.tail = LogTail(max_lines=200)
+        self.tail = tail
         self.stopped = False  # ended by a stop string
 
 
@@ -104,6 +125,18 @@ class CliBackend:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._timeout = settings.limits.request_timeout_s
+        self._logs: dict[str, LogTail] = {}  # by model: the last lines of its runs
+        self._runs = itertools.count(1)
+
+    def log_of(self, name: str) -> LogTail | None:
+        """The last lines of model `name`'s runs, each after `binary#N: ` (N counts runs)."""
+        return self._logs.get(name)
+
+    def _tail(self, model: str, binary: str) -> RunTail:
+        """A new run's tail, copying to `model`'s log."""
+        if (log := self._logs.get(model)) is None:
+            log = self._logs[model] = LogTail(max_lines=500)
+        return RunTail(log, f"{binary}#{next(self._runs)}: ")
 
     def _binary(self, name: str) -> str:
         explicit = self._settings.binaries.get(name)
@@ -140,7 +173,7 @@ class CliBackend:
         return await anyio.to_thread.run_sync(render_chat, template, task.messages, model)
 
     async def chat(self, task: ChatTask) -> ChatResult:
-        run = _Run()
+        run = _Run(self._tail(task.model.name, "llama-completion"))
         async for _ in self._generate(task, run):
             pass
         return await self._result(task, run)
@@ -149,7 +182,7 @@ class CliBackend:
         """OpenAI chunks of llama-completion's stdout, as it writes it. Leaving the loop early
         (the client went away) stops the process group."""
         writer = ChunkWriter(task.model.name)
-        run = _Run()
+        run = _Run(self._tail(task.model.name, "llama-completion"))
         async for text in self._generate(task, run):
             yield writer.delta(text)
         result = await self._result(task, run)
@@ -248,7 +281,7 @@ class CliBackend:
                 task.model.chat_template,
                 task.grammar,
             )
-            stdout, _ = await self._run(argv)
+            stdout, _ = await self._run(argv, task.model.name)
         # llama-mtmd-cli writes a newline before its answer and prints no token counts (the
         # image's tokens cannot be counted apart from it): the answer has no `usage`.
         return ChatResult(content=stdout.decode(errors="replace").strip())
@@ -263,7 +296,7 @@ class CliBackend:
             argv = embedding_argv(
                 self._binary("llama-embedding"), path, input_file, separator, _sized(model, params)
             )
-            stdout, tail = await self._run(argv)
+            stdout, tail = await self._run(argv, model.name)
         # --verbose-prompt lists the tokens on stdout first; the JSON starts on a line "{".
         start = 0 if stdout.startswith(b"{") else stdout.find(b"\n{\n") + 1
         try:
@@ -278,11 +311,12 @@ class CliBackend:
             prompt_tokens=sum(counts) if len(counts) == len(texts) else None,
         )
 
-    async def _run(self, argv: list[str]) -> tuple[bytes, LogTail]:
-        """Run `argv` to completion; its stdout, and its stderr's tail for errors."""
+    async def _run(self, argv: list[str], model: str | None = None) -> tuple[bytes, LogTail]:
+        """Run `argv` to completion; its stdout, and its stderr's tail for errors (copied to
+        `model`'s log, if given)."""
         name = Path(argv[0]).name
         stdout = bytearray()
-        tail = LogTail(max_lines=200)
+        tail = self._tail(model, name) if model is not None else LogTail(max_lines=200)
         try:
             with anyio.fail_after(self._timeout):
                 async with anyio.create_task_group() as tg:
@@ -308,6 +342,16 @@ _TOO_LONG = re.compile(
 # What llama.cpp prints for a JSON schema it cannot turn into a grammar.
 _SCHEMA_ERROR = re.compile(r"JSON schema error.*")
 _PROMPT_ECHO = re.compile(r"\bprompt \d+: '")
+# The start of a line of llama.cpp's own log: its time and level ("0.02.861.566 I ").
+_LOG_LINE = re.compile(r"\d+\.\d+\.\d+\.\d+ [A-Z] ")
+
+
+def _in_echo(line: str, echo: bool) -> bool:
+    """Whether `line` is part of llama-embedding's echo of its input (which may take several
+    lines, up to llama.cpp's next log line), given whether the line before it was."""
+    if _PROMPT_ECHO.search(line):
+        return True
+    return echo and not _LOG_LINE.match(line)
 
 
 def exit_error(name: str, code: int, tail: LogTail) -> GatewayError:
@@ -316,7 +360,10 @@ def exit_error(name: str, code: int, tail: LogTail) -> GatewayError:
     lines (its last lines if it logged none as errors)."""
     # Never the input's own text (llama-embedding's --verbose-prompt echoes it): errors
     # are logged, and prompts never are.
-    lines = [line for line in tail.lines() if not _PROMPT_ECHO.search(line)]
+    lines, echo = [], False
+    for line in tail.lines():
+        if not (echo := _in_echo(line, echo)):
+            lines.append(line)
     for line in lines:
         if match := _SCHEMA_ERROR.search(line):
             error = BadRequest(f"response_format: llama.cpp cannot use this schema: {match[0]}")

@@ -7,11 +7,13 @@ import logging
 
 from backends.base import Backend
 from backends.catalog import Catalog, build_catalog
+from backends.cli import CliBackend
 from backends.router import Router
 from backends.specs import server_plan
 from gateway.config import Settings
 from gateway.schemas import RuntimeConfig
 from supervisor.actor import Supervisor
+from supervisor.logtail import LogTail
 
 log = logging.getLogger("ai_server.dispatcher")
 
@@ -25,17 +27,25 @@ class Dispatcher:
         router: Router,
         *,
         server: Backend,
-        cli: Backend,
+        cli: CliBackend,
     ) -> None:
         self._settings = settings
         self.catalog = catalog  # replaced whole on a rescan; a request keeps the one it read
         self._supervisor = supervisor
         self._router = router
-        self._backends = {"server": server, "cli": cli}
+        self._cli = cli
+        self._backends: dict[str, Backend] = {"server": server, "cli": cli}
 
     def backend_for(self, config: RuntimeConfig) -> Backend:
         """A request keeps the backend it started on, whatever switches happen meanwhile."""
         return self._backends[config.backend]
+
+    def log_of(self, config: RuntimeConfig, name: str, replica: int = 0) -> LogTail | None:
+        """Model `name`'s llama.cpp output in `config`'s mode: its local instance `replica`'s
+        llama-server in server mode, its last runs in cli mode; None before there is any."""
+        if config.backend == "cli":
+            return self._cli.log_of(name)
+        return self._supervisor.log_of(name, replica)
 
     async def reconfigure(self, config: RuntimeConfig) -> None:
         """Server mode: the models `config` may run (a changed startup parameter replaces a

@@ -97,8 +97,9 @@ def _start(log: LogTail) -> int:
 
 
 async def logs(request: Request) -> Response:
-    """The llama.cpp output of one model's local instance (`?replica=N`, default 0) as
-    NDJSON, `{"line": ...}` per line, streamed until the client disconnects. Admin only."""
+    """The llama.cpp output of one model as NDJSON, `{"line": ...}` per line, streamed until
+    the client disconnects: its local instance's llama-server (`?replica=N`, default 0), or
+    in cli mode its last runs' output, whichever the mode is as it goes. Admin only."""
     svc = services(request)
     model = svc.dispatcher.catalog.resolve(request.path_params["name"], "chat")
     replica = request.query_params.get("replica", "0")
@@ -110,7 +111,7 @@ async def logs(request: Request) -> Response:
     await request.body()
     # `app.state.stopping`: set by whoever serves the app when it starts shutting down.
     lines = follow(
-        lambda: svc.supervisor.log_of(model.name, int(replica)),
+        lambda: svc.dispatcher.log_of(svc.store.current, model.name, int(replica)),
         lambda: bool(getattr(request.app.state, "stopping", False)),
     )
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

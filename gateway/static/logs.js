@@ -1,4 +1,4 @@
-// Logs: one model's llama-server output, streamed with fetch (the key goes in a header,
+// Logs: one model's llama-server output (cli mode: its runs'), streamed with fetch (the key goes in a header,
 // never in a URL, which EventSource would need) and capped in the page.
 "use strict";
 

@@ -211,3 +211,22 @@ async def test_logs_stream_a_llama_servers_output_live(tmp_path: Path) -> None:
                     assert raw.endswith(b"\n")
                     seen.append(json.loads(raw)["line"])
             assert seen[0].startswith("[ai-server] started pid")
+
+
+async def test_logs_in_cli_mode_stream_the_models_runs(tmp_path: Path) -> None:
+    chat = {"messages": [{"role": "user", "content": "Hi"}]}
+    async with serving(fake_settings(tmp_path, backend="cli")) as client:
+        for _ in range(2):
+            assert (await client.post("/api/chat", chat))[0] == 200
+        async with client.http.get("/api/logs/stub") as resp:
+            assert resp.status == 200
+            seen: list[str] = []
+            with anyio.fail_after(10):
+                while not any(line.startswith("llama-completion#2: ") for line in seen):
+                    seen.append(json.loads(await resp.content.readline())["line"])
+    # Each run's lines after its program and run number, the runs in the order they came.
+    assert (
+        "llama-completion#1: common_perf_print: prompt eval time = 1.00 ms /     7 tokens" in seen
+    )
+    runs = [line.split(": ", 1)[0] for line in seen]
+    assert runs.index("llama-completion#1") < runs.index("llama-completion#2")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -148,3 +149,19 @@ async def test_back_to_back_streams_all_complete(tmp_path: Path) -> None:
                 assert resp.status == 200
                 events = (await resp.read()).split(b"\n\n")
             assert b"data: [DONE]" in events, events[-3:]
+
+
+async def test_cli_logs_show_the_runs_but_never_the_input(tmp_path: Path) -> None:
+    """llama-embedding echoes each input on stderr, over as many lines as it has: the
+    model's log in the Logs view keeps the run's lines and leaves that echo out."""
+    settings = real_settings(tmp_path, backend="cli")
+    async with serving(settings) as client, sdk(settings) as openai_client:
+        inputs = ["first secret\nsecond secret line", "third secret"]
+        await openai_client.embeddings.create(model=GEMMA, input=inputs)
+        seen: list[str] = []
+        with anyio.fail_after(30):
+            async with client.http.get(f"/api/logs/{GEMMA}") as resp:
+                while sum("number of tokens in prompt" in line for line in seen) < 2:
+                    seen.append(json.loads(await resp.content.readline())["line"])
+    assert all(line.startswith("llama-embedding#") for line in seen)
+    assert not [line for line in seen if "secret" in line]

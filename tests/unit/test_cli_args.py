@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.cli import exit_error, token_counts
+from backends.cli import RunTail, exit_error, token_counts
 from backends.cli_args import completion_argv, embedding_argv, padded_ctx
 from gateway.config import LlmParams
 from supervisor.logtail import LogTail
@@ -69,8 +69,25 @@ def test_token_counts_reads_llama_completion_perf_lines() -> None:
 
 
 def test_a_failed_runs_error_never_carries_the_inputs_text() -> None:
+    """llama-embedding echoes each input, over as many lines as it has, up to its next log
+    line (as the pinned llama.cpp prints them: time, level)."""
     tail = LogTail(max_lines=10)
-    for line in ("main: prompt 0: 'my secret text'", "main: number of tokens in prompt = 4"):
-        tail.feed(line + "\n")
+    tail.feed(
+        "0.02.861.566 I main: prompt 0: 'my secret\nsecond secret line'\n"
+        "0.02.861.580 I main: prompt 1: 'third secret'\n"
+        "0.02.861.590 I main: number of tokens in prompt = 4\n"
+    )
     error = exit_error("llama-embedding", 1, tail)
     assert "secret" not in error.message and "number of tokens" in error.message
+
+
+def test_a_runs_lines_go_to_its_models_log_labelled_without_the_inputs_echo() -> None:
+    log = LogTail(max_lines=10)
+    run = RunTail(log, "llama-embedding#7: ")
+    run.feed("0.02.861.566 I main: prompt 0: 'my secret\nsecond secret line'\n0.02.8")
+    run.feed("61.590 I main: number of tokens in prompt = 4\n\tsampler = greedy\nhalf")
+    assert log.lines() == [
+        "llama-embedding#7: 0.02.861.590 I main: number of tokens in prompt = 4",
+        "llama-embedding#7: \tsampler = greedy",
+    ]  # and the run's own tail keeps everything, for its error and its counts
+    assert run.lines()[0] == "0.02.861.566 I main: prompt 0: 'my secret" and run.count == 4
