@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import socket
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,17 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def stop(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM `process` if it still runs, SIGKILL it after `grace` seconds, and reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
 
 
 def write_script(path: Path, body: str) -> Path:

@@ -20,7 +20,7 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 
-from tests.conftest import free_port
+from tests.conftest import free_port, stop
 from tests.e2e.conftest import FAKES
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -128,9 +128,4 @@ def gateway(
                 time.sleep(0.2)
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process, grace=40)

@@ -24,6 +24,7 @@ import pytest
 from backends.catalog import GEMMA
 from gateway.config import Limits, ModelConfig, RemoteConfig, RemoteLimits, Roles, Settings
 from supervisor.health import Health, probe_health
+from tests.conftest import stop
 from tests.e2e.conftest import Client, real_settings, serving
 from tests.netns import Host, host
 from tests.unit.test_process import alive
@@ -63,13 +64,7 @@ def worker(h: Host, tmp_path: Path, *args: str) -> Iterator[subprocess.Popen[byt
     try:
         yield child
     finally:
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop(child, grace=20)
         log.close()
 
 
