@@ -1,46 +1,28 @@
-"""What every backend does, and the typed values that cross the dispatcher."""
+"""What every backend does, and the typed values that cross the dispatcher.
+
+A backend takes a chat as `core.chat` says it, resolved into a `ChatTask`, and answers with
+`core.chat`'s events or the `Answer` they add up to: it never sees a client's wire format."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
 from backends.catalog import ModelDef
-from backends.vision import PreparedImage
-from gateway.config import LlmParams
-from gateway.schemas import ChatMessage
+from core.chat import Answer, ChatRequest, Event
+from core.config import LlmParams
 
 
 class ChatTask(msgspec.Struct, frozen=True, kw_only=True):
+    """A chat request resolved against the config: its model, the eight parameters with its
+    sampling overrides applied, and its token budget (`request.max_tokens` bounded)."""
+
+    request: ChatRequest
     model: ModelDef
-    messages: Sequence[ChatMessage]
-    max_tokens: int
-    params: LlmParams  # the config's eight parameters with this request's overrides
-    # OpenAI's per-request fields (/v1/chat/completions).
-    stop: tuple[str, ...] = ()  # the answer ends before the first of these
-    seed: int | None = None
-    frequency_penalty: float | None = None
-    json_schema: dict[str, Any] | None = None  # the answer is JSON following it
-
-
-class VisionTask(msgspec.Struct, frozen=True, kw_only=True):
-    model: ModelDef  # one with a projector
-    image: PreparedImage  # already through backends.vision.prepare_image
-    prompt: str
-    max_tokens: int
     params: LlmParams
-    grammar: str | None = None  # GBNF constraining the answer (tags)
-
-
-class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
-    content: str
-    # None where llama.cpp gives no number (an image's tokens in cli mode): no `usage`.
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    finish_reason: str | None = None
-    tokens_per_second: float | None = None  # generation speed as llama.cpp reports it
+    max_tokens: int
 
 
 class Embedded(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,12 +34,17 @@ class Backend(Protocol):
     @property
     def name(self) -> Literal["server", "cli"]: ...
 
-    async def chat(self, task: ChatTask) -> ChatResult: ...
+    async def chat(self, task: ChatTask) -> Answer: ...
 
-    def chat_stream(self, task: ChatTask, include_usage: bool) -> AsyncGenerator[bytes, None]:
-        """SSE events of OpenAI `chat.completion.chunk`s, ending with `data: [DONE]`."""
+    def chat_stream(self, task: ChatTask) -> AsyncGenerator[Event, None]:
+        """The answer's events as they come: deltas, one Finish, then Usage where llama.cpp
+        counted the tokens. A failure raises (a stream's encoder turns one after the first
+        event into its dialect's error event)."""
         ...
 
     async def embed(self, model: ModelDef, texts: Sequence[str], params: LlmParams) -> Embedded: ...
 
-    async def vision(self, task: VisionTask) -> ChatResult: ...
+    async def vision(self, task: ChatTask) -> Answer:
+        """A task of one user message holding one image, already through
+        `backends.vision.prepare_image` (so a JPEG or a PNG)."""
+        ...

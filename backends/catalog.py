@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 
 from backends import toolchain
-from gateway.config import (
+from core.config import (
     LEGACY_MODEL_KEYS,
     ConfigError,
     ModelConfig,
@@ -31,7 +31,7 @@ from gateway.config import (
     Settings,
     secret_of,
 )
-from gateway.errors import BadRequest, MissingComponent, ModelNotFound
+from core.errors import BadRequest, MissingComponent, ModelNotFound
 from supervisor.remote import RemoteSpec
 
 ROLES = ("chat", "embedding", "vision")

@@ -24,14 +24,14 @@ import anyio.abc
 import msgspec
 
 from backends import toolchain
-from backends.base import ChatResult, ChatTask, Embedded, VisionTask
+from backends.base import ChatTask, Embedded
 from backends.catalog import ModelDef
 from backends.cli_args import completion_argv, embedding_argv, mtmd_argv
 from backends.prompt import render_chat
-from backends.sse import DONE, ChunkWriter
 from backends.stops import StopWatch
-from gateway.config import LlmParams, Settings
-from gateway.errors import BackendTimeout, BadRequest, GatewayError, UpstreamError
+from core.chat import Answer, Event, Finish, FinishReason, TextDelta, Usage
+from core.config import LlmParams, Settings
+from core.errors import AiServerError, BackendTimeout, BadRequest, UpstreamError
 from supervisor.logtail import LogTail
 from supervisor.process import spawn
 
@@ -68,17 +68,17 @@ def token_counts(log: str) -> tuple[int, int]:
     return int(prompt[-1]), max(int(sampled[-1]) - int(prompt[-1]), 0)
 
 
-def completion_result(content: str, log: str, max_tokens: int) -> ChatResult:
-    """A finished llama-completion run as a result: counts and speed from its stderr."""
+def completion_result(content: str, log: str, max_tokens: int) -> Answer:
+    """A finished llama-completion run as an answer: counts and speed from its stderr."""
     prompt_tokens, completion_tokens = token_counts(log)
     speed = _SPEED.findall(log)
-    return ChatResult(
-        content=content,
+    usage = Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
-        finish_reason="length" if completion_tokens >= max_tokens else "stop",
         tokens_per_second=float(speed[-1]) if speed else None,
     )
+    finish: FinishReason = "length" if completion_tokens >= max_tokens else "stop"
+    return Answer(text=content, finish_reason=finish, usage=usage)
 
 
 class _Embeddings(msgspec.Struct):
@@ -152,8 +152,8 @@ class CliBackend:
             # llama.cpp's --file drops one trailing newline; the template's own must stay.
             prompt_file = write_private(tmp / "prompt.txt", data + b"\n")
             schema_file = None
-            if task.json_schema is not None:
-                schema = msgspec.json.encode(task.json_schema)
+            if task.request.json_schema is not None:
+                schema = msgspec.json.encode(task.request.json_schema)
                 schema_file = write_private(tmp / "schema.json", schema)
             yield completion_argv(
                 self._binary("llama-completion"),
@@ -161,8 +161,8 @@ class CliBackend:
                 prompt_file,
                 _sized(task.model, task.params),
                 task.max_tokens,
-                seed=task.seed,
-                frequency_penalty=task.frequency_penalty,
+                seed=task.request.seed,
+                frequency_penalty=task.request.sampling.frequency_penalty,
                 schema_file=schema_file,
             )
 
@@ -170,33 +170,32 @@ class CliBackend:
         """The prompt, in a worker thread: a model's first render reads its GGUF."""
         model = task.model.file()
         template = task.model.chat_template
-        return await anyio.to_thread.run_sync(render_chat, template, task.messages, model)
+        messages = task.request.messages
+        return await anyio.to_thread.run_sync(render_chat, template, messages, model)
 
-    async def chat(self, task: ChatTask) -> ChatResult:
+    async def chat(self, task: ChatTask) -> Answer:
         run = _Run(self._tail(task.model.name, "llama-completion"))
         async for _ in self._generate(task, run):
             pass
         return await self._result(task, run)
 
-    async def chat_stream(self, task: ChatTask, include_usage: bool) -> AsyncGenerator[bytes, None]:
-        """OpenAI chunks of llama-completion's stdout, as it writes it. Leaving the loop early
-        (the client went away) stops the process group."""
-        writer = ChunkWriter(task.model.name)
+    async def chat_stream(self, task: ChatTask) -> AsyncGenerator[Event, None]:
+        """llama-completion's stdout as text deltas, as it writes it; then the finish and the
+        counts. Leaving the loop early (the client went away) stops the process group."""
         run = _Run(self._tail(task.model.name, "llama-completion"))
         async for text in self._generate(task, run):
-            yield writer.delta(text)
-        result = await self._result(task, run)
-        yield writer.finish(result.finish_reason or "stop")
-        if include_usage and result.prompt_tokens is not None:
-            yield writer.usage(result.prompt_tokens, result.completion_tokens or 0)
-        yield DONE
+            yield TextDelta(text=text)
+        answer = await self._result(task, run)
+        yield Finish(reason=answer.finish_reason)
+        if answer.usage is not None:
+            yield answer.usage
 
     async def _generate(self, task: ChatTask, run: _Run) -> AsyncGenerator[str, None]:
         """llama-completion's text as it writes it, cut before the first stop string: the
         process group is stopped there, and nothing of the stop is ever yielded."""
         run.prompt = await self._render(task)
-        watch = StopWatch([*task.stop, END_OF_TEXT])
-        failure: GatewayError | None = None
+        watch = StopWatch([*task.request.stop, END_OF_TEXT])
+        failure: AiServerError | None = None
         code = 0
         with self._prompt_file(task, run.prompt) as argv:
             async with anyio.create_task_group() as tg:
@@ -227,7 +226,7 @@ class CliBackend:
         if not run.stopped and code != 0:
             raise exit_error("llama-completion", code, run.tail)
 
-    async def _result(self, task: ChatTask, run: _Run) -> ChatResult:
+    async def _result(self, task: ChatTask, run: _Run) -> Answer:
         """Counts and speed from llama-completion's closing lines; after a stop string ended
         it early (no closing lines), counted by llama.cpp's own tokenizer."""
         content = "".join(run.text)
@@ -236,12 +235,8 @@ class CliBackend:
         model = str(task.model.file())
         prompt_tokens = await self._count_tokens(model, run.prompt, bos=True)
         completion_tokens = await self._count_tokens(model, content, bos=False)
-        return ChatResult(
-            content=content,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            finish_reason="stop",
-        )
+        usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        return Answer(text=content, finish_reason="stop", usage=usage)
 
     async def _count_tokens(self, model: str, text: str, *, bos: bool) -> int:
         """Tokens of `text` by llama-tokenize, special tokens parsed as llama-completion
@@ -266,25 +261,28 @@ class CliBackend:
             except anyio.EndOfStream:
                 return None
 
-    async def vision(self, task: VisionTask) -> ChatResult:
+    async def vision(self, task: ChatTask) -> Answer:
         """llama-mtmd-cli on the image, from a private 0600 file like the prompt."""
         model, mmproj = task.model.file(), task.model.projector()
+        (message,) = task.request.messages
+        (image,) = message.images
+        extension = image.media_type.removeprefix("image/")  # jpeg or png, once prepared
         with private_dir() as tmp:
             argv = mtmd_argv(
                 self._binary("llama-mtmd-cli"),
                 str(model),
                 mmproj,
-                write_private(tmp / f"image.{task.image.format}", task.image.data),
-                write_private(tmp / "prompt.txt", _text_bytes(task.prompt)),
+                write_private(tmp / f"image.{extension}", image.data),
+                write_private(tmp / "prompt.txt", _text_bytes(message.text)),
                 _sized(task.model, task.params),
                 task.max_tokens,
                 task.model.chat_template,
-                task.grammar,
+                task.request.grammar,
             )
             stdout, _ = await self._run(argv, task.model.name)
         # llama-mtmd-cli writes a newline before its answer and prints no token counts (the
         # image's tokens cannot be counted apart from it): the answer has no `usage`.
-        return ChatResult(content=stdout.decode(errors="replace").strip())
+        return Answer(text=stdout.decode(errors="replace").strip())
 
     async def embed(self, model: ModelDef, texts: Sequence[str], params: LlmParams) -> Embedded:
         # A separator no input contains: inputs may hold newlines (the default separator).
@@ -354,7 +352,7 @@ def _in_echo(line: str, echo: bool) -> bool:
     return echo and not _LOG_LINE.match(line)
 
 
-def exit_error(name: str, code: int, tail: LogTail) -> GatewayError:
+def exit_error(name: str, code: int, tail: LogTail) -> AiServerError:
     """A failed llama.cpp run as our error. Input longer than the context is the request's
     fault: 400, as llama-server answers it. Anything else is a 502 with the run's error
     lines (its last lines if it logged none as errors)."""

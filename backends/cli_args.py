@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from gateway.config import LlmParams
+from core.config import LlmParams
 from supervisor.command import template_argv
 
 

@@ -10,8 +10,7 @@ from backends.catalog import Catalog, build_catalog
 from backends.cli import CliBackend
 from backends.router import Router
 from backends.specs import server_plan
-from gateway.config import Settings
-from gateway.schemas import RuntimeConfig
+from core.config import RuntimeConfig, Settings
 from supervisor.actor import Supervisor
 from supervisor.logtail import LogTail
 

@@ -35,7 +35,7 @@ import jinja2.runtime
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from backends.gguf_meta import GgufMeta, read_meta
-from gateway.errors import BadRequest
+from core.errors import BadRequest
 
 # llama.cpp's trim(): std::isspace, i.e. ASCII whitespace only.
 _SPACE = " \t\n\v\f\r"
@@ -45,7 +45,7 @@ class Message(Protocol):
     @property
     def role(self) -> str: ...
     @property
-    def content(self) -> str: ...
+    def text(self) -> str: ...
 
 
 def _gemma(messages: Sequence[Message]) -> str:
@@ -54,19 +54,19 @@ def _gemma(messages: Sequence[Message]) -> str:
     for message in messages:
         if message.role == "system":
             # Gemma has no system turn: llama.cpp prepends it to the next user turn.
-            system += message.content.strip(_SPACE)
+            system += message.text.strip(_SPACE)
             continue
         role = "model" if message.role == "assistant" else message.role
         out.append(f"<start_of_turn>{role}\n")
         if system and role != "model":
             out.append(system + "\n\n")
             system = ""
-        out.append(message.content.strip(_SPACE) + "<end_of_turn>\n")
+        out.append(message.text.strip(_SPACE) + "<end_of_turn>\n")
     return "".join(out)
 
 
 def _chatml(messages: Sequence[Message]) -> str:
-    return "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages)
+    return "".join(f"<|im_start|>{m.role}\n{m.text}<|im_end|>\n" for m in messages)
 
 
 # Each built-in template, and how it opens the model's turn.
@@ -139,7 +139,7 @@ def _render_jinja(source: str, messages: Sequence[Message], tokens: _Tokens) -> 
     messages before it rendered without a generation prompt, then the text the generation
     prompt adds, then that message's content as is, its turn left open."""
     template = _template(source)
-    turns = [{"role": m.role, "content": m.content} for m in messages]
+    turns = [{"role": m.role, "content": m.text} for m in messages]
     prefill = turns.pop()["content"] if turns and turns[-1]["role"] == "assistant" else None
     _fix_roles(turns, source, template.supports_system_role)
     try:

@@ -19,7 +19,7 @@ import msgspec
 from backends.catalog import Catalog, ModelDef
 from backends.routing import Candidate, least_busy
 from backends.specs import local_specs
-from gateway.config import LlmParams
+from core.config import LlmParams
 from supervisor.actor import Supervisor
 from supervisor.command import ServerSpec
 from supervisor.remote import Fleet, Remote

@@ -14,18 +14,29 @@ import aiohttp
 import anyio
 import msgspec
 
-from backends.base import ChatResult, ChatTask, Embedded, VisionTask
+from backends.base import ChatTask, Embedded
 from backends.catalog import ModelDef
 from backends.router import Router, Target, key_of
 from backends.spares import Spares
 from backends.specs import server_spec
 from backends.sse import read_event
-from gateway.config import LlmParams
-from gateway.errors import (
+from core.chat import (
+    Answer,
+    Event,
+    Failure,
+    Finish,
+    FinishReason,
+    ImagePart,
+    Message,
+    TextDelta,
+    Usage,
+)
+from core.config import LlmParams
+from core.errors import (
+    AiServerError,
     BackendTimeout,
     BackendUnavailable,
     BadRequest,
-    GatewayError,
     UpstreamError,
 )
 from supervisor.actor import Supervisor
@@ -48,42 +59,45 @@ def sampling(p: LlmParams) -> dict[str, Any]:
     }
 
 
+def _content(message: Message) -> str | list[dict[str, Any]]:
+    """A message's content as llama-server takes it: a string, or parts when it has an image
+    (each as a data URL)."""
+    if not message.images:
+        return message.text
+    parts: list[dict[str, Any]] = []
+    for part in message.content:
+        if isinstance(part, ImagePart):
+            url = f"data:{part.media_type};base64," + base64.b64encode(part.data).decode()
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            parts.append({"type": "text", "text": part.text})
+    return parts
+
+
 def chat_payload(task: ChatTask) -> dict[str, Any]:
     """The /v1/chat/completions body of a chat task. A seed keeps the prompt out of the
-    cache: a cached prefix can change the result."""
+    cache (a cached prefix can change the result), and so does an image (no pinned slot:
+    `id_slot` is left to llama-server)."""
+    request = task.request
     payload: dict[str, Any] = {
-        "messages": [msgspec.to_builtins(m) for m in task.messages],
+        "messages": [{"role": m.role, "content": _content(m)} for m in request.messages],
         "max_tokens": task.max_tokens,
         **sampling(task.params),
         "stream": False,
     }
-    if task.stop:
-        payload["stop"] = list(task.stop)
-    if task.seed is not None:
-        payload |= {"seed": task.seed, "cache_prompt": False}
-    if task.frequency_penalty is not None:
-        payload["frequency_penalty"] = task.frequency_penalty
-    if task.json_schema is not None:
-        payload["json_schema"] = task.json_schema
+    if request.stop:
+        payload["stop"] = list(request.stop)
+    if request.seed is not None:
+        payload |= {"seed": request.seed, "cache_prompt": False}
+    elif request.images:
+        payload["cache_prompt"] = False
+    if request.sampling.frequency_penalty is not None:
+        payload["frequency_penalty"] = request.sampling.frequency_penalty
+    if request.json_schema is not None:
+        payload["json_schema"] = request.json_schema
+    if request.grammar is not None:
+        payload["grammar"] = request.grammar
     return payload
-
-
-def vision_payload(task: VisionTask) -> dict[str, Any]:
-    """One user turn with the image as a data URL, kept out of the prompt cache (no pinned
-    slot: `id_slot` is left to llama-server)."""
-    url = f"data:{task.image.media_type};base64," + base64.b64encode(task.image.data).decode()
-    content = [
-        {"type": "image_url", "image_url": {"url": url}},
-        {"type": "text", "text": task.prompt},
-    ]
-    payload = {
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": task.max_tokens,
-        **sampling(task.params),
-        "cache_prompt": False,
-        "stream": False,
-    }
-    return payload | {"grammar": task.grammar} if task.grammar else payload
 
 
 JSON = {"Content-Type": "application/json"}
@@ -95,6 +109,67 @@ def _json_body(payload: dict[str, Any]) -> bytes | io.BytesIO:
     stream, which aiohttp writes in chunks instead of in one call on the event loop."""
     data = msgspec.json.encode(payload)
     return io.BytesIO(data) if len(data) > 2**20 else data
+
+
+def _finish(reason: str | None) -> FinishReason:
+    return "length" if reason == "length" else "tool_calls" if reason == "tool_calls" else "stop"
+
+
+def _usage(usage: dict[str, Any] | None, timings: dict[str, Any] | None) -> Usage | None:
+    """llama-server's counts (and its timings, and the generation speed in them)."""
+    if not usage or "prompt_tokens" not in usage or "completion_tokens" not in usage:
+        return None
+    timings = timings or None
+    return Usage(
+        prompt_tokens=usage["prompt_tokens"],
+        completion_tokens=usage["completion_tokens"],
+        tokens_per_second=timings.get("predicted_per_second") if timings else None,
+        timings=timings,
+    )
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class _Chunk(msgspec.Struct):
+    """The parts of a streamed chat.completion.chunk (or error) we read."""
+
+    choices: list[_Choice] = []
+    usage: dict[str, Any] | None = None
+    timings: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+_decode_chunk = msgspec.json.Decoder(_Chunk).decode
+
+
+def events_of(sse: bytes) -> list[Event]:
+    """Our events in one of llama-server's SSE events (`data: {...}`; `[DONE]` has none)."""
+    data = sse.strip().removeprefix(b"data:").strip()
+    if not data or data == b"[DONE]":
+        return []
+    try:
+        chunk = _decode_chunk(data)
+    except msgspec.DecodeError as exc:
+        raise UpstreamError(f"llama-server streamed invalid JSON: {exc}") from None
+    if chunk.error is not None:
+        message = str(chunk.error.get("message") or chunk.error)
+        return [Failure(type="upstream_error", message=f"llama-server: {message}")]
+    found: list[Event] = []
+    for choice in chunk.choices[:1]:
+        if choice.delta is not None and choice.delta.content:
+            found.append(TextDelta(text=choice.delta.content))
+        if choice.finish_reason is not None:
+            found.append(Finish(reason=_finish(choice.finish_reason)))
+    if (usage := _usage(chunk.usage, chunk.timings)) is not None:
+        found.append(usage)
+    return found
 
 
 class _Upstream(msgspec.Struct):
@@ -133,7 +208,7 @@ class _BeforeFirstByte(Exception):
     """A routed request failed before any of its answer arrived: another instance may take
     it (once). `error` is what the client gets if none does."""
 
-    def __init__(self, error: GatewayError, *, news: bool = True) -> None:
+    def __init__(self, error: AiServerError, *, news: bool = True) -> None:
         self.error = error
         self.news = news  # False: the instance is already known to be down
 
@@ -165,28 +240,22 @@ class ServerBackend:
         if self._supervisor.load_of(spec)[0] is not State.READY:
             model.file()
 
-    async def chat(self, task: ChatTask) -> ChatResult:
+    async def chat(self, task: ChatTask) -> Answer:
         answer = await self._send(
             task.model, task.params, "/v1/chat/completions", chat_payload(task)
         )
         return self._result(answer)
 
-    async def vision(self, task: VisionTask) -> ChatResult:
-        # Its projector: checked by the Job.
-        answer = await self._send(
-            task.model, task.params, "/v1/chat/completions", vision_payload(task)
-        )
-        return self._result(answer)
+    async def vision(self, task: ChatTask) -> Answer:
+        return await self.chat(task)  # its projector: checked by the Job
 
-    def _result(self, answer: _Upstream) -> ChatResult:
+    def _result(self, answer: _Upstream) -> Answer:
         try:
             choice = answer.choices[0]
-            return ChatResult(
-                content=choice["message"]["content"] or "",
-                prompt_tokens=answer.usage["prompt_tokens"],
-                completion_tokens=answer.usage["completion_tokens"],
-                finish_reason=choice.get("finish_reason"),
-                tokens_per_second=answer.timings.get("predicted_per_second"),
+            return Answer(
+                text=choice["message"]["content"] or "",
+                finish_reason=_finish(choice.get("finish_reason")),
+                usage=_usage(answer.usage, answer.timings),
             )
         except (IndexError, KeyError, TypeError) as exc:
             raise UpstreamError(f"llama-server answered an unexpected shape: {exc!r}") from None
@@ -264,15 +333,19 @@ class ServerBackend:
             self._raise_for(r, resp.status, body)
         return _decode(body)
 
-    async def chat_stream(self, task: ChatTask, include_usage: bool) -> AsyncGenerator[bytes, None]:
-        """llama-server's own SSE events, each passed on as soon as it is read. Leaving the
-        loop early (the client went away) closes the upstream connection, which makes
-        llama-server stop generating and free its slot. A routed stream that fails before its
-        first event is retried once on another instance; never after."""
-        payload = chat_payload(task) | {
-            "stream": True,
-            "stream_options": {"include_usage": include_usage},
-        }
+    async def chat_stream(self, task: ChatTask) -> AsyncGenerator[Event, None]:
+        """llama-server's SSE events as ours, each as soon as it is read. Leaving the loop
+        early (the client went away) closes the upstream connection, which makes llama-server
+        stop generating and free its slot."""
+        async with aclosing(self._sse(task)) as raw:
+            async for data in raw:
+                for event in events_of(data):
+                    yield event
+
+    async def _sse(self, task: ChatTask) -> AsyncGenerator[bytes, None]:
+        """llama-server's own SSE events. A routed stream that fails before its first event
+        is retried once on another instance; never after."""
+        payload = chat_payload(task) | {"stream": True, "stream_options": {"include_usage": True}}
         if not self._router.routes(task.model):
             spec = self._spec(task.model, task.params)
             async with aclosing(self._stream(spec, payload)) as events:

@@ -9,7 +9,7 @@ from functools import lru_cache
 
 from backends import gguf_meta
 from backends.catalog import Catalog, ModelDef
-from gateway.config import LlmParams
+from core.config import LlmParams
 from supervisor.command import ServerSpec
 from supervisor.pool import Policy
 

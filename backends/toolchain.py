@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 
-from gateway.errors import MissingComponent
+from core.errors import MissingComponent
 
 # The llama-cpp-python source distribution whose vendored llama.cpp we build. Changing it
 # means a new cache directory (and a re-check of shared/LLAMA_NOTES.md).
@@ -44,14 +43,6 @@ SMOLLM2_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea37372
 
 FIX_LLAMA = "make llama"
 FIX_MODEL = "make model"
-
-
-def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
-    """The per-machine cache, outside any checkout: ``$AI_SERVER_CACHE`` or XDG's cache."""
-    if explicit := env.get("AI_SERVER_CACHE"):
-        return Path(explicit).expanduser()
-    xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "ai-server"
 
 
 def llama_bin_dir(cache: Path) -> Path:

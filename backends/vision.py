@@ -20,7 +20,7 @@ from typing import Literal, NamedTuple
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
+from core.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
 
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 SLACK = 0.95  # a JPEG's draft is kept, unresampled, down to this fraction of max_side

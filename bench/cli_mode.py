@@ -18,8 +18,8 @@ from backends import toolchain
 from backends.cli_args import completion_argv, embedding_argv
 from backends.prompt import render_chat
 from bench.common import gateway, write_section
-from gateway.config import LlmParams
-from gateway.schemas import ChatMessage
+from core.chat import Message
+from core.config import LlmParams, cache_dir
 
 ROUNDS = 12
 MAX_TOKENS = 4
@@ -44,12 +44,12 @@ def run(argv: list[str]) -> float:
 
 
 def main() -> int:
-    cache = toolchain.cache_dir()
+    cache = cache_dir()
     model = str(toolchain.resolve_model("chat", None, cache))
     params = LlmParams()
     with tempfile.TemporaryDirectory() as tmp, gateway("cli") as gw:
         prompt = Path(tmp) / "prompt.txt"
-        rendered = render_chat("gemma", [ChatMessage(role="user", content=CONTENT)], Path(model))
+        rendered = render_chat("gemma", [Message.of("user", CONTENT)], Path(model))
         prompt.write_text(rendered + "\n")  # as the cli backend writes it
         text = Path(tmp) / "input.txt"
         text.write_text(TEXT)

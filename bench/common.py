@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from backends import toolchain
 from backends.catalog import GEMMA, builtin_models
+from core.config import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "BENCHMARKS.md"
@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 # The model every figure runs (the gateway's llama-server is compared with): gemma-3-270m.
-BENCH_MODEL = builtin_models(toolchain.cache_dir())[GEMMA]
+BENCH_MODEL = builtin_models(cache_dir())[GEMMA]
 
 
 class Gateway(NamedTuple):

@@ -26,7 +26,7 @@ import anyio
 from backends.catalog import Catalog, ModelDef
 from backends.router import Router
 from bench.common import BENCH_MODEL
-from gateway.config import LlmParams
+from core.config import LlmParams
 from supervisor.actor import Supervisor, SupervisorConfig
 from supervisor.remote import Fleet, Remote, RemoteSpec
 

@@ -13,15 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from backends import toolchain
 from bench.common import free_port, wait_for
+from core.config import cache_dir
 
 VERSION = "1.108.7"  # pinned: a figure is only comparable against the same peer
 MODEL = "gemma"  # the model name clients send to LiteLLM
 
 
 def venv() -> Path:
-    return toolchain.cache_dir() / "bench" / f"litellm-{VERSION}"
+    return cache_dir() / "bench" / f"litellm-{VERSION}"
 
 
 def install() -> Path:

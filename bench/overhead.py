@@ -20,8 +20,8 @@ from backends.base import ChatTask
 from backends.server import chat_payload
 from bench.common import BENCH_MODEL, Machine, gateway, percentile, write_section
 from bench.litellm import MODEL, VERSION, litellm_proxy
-from gateway.config import LlmParams
-from gateway.schemas import ChatMessage
+from core.chat import ChatRequest, Message
+from core.config import LlmParams
 
 ROUNDS = 100
 BATCH_ROUNDS = 10
@@ -30,7 +30,7 @@ CHAT = [{"role": "user", "content": "Hi"}]
 UPSTREAM_CHAT = chat_payload(
     ChatTask(
         model=BENCH_MODEL,
-        messages=[ChatMessage(role="user", content="Hi")],
+        request=ChatRequest(messages=(Message.of("user", "Hi"),)),
         max_tokens=1,
         params=LlmParams(),
     )

@@ -38,7 +38,7 @@ from backends.catalog import GEMMA, SMOLLM2, build_catalog
 from backends.specs import server_spec
 from bench.common import ROOT, Machine, gateway, write_section
 from bench.throughput import CONNECTIONS, SECONDS, wrk
-from gateway.config import Settings
+from core.config import Settings
 
 SWITCH_ROUNDS = 4  # each: a cold load, then two switches; the first model alternating
 WARM = 3  # warm requests after each load

@@ -35,8 +35,8 @@ from bench.common import (
     summary_ms,
     write_section,
 )
-from gateway.config import LlmParams
-from gateway.schemas import ChatMessage
+from core.chat import ChatRequest, Message
+from core.config import LlmParams
 
 ROUNDS = 30
 PROMPT = "Write a short poem about the sea."
@@ -67,7 +67,7 @@ async def stream_once(
 async def measure(url: str, llama: str) -> dict[str, Timings]:
     task = ChatTask(
         model=BENCH_MODEL,
-        messages=[ChatMessage(role="user", content=PROMPT)],
+        request=ChatRequest(messages=(Message.of("user", PROMPT),)),
         max_tokens=16,
         params=LlmParams(temp=0.0),
     )

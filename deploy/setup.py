@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from backends import toolchain
+from core.config import cache_dir
 
 HERE = Path(__file__).resolve().parent
 
@@ -190,7 +191,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["llama", "model"])
     args = parser.parse_args()
-    cache = toolchain.cache_dir()
+    cache = cache_dir()
     if args.what == "llama":
         return setup_llama(cache)
     return setup_model(cache) or setup_mmproj(cache) or setup_smollm2(cache)

@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from typing import TypeVar
 
 import anyio
 
-from gateway.config import Limits
-from gateway.errors import BackendUnavailable, Overloaded
+from core.config import Limits
+from core.errors import BackendUnavailable, Overloaded
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +277,8 @@ class Admission:
 
 
 async def admitted(
-    lane: Lane, events: AsyncGenerator[bytes, None], client: str = ""
-) -> AsyncGenerator[bytes, None]:
+    lane: Lane, events: AsyncGenerator[T, None], client: str = ""
+) -> AsyncGenerator[T, None]:
     """`events` holding a slot of `lane` from before the first event to the last."""
     async with lane.slot(client):
         async for event in events:

@@ -9,8 +9,8 @@ from starlette.middleware import Middleware
 
 from backends.catalog import Catalog, build_catalog
 from backends.specs import server_plan
+from core.config import ConfigError, LlmParams, Settings
 from gateway.auth import RequireKeys, check_exposure, load_keys, trusted_networks
-from gateway.config import ConfigError, LlmParams, Settings
 from gateway.error_handlers import EXCEPTION_HANDLERS
 from gateway.history import History, with_history
 from gateway.lifespan import make_lifespan

@@ -22,8 +22,8 @@ from pathlib import Path
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.config import ConfigError, NamedKey, Settings, secret_of
 from gateway.budgets import Bucket, Budget
-from gateway.config import ConfigError, NamedKey, Settings, secret_of
 from gateway.error_handlers import error_response
 
 PROBES = ("/health", "/ready", "/metrics")

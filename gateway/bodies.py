@@ -8,7 +8,7 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
+from core.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
 
 T = TypeVar("T")
 

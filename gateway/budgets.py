@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 
-from gateway.errors import BadRequest, Overloaded
+from core.errors import BadRequest, Overloaded
 
 
 class RateLimited(Overloaded):

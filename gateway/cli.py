@@ -16,9 +16,9 @@ import anyio
 import uvicorn
 from starlette.applications import Starlette
 
+from core.config import ConfigError, Settings, load_settings
 from gateway import logs, protocol, systemd, worker
 from gateway.app import create_app
-from gateway.config import ConfigError, Settings, load_settings
 from gateway.doctor import run_doctor
 
 log = logging.getLogger("ai_server.gateway")

@@ -22,8 +22,8 @@ from backends import toolchain
 from backends.catalog import build_catalog
 from backends.gguf_meta import NotGguf, read_meta
 from backends.specs import estimate_mb, server_spec
-from gateway.config import ConfigError, Settings
-from gateway.errors import MissingComponent
+from core.config import ConfigError, Settings
+from core.errors import MissingComponent
 from supervisor.health import probe_tcp
 from supervisor.process import bind_error
 from supervisor.remote import RemoteSpec

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-import math
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ExceptionHandler
 
-from gateway.errors import BackendUnavailable, GatewayError, Overloaded, Unauthorized
+from core.errors import AiServerError
+from gateway.errors import headers_of, status_of
 
 log = logging.getLogger("ai_server.gateway")
 
@@ -31,14 +31,9 @@ def error_response(
 
 
 async def gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    headers = None
-    if isinstance(exc, BackendUnavailable | Overloaded):
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-    elif isinstance(exc, Unauthorized):
-        headers = {"WWW-Authenticate": "Bearer"}
+    assert isinstance(exc, AiServerError)
     return error_response(
-        exc.status, exc.type, exc.message, headers, code=exc.code, param=exc.param
+        status_of(exc), exc.type, exc.message, headers_of(exc), code=exc.code, param=exc.param
     )
 
 
@@ -60,7 +55,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 EXCEPTION_HANDLERS: dict[type[Exception] | int, ExceptionHandler] = {
-    GatewayError: gateway_error,
+    AiServerError: gateway_error,
     HTTPException: http_error,
     ClientDisconnect: client_gone,
     Exception: unexpected_error,

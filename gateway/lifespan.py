@@ -23,9 +23,9 @@ from backends.dispatcher import Dispatcher
 from backends.router import Router
 from backends.server import ServerBackend
 from backends.spares import Spares
+from core.config import Settings
+from core.errors import MissingComponent
 from gateway.admission import Admission
-from gateway.config import Settings
-from gateway.errors import MissingComponent
 from gateway.metrics import Metrics
 from gateway.runtime_config import ConfigStore
 from supervisor.actor import Supervisor, SupervisorConfig

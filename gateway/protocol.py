@@ -41,7 +41,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gateway.config import Limits
+from core.config import Limits
 from gateway.error_handlers import error_response
 from gateway.metrics import Metrics
 

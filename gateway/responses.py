@@ -8,15 +8,12 @@ from contextlib import aclosing
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from backends.sse import error_event
-from gateway.errors import GatewayError
-
 
 class EventStream(Response):
     """SSE whose first event was produced before the response starts, so a failure before it
-    is still an ordinary JSON error with its status. A failure after it ends the stream with
-    an error event. Cancellation (the client went away) closes `rest`, whose cleanup aborts
-    the upstream request or stops the process."""
+    is still an ordinary JSON error with its status (one after it is the dialect's error
+    event, written by its encoder). Cancellation (the client went away) closes `rest`, whose
+    cleanup aborts the upstream request or stops the process."""
 
     media_type = "text/event-stream"
 
@@ -31,12 +28,8 @@ class EventStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         async with aclosing(self._rest):
             await send({"type": "http.response.body", "body": self._first, "more_body": True})
-            try:
-                async for event in self._rest:
-                    await send({"type": "http.response.body", "body": event, "more_body": True})
-            except GatewayError as exc:
-                failed = error_event(exc.type, exc.message)
-                await send({"type": "http.response.body", "body": failed, "more_body": True})
+            async for event in self._rest:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

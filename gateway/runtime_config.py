@@ -15,9 +15,9 @@ import anyio
 import msgspec
 from msgspec import UNSET
 
-from gateway.config import ConfigError, LlmParams, Settings
-from gateway.errors import BadRequest, StateError
-from gateway.schemas import ConfigUpdate, RuntimeConfig
+from core.config import ConfigError, LlmParams, RuntimeConfig, Settings
+from core.errors import BadRequest, StateError
+from gateway.schemas import ConfigUpdate
 
 FILE_NAME = "config.json"
 

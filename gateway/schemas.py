@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from gateway.config import Backend, LlmParams, Mirostat, PresencePenalty, Temp, TopK, TopP
+from core import chat
+from core.config import Backend, Mirostat, PresencePenalty, Temp, TopK, TopP
 
 
-class _Body(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Body(msgspec.Struct, kw_only=True, omit_defaults=True):
     pass
 
 
@@ -21,12 +22,7 @@ MaxTokens = Annotated[int, Meta(ge=1, le=1 << 20)]
 EmbedText = Annotated[str, Meta(extra_json_schema={"pattern": r"\S"})]
 
 
-class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class SamplingOverrides(_Body):
+class SamplingOverrides(Body):
     """Per-request overrides of the sampling parameters; unset means the current config."""
 
     temp: Temp | UnsetType = UNSET
@@ -35,61 +31,32 @@ class SamplingOverrides(_Body):
     presence_penalty: PresencePenalty | UnsetType = UNSET
     mirostat: Mirostat | UnsetType = UNSET
 
-    def apply_to(self, params: LlmParams) -> LlmParams:
-        """`params` with this request's overrides; each was validated on decoding."""
+    def sampling(self) -> chat.Sampling:
+        """Ours; each override was validated on decoding."""
         fields = SamplingOverrides.__struct_fields__
-        changed = {name: getattr(self, name) for name in fields}
-        return msgspec.structs.replace(
-            params, **{name: v for name, v in changed.items() if v is not UNSET}
-        )
+        given = {name: value for name in fields if (value := getattr(self, name)) is not UNSET}
+        return chat.Sampling(**given)
 
 
 # A model's name or alias; unset: the route's role's model.
 ModelName = Annotated[str, Meta(min_length=1, max_length=256)]
 
 
-class ChatRequest(SamplingOverrides, kw_only=True):
-    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
-    model: ModelName | None = None
-    max_tokens: MaxTokens | UnsetType = UNSET
-    stream: bool = False  # SSE of OpenAI chat.completion.chunk events, usage in the last
-
-
-class Usage(_Body):
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class ChatResponse(_Body):
-    message: ChatMessage
-    backend: Backend
-    model: str
-    usage: Usage
-    finish_reason: str | None = None
-
-
-class EmbeddingsRequest(_Body):
+class EmbeddingsRequest(Body):
     input: EmbedText | Annotated[list[EmbedText], Meta(min_length=1)]
     model: ModelName | None = None
 
 
-class EmbeddingsResponse(_Body):
+class EmbeddingsResponse(Body):
     embeddings: list[list[float]]
     dimensions: int
     model: str
     backend: Backend
 
 
-class ConfigUpdate(_Body, forbid_unknown_fields=True):
+class ConfigUpdate(Body, forbid_unknown_fields=True):
     """A partial update of the runtime config: `backend` (alias `llm_mode`), `llm_params`."""
 
     backend: Backend | UnsetType = UNSET
     llm_mode: Backend | UnsetType = UNSET
     llm_params: dict[str, object] | UnsetType = UNSET
-
-
-class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What /api/config changes at runtime, and what the state directory persists."""
-
-    backend: Backend
-    llm_params: LlmParams

@@ -31,9 +31,9 @@ import msgspec
 from backends import toolchain
 from backends.catalog import ModelDef, build_catalog
 from backends.specs import server_spec
+from core.config import ConfigError, Settings
+from core.errors import MissingComponent
 from gateway import logs
-from gateway.config import ConfigError, Settings
-from gateway.errors import MissingComponent
 from supervisor.actor import Supervisor, SupervisorConfig
 from supervisor.command import ServerSpec, rpc_server_spec
 from supervisor.pool import Policy

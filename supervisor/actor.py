@@ -41,7 +41,7 @@ import aiohttp
 import anyio
 import anyio.abc
 
-from gateway.errors import BackendUnavailable, ModelExceedsBudget
+from core.errors import BackendUnavailable, ModelExceedsBudget
 from supervisor import pidfile, tasks
 from supervisor.command import ServerSpec
 from supervisor.instance import Instance, ProcessInfo

@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from gateway.errors import BackendUnavailable
+from core.errors import BackendUnavailable
 from supervisor import pidfile, tasks
 from supervisor.backoff import backoff_delay, within_budget
 from supervisor.command import ServerSpec, build_server_argv

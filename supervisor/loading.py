@@ -18,7 +18,7 @@ from typing import cast
 
 import aiohttp
 
-from gateway.errors import BackendUnavailable
+from core.errors import BackendUnavailable
 from supervisor.command import ServerSpec
 from supervisor.instance import Instance
 from supervisor.lifecycle import Lifecycle, SupervisorConfig

@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from backends import toolchain
+from core.config import cache_dir
 
 
 def free_port() -> int:
@@ -40,7 +41,7 @@ def write_script(path: Path, body: str) -> Path:
 
 @pytest.fixture(scope="session")
 def cache() -> Path:
-    return toolchain.cache_dir()
+    return cache_dir()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -10,41 +11,23 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.bodies import decode_json, json_response
+from gateway.dialects import openai, seed
 from gateway.lifespan import Services, services
 from gateway.routes.job import Job
-from gateway.schemas import (
-    ChatMessage,
-    ChatRequest,
-    ChatResponse,
-    ConfigUpdate,
-    EmbeddingsRequest,
-    EmbeddingsResponse,
-    Usage,
-)
+from gateway.schemas import ConfigUpdate, EmbeddingsRequest, EmbeddingsResponse
 
 
 async def chat(request: Request) -> Response:
     job = Job(request)
-    body = await decode_json(request, ChatRequest, job.max_body)
-    job.use(body.model, "chat")
-    task = job.chat_task(
-        body.messages, body.max_tokens or None, body.apply_to(job.config.llm_params)
-    )
-    if body.stream:
-        return await job.chat_stream(task, include_usage=True)
-    result = await job.chat(task)
-    return json_response(
-        ChatResponse(
-            message=ChatMessage(role="assistant", content=result.content),
-            backend=job.backend.name,
-            model=job.model.name,
-            usage=Usage(
-                prompt_tokens=result.prompt_tokens or 0,  # a text chat: always counted
-                completion_tokens=result.completion_tokens or 0,
-            ),
-            finish_reason=result.finish_reason,
-        )
-    )
+    body = await decode_json(request, seed.ChatRequest, job.max_body)
+    chat = seed.decode(body)
+    job.use(chat.model, "chat")
+    task = job.chat_task(chat)
+    if chat.stream:
+        encode = partial(openai.chunks, model=job.model.name, include_usage=True)
+        return await job.chat_stream(task, encode)
+    answer = await job.chat(task)
+    return json_response(seed.response(answer, job.backend.name, job.model.name))
 
 
 async def generate_embeddings(request: Request) -> Response:

@@ -13,9 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from core.config import LlmParams
+from core.errors import BadRequest, NotFound
 from gateway.bodies import json_response
-from gateway.config import LlmParams
-from gateway.errors import BadRequest, NotFound
 from gateway.history import History
 from gateway.lifespan import services
 from supervisor.logtail import LogTail

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from functools import partial
 
@@ -11,16 +11,18 @@ import anyio
 import msgspec
 from starlette.requests import Request
 
-from backends.base import ChatResult, ChatTask, Embedded, VisionTask
+from backends.base import ChatTask, Embedded
 from backends.catalog import ModelDef
 from backends.vision import prepare_image
+from core.chat import Answer, ChatRequest, Event, Failure, ImagePart, Usage
+from core.errors import AiServerError, BadRequest, PayloadTooLarge
 from gateway.admission import admitted
 from gateway.budgets import Budget
-from gateway.config import LlmParams
-from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.lifespan import services
 from gateway.responses import EventStream, event_stream
-from gateway.schemas import ChatMessage
+
+# A dialect's stream: the events of an answer as its wire format's chunks.
+Encoder = Callable[[AsyncIterator[Event]], AsyncGenerator[bytes, None]]
 
 
 class Job:
@@ -45,31 +47,32 @@ class Job:
     def max_body(self) -> int:
         return self.svc.settings.limits.max_body_bytes
 
-    def chat_task(
-        self, messages: Sequence[ChatMessage], max_tokens: int | None, params: LlmParams
-    ) -> ChatTask:
-        wanted = max_tokens or self.svc.settings.limits.default_max_tokens
+    def chat_task(self, request: ChatRequest) -> ChatTask:
+        """`request` against the config: its parameters, and its token budget bounded by
+        the model's context."""
+        params = request.sampling.apply_to(self.config.llm_params)
+        wanted = request.max_tokens or self.svc.settings.limits.default_max_tokens
         return ChatTask(
+            request=request,
             model=self.model,
-            messages=messages,
-            max_tokens=min(wanted, self.model.ctx_size or params.ctx_size),
             params=params,
+            max_tokens=min(wanted, self.model.ctx_size or params.ctx_size),
         )
 
     @contextmanager
-    def budgeted(self, tokens: int) -> Iterator[Callable[[int | None, int | None], None]]:
+    def budgeted(self, tokens: int) -> Iterator[Callable[[Usage | None], None]]:
         """Charge this key's budget (if any) one request and `tokens` up front (429 past
         it); yields the function that settles the charge to the real counts. A request that
         fails is refunded its tokens; one whose counts are unknown keeps its charge."""
         budget = self.budget
         if budget is None:
-            yield lambda prompt, completion: None
+            yield lambda usage: None
             return
         budget.charge(tokens)
 
-        def settle(prompt: int | None, completion: int | None) -> None:
-            if prompt is not None and completion is not None:
-                budget.settle(tokens, prompt + completion)
+        def settle(usage: Usage | None) -> None:
+            if usage is not None:
+                budget.settle(tokens, usage.prompt_tokens + usage.completion_tokens)
 
         try:
             yield settle
@@ -77,70 +80,71 @@ class Job:
             budget.settle(tokens, 0)
             raise
 
-    async def chat(self, task: ChatTask) -> ChatResult:
+    def _record(self, usage: Usage | None) -> None:
+        if usage is not None:
+            self.svc.metrics.record_generation(
+                self.backend.name, usage.completion_tokens, usage.tokens_per_second
+            )
+
+    async def chat(self, task: ChatTask) -> Answer:
         with self.budgeted(task.max_tokens) as settle:
             async with self.lane.slot(self.client):
-                result = await self.backend.chat(task)
-            settle(result.prompt_tokens, result.completion_tokens)
-        self.svc.metrics.record_generation(
-            self.backend.name, result.completion_tokens, result.tokens_per_second
-        )
-        return result
+                answer = await self.backend.chat(task)
+            settle(answer.usage)
+        self._record(answer.usage)
+        return answer
 
-    async def chat_stream(self, task: ChatTask, include_usage: bool) -> EventStream:
-        # Charged before it queues; refunded if it fails before its first event.
+    async def chat_stream(self, task: ChatTask, encode: Encoder) -> EventStream:
+        """The answer streamed in the dialect `encode` writes. Charged before it queues;
+        refunded if it fails before its first event, which is then an ordinary error."""
         with self.budgeted(task.max_tokens) as settle:
-            events = self.backend.chat_stream(task, include_usage=True)
-            counted = self._counted(events, include_usage, settle)
-            return await event_stream(admitted(self.lane, counted, self.client))
+            counted = self._counted(self.backend.chat_stream(task), settle)
+            events = _failing_late(admitted(self.lane, counted, self.client))
+            return await event_stream(encode(events))
 
     async def _counted(
-        self,
-        events: AsyncGenerator[bytes, None],
-        include_usage: bool,
-        settle: Callable[[int | None, int | None], None],
-    ) -> AsyncGenerator[bytes, None]:
-        """A stream's completion tokens into the token metrics, and its budget settled, from
-        its usage chunk (asked for always; passed on only to a client that asked for it)."""
+        self, events: AsyncGenerator[Event, None], settle: Callable[[Usage | None], None]
+    ) -> AsyncGenerator[Event, None]:
+        """A stream's counts into the token metrics and its budget, from its Usage."""
         async with aclosing(events):
             async for event in events:
-                if b'"usage"' in event and b'"choices":[]' in event:
-                    body = msgspec.json.decode(event.removeprefix(b"data: "))
-                    usage = body.get("usage", {})
-                    completion = usage.get("completion_tokens")
-                    self.svc.metrics.record_generation(self.backend.name, completion)
-                    settle(usage.get("prompt_tokens"), completion)
-                    if not include_usage:
-                        continue
+                if isinstance(event, Usage):
+                    self._record(event)
+                    settle(event)
                 yield event
 
-    async def vision(
-        self, image: bytes, prompt: str, max_tokens: int, params: LlmParams, grammar: str | None
-    ) -> ChatResult:
-        """Clean the image in a worker thread (inside the slot: concurrent decodes are bounded
-        like everything else), then ask the backend about it."""
+    async def vision(self, request: ChatRequest) -> Answer:
+        """One image in one user message: cleaned in a worker thread (inside the slot:
+        concurrent decodes are bounded like everything else), then asked about."""
+        images = request.images
+        if len(request.messages) != 1 or len(images) != 1 or request.stream:
+            raise BadRequest(
+                "images are supported as one image in a single user message, without streaming"
+            )
         limits = self.svc.settings.vision
         self.model.projector()
-        if len(image) > limits.max_image_bytes:
+        if len(images[0].data) > limits.max_image_bytes:
             raise PayloadTooLarge(f"the image is over {limits.max_image_bytes} bytes")
         prepare = partial(prepare_image, max_side=limits.max_side, max_pixels=limits.max_pixels)
+        params = request.sampling.apply_to(self.config.llm_params)
+        max_tokens = request.max_tokens or self.svc.settings.limits.default_max_tokens
         with self.budgeted(max_tokens) as settle:
             async with self.lane.slot(self.client):
-                prepared = await anyio.to_thread.run_sync(prepare, image)
-                task = VisionTask(
+                prepared = await anyio.to_thread.run_sync(prepare, images[0].data)
+                image = ImagePart(data=prepared.data, media_type=prepared.media_type)
+                (message,) = request.messages
+                parts = tuple(image if p is images[0] else p for p in message.content)
+                cleaned = msgspec.structs.replace(message, content=parts)
+                task = ChatTask(
+                    request=msgspec.structs.replace(request, messages=(cleaned,)),
                     model=self.model,
-                    image=prepared,
-                    prompt=prompt,
-                    max_tokens=max_tokens,
                     params=params,
-                    grammar=grammar,
+                    max_tokens=max_tokens,
                 )
-                result = await self.backend.vision(task)
-            settle(result.prompt_tokens, result.completion_tokens)
-        self.svc.metrics.record_generation(
-            self.backend.name, result.completion_tokens, result.tokens_per_second
-        )
-        return result
+                answer = await self.backend.vision(task)
+            settle(answer.usage)
+        self._record(answer.usage)
+        return answer
 
     async def embed(self, inputs: str | list[str]) -> Embedded:
         texts = [inputs] if isinstance(inputs, str) else inputs
@@ -151,5 +155,21 @@ class Job:
         with self.budgeted(0) as settle:
             async with self.lane.slot(self.client):
                 embedded = await self.backend.embed(self.model, texts, self.config.llm_params)
-            settle(embedded.prompt_tokens, 0)
+            if embedded.prompt_tokens is not None:
+                settle(Usage(prompt_tokens=embedded.prompt_tokens, completion_tokens=0))
         return embedded
+
+
+async def _failing_late(events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
+    """A failure after the first event as a Failure event, which every dialect can write
+    (the response has started: its status can no longer say it); one before it raises."""
+    started = False
+    async with aclosing(events):
+        try:
+            async for event in events:
+                started = True
+                yield event
+        except AiServerError as exc:
+            if not started:
+                raise
+            yield Failure(type=exc.type, message=exc.message)

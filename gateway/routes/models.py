@@ -15,9 +15,9 @@ from starlette.routing import Route
 
 from backends.catalog import ModelDef
 from backends.specs import estimate_mb, local_specs, server_spec
+from core.config import ConfigError
+from core.errors import BadRequest, Conflict
 from gateway.bodies import json_response
-from gateway.config import ConfigError
-from gateway.errors import BadRequest, Conflict
 from gateway.lifespan import Services, services
 
 

@@ -7,73 +7,31 @@ from __future__ import annotations
 
 import base64
 import struct
-import time
+from functools import partial
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from backends.base import ChatResult
-from backends.ids import unique_id
-from backends.vision import decode_base64_image
 from gateway.bodies import decode_json, json_response
-from gateway.openai_schemas import ChatCompletionRequest, EmbeddingRequest
+from gateway.dialects import openai
+from gateway.dialects.openai import ChatCompletionRequest, EmbeddingRequest
 from gateway.routes.job import Job
 
 
 async def chat_completions(request: Request) -> Response:
     job = Job(request)
     body = await decode_json(request, ChatCompletionRequest, job.max_body)
-    body.check_supported()
-    params = body.params(job.config.llm_params)
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    if image := body.image_request():
-        url, prompt = image
-        job.use(body.model, "vision")
-        budget = max_tokens or job.svc.settings.limits.default_max_tokens
-        result = await job.vision(decode_base64_image(url), prompt, budget, params, None)
-        return _completion(result, job.model.name)
-    job.use(body.model, "chat")
-    task = msgspec.structs.replace(
-        job.chat_task([m.as_chat() for m in body.messages], max_tokens, params),
-        stop=body.stops,
-        seed=body.seed,
-        frequency_penalty=body.frequency_penalty,
-        json_schema=body.json_schema(),
-    )
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await job.chat_stream(task, include_usage)
-    result = await job.chat(task)
-    return _completion(result, job.model.name)
-
-
-def _completion(result: ChatResult, model: str) -> Response:
-    """A chat.completion; without `usage` where llama.cpp gave no counts (never a fake 0)."""
-    usage: dict[str, object] = {}
-    if result.prompt_tokens is not None and result.completion_tokens is not None:
-        usage["usage"] = {
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens,
-        }
-    return json_response(
-        {
-            "id": f"chatcmpl-{unique_id()}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result.content},
-                    "finish_reason": result.finish_reason or "stop",
-                }
-            ],
-            **usage,
-        }
-    )
+    chat = body.decode()
+    if chat.images:
+        job.use(chat.model, "vision")
+        return json_response(openai.completion(await job.vision(chat), job.model.name))
+    job.use(chat.model, "chat")
+    task = job.chat_task(chat)
+    if chat.stream:
+        encode = partial(openai.chunks, model=job.model.name, include_usage=body.include_usage)
+        return await job.chat_stream(task, encode)
+    return json_response(openai.completion(await job.chat(task), job.model.name))
 
 
 def _encode(vector: list[float], encoding: str) -> list[float] | str:

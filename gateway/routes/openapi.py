@@ -11,15 +11,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.bodies import json_response
-from gateway.openai_schemas import ChatCompletionRequest, EmbeddingRequest
+from gateway.dialects.openai import ChatCompletionRequest, EmbeddingRequest
+from gateway.dialects.seed import ChatRequest, ChatResponse
 from gateway.routes.vision import VisionRequest
-from gateway.schemas import (
-    ChatRequest,
-    ChatResponse,
-    ConfigUpdate,
-    EmbeddingsRequest,
-    EmbeddingsResponse,
-)
+from gateway.schemas import ConfigUpdate, EmbeddingsRequest, EmbeddingsResponse
 
 # path -> (method, request schema, response schema)
 OPERATIONS: dict[str, tuple[str, type | None, type | None]] = {

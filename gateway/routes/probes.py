@@ -10,8 +10,8 @@ from starlette.routing import Route
 
 from backends import toolchain
 from backends.specs import server_spec
+from core.errors import AiServerError, MissingComponent
 from gateway.bodies import json_response
-from gateway.errors import GatewayError, MissingComponent
 from gateway.lifespan import Services, services
 from gateway.routes.models import instance_views
 
@@ -35,7 +35,7 @@ def _cli_problems(svc: Services) -> list[str]:
         for name in CLI_BINARIES:
             explicit = svc.settings.binaries.get(name)
             toolchain.resolve_binary(name, explicit, svc.settings.cache_path())
-    except GatewayError as exc:
+    except AiServerError as exc:
         return [exc.message]
     return []
 

@@ -14,8 +14,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from backends.vision import decode_base64_image
+from core.chat import ChatRequest, ImagePart, Message, TextPart
+from core.errors import BadRequest, PayloadTooLarge, UpstreamError
 from gateway.bodies import decode_json, json_response
-from gateway.errors import BadRequest, PayloadTooLarge, UpstreamError
 from gateway.routes.job import Job
 from gateway.schemas import MaxTokens, ModelName, SamplingOverrides
 
@@ -88,10 +89,8 @@ async def tag(request: Request) -> Response:
     job.use(body.model, "vision")
     prompt = body.prompt if body.prompt is not UNSET else TAG_PROMPT
     budget = body.max_tokens or body.max_tags * (TAG_CHARS + 4) + 16
-    result = await job.vision(
-        image, prompt, budget, body.apply_to(job.config.llm_params), tags_grammar(body.max_tags)
-    )
-    tags = normalize_tags(result.content, body.max_tags)
+    answer = await job.vision(_asking(image, prompt, body, budget, tags_grammar(body.max_tags)))
+    tags = normalize_tags(answer.text, body.max_tags)
     return json_response({"tags": tags, **_about(job)})
 
 
@@ -101,8 +100,22 @@ async def describe(request: Request) -> Response:
     job.use(body.model, "vision")
     prompt = body.prompt if body.prompt is not UNSET else DESCRIBE_PROMPT
     budget = body.max_tokens or job.svc.settings.limits.default_max_tokens
-    result = await job.vision(image, prompt, budget, body.apply_to(job.config.llm_params), None)
-    return json_response({"description": result.content.strip(), **_about(job)})
+    answer = await job.vision(_asking(image, prompt, body, budget))
+    return json_response({"description": answer.text.strip(), **_about(job)})
+
+
+def _asking(
+    image: bytes, prompt: str, body: VisionOptions, max_tokens: int, grammar: str | None = None
+) -> ChatRequest:
+    """One user turn: the image, then the prompt."""
+    content = (ImagePart(data=image), TextPart(text=prompt))
+    return ChatRequest(
+        messages=(Message(role="user", content=content),),
+        model=body.model,
+        sampling=body.sampling(),
+        max_tokens=max_tokens,
+        grammar=grammar,
+    )
 
 
 def _about(job: Job) -> dict[str, str]:

@@ -13,8 +13,8 @@ import anyio
 import msgspec
 import uvicorn
 
+from core.config import Binaries, Limits, LlamaServer, Settings
 from gateway.app import create_app
-from gateway.config import Binaries, Limits, LlamaServer, Settings
 from tests.conftest import free_port, wait_until
 from tests.unit.test_gguf_meta import gguf_bytes
 

@@ -11,7 +11,7 @@ import anyio
 import msgspec
 import pytest
 
-from gateway.config import Limits
+from core.config import Limits
 from tests.conftest import wait_until
 from tests.e2e.conftest import fake_settings, recorded, serving
 from tests.supervisor.conftest import behave

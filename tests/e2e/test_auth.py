@@ -9,9 +9,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from core.config import Auth, ConfigError, Limits, NamedKey, Settings
 from gateway.app import create_app
 from gateway.auth import address_of, load_keys, trusted_networks
-from gateway.config import Auth, ConfigError, Limits, NamedKey, Settings
 from tests.e2e.conftest import Client, fake_settings, serving
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}]}

@@ -13,8 +13,8 @@ import anyio
 import pytest
 from starlette.testclient import TestClient
 
+from core.config import Auth, LlmParams
 from gateway.app import create_app
-from gateway.config import Auth, LlmParams
 from gateway.routes import ui
 from gateway.routes.dashboard import follow
 from gateway.routes.openapi import build_document

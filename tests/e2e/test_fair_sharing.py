@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from backends.catalog import SMOLLM2
-from gateway.config import Auth, Limits, NamedKey, Settings
+from core.config import Auth, Limits, NamedKey, Settings
 from tests.e2e.conftest import Client, fake_settings, real_settings, serving
 from tests.supervisor.conftest import behave
 

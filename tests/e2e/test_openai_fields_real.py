@@ -18,6 +18,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from backends import toolchain
 from backends.catalog import GEMMA, SMOLLM2
+from core.config import cache_dir
 from tests.e2e.conftest import real_settings, serving
 from tests.e2e.test_openai_real import processes_named, sdk
 
@@ -44,7 +45,7 @@ async def client_for(tmp_path: Path, backend: str) -> AsyncIterator[openai.Async
 
 def tokenize(model: Path, text: str, *, bos: bool) -> int:
     """llama.cpp's own count of `text`'s tokens."""
-    binary = toolchain.resolve_binary("llama-tokenize", None, toolchain.cache_dir())
+    binary = toolchain.resolve_binary("llama-tokenize", None, cache_dir())
     argv = [str(binary), "--model", str(model), "--stdin", "--ids", "--log-disable"]
     done = subprocess.run(
         [*argv, *([] if bos else ["--no-bos"])], input=text.encode(), capture_output=True,
@@ -65,7 +66,7 @@ async def test_stop_cuts_the_answer_before_the_stop_string(tmp_path: Path, backe
         assert "e" not in content and text.startswith(content)
         assert cut.choices[0].finish_reason == "stop"
         assert cut.usage is not None
-        smollm2 = toolchain.smollm2_model_path(toolchain.cache_dir())
+        smollm2 = toolchain.smollm2_model_path(cache_dir())
         assert cut.usage.completion_tokens == tokenize(smollm2, content, bos=False) or (
             backend == "server"  # llama-server counts the stop's own token too
             and cut.usage.completion_tokens == tokenize(smollm2, content, bos=False) + 1
@@ -166,7 +167,7 @@ async def test_penalties_are_taken_per_request(tmp_path: Path, backend: str) -> 
 
 async def test_embedding_usage_is_llama_cpps_count_in_both_modes(tmp_path: Path) -> None:
     texts = ["hello world", "the quick brown fox jumps over the lazy dog"]
-    gemma = toolchain.default_model_path(toolchain.cache_dir())
+    gemma = toolchain.default_model_path(cache_dir())
     expected = sum(tokenize(gemma, t, bos=True) for t in texts)
     for backend in ("server", "cli"):
         async with client_for(tmp_path / backend, backend) as client:

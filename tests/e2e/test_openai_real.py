@@ -13,7 +13,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from backends.catalog import GEMMA, SMOLLM2
-from gateway.config import Settings
+from core.config import Settings
 from supervisor.pidfile import cmdline
 from tests.conftest import wait_until
 from tests.e2e.conftest import Client, real_settings, serving

@@ -15,8 +15,8 @@ import pytest
 
 from backends.catalog import ModelDef
 from backends.specs import estimate_mb, server_spec
+from core.config import Auth, ConfigError, LlmParams, ModelConfig, Pool, Roles, Settings
 from gateway.app import create_app
-from gateway.config import Auth, ConfigError, LlmParams, ModelConfig, Pool, Roles, Settings
 from tests.e2e.conftest import Client, fake_settings, recorded, serving
 from tests.supervisor.conftest import behave
 from tests.unit.test_gguf_meta import gguf_bytes

@@ -15,7 +15,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from backends.catalog import GEMMA, SMOLLM2
-from gateway.config import LlamaServer, LlmParams, ModelConfig, Pool, Roles
+from core.config import LlamaServer, LlmParams, ModelConfig, Pool, Roles
 from tests.e2e.conftest import Client, real_settings, serving
 from tests.integration.test_supervisor_real import llama_pids
 from tests.unit.test_process import alive

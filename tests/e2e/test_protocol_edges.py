@@ -12,7 +12,7 @@ import anyio.abc
 import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.config import Limits
+from core.config import Limits
 from gateway.metrics import Metrics
 from gateway.protocol import bound
 from tests.conftest import free_port, wait_until

@@ -20,7 +20,7 @@ import anyio
 import msgspec
 import pytest
 
-from gateway.config import Limits, ModelConfig, RemoteConfig, RemoteLimits, Roles, Settings
+from core.config import Limits, ModelConfig, RemoteConfig, RemoteLimits, Roles, Settings
 from gateway.doctor import check_instances
 from tests.conftest import free_port
 from tests.e2e.conftest import FAKES, Client, fake_settings, serving

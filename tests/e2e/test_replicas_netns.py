@@ -22,7 +22,7 @@ import anyio
 import pytest
 
 from backends.catalog import GEMMA
-from gateway.config import Limits, ModelConfig, RemoteConfig, RemoteLimits, Roles, Settings
+from core.config import Limits, ModelConfig, RemoteConfig, RemoteLimits, Roles, Settings
 from supervisor.health import Health, probe_health
 from tests.conftest import stop
 from tests.e2e.conftest import Client, real_settings, serving

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from backends.vision import prepare_image
-from gateway.config import Limits
-from gateway.errors import PayloadTooLarge
+from core.config import Limits
+from core.errors import PayloadTooLarge
 from tests.conftest import wait_until
 from tests.e2e.conftest import Client, fake_settings, recorded, serving
 from tests.supervisor.conftest import behave

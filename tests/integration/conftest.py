@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import anyio
 
-from gateway.config import LlmParams
+from core.config import LlmParams
 from supervisor.command import ServerSpec, build_server_argv
 from supervisor.process import ChildProcess, spawn
 from tests.conftest import free_port

@@ -8,13 +8,14 @@ import pytest
 
 from backends import toolchain
 from backends.gguf_meta import estimate_mb, read_meta
+from core.config import cache_dir
 from supervisor.process import resident_mb
 from tests.integration.conftest import running_llama_server
 
 pytestmark = pytest.mark.llama
 
 # A second real model with its own chat template; another setup step puts it in the cache.
-SMOLLM2 = toolchain.cache_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2 = cache_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # running_llama_server's context and ubatch (it serves embeddings too).
 CTX_SIZE, UBATCH = 2048, 512

@@ -11,7 +11,7 @@ import pytest
 
 from backends import toolchain
 from backends.prompt import render_chat
-from gateway.schemas import ChatMessage
+from core.chat import Message
 from tests.integration.conftest import running_llama_server
 from tests.unit.test_process import alive
 
@@ -100,5 +100,8 @@ async def test_cli_rendering_matches_llama_server_apply_template(
     async with running_llama_server(llama_bin, default_model, chat_template=template) as server:
         for messages in CONVERSATIONS:
             rendered = await server.post("/apply-template", {"messages": messages})
-            parsed = [msgspec.convert(m, ChatMessage) for m in messages]
+            parsed = [
+                msgspec.convert(m | {"content": [{"type": "text", "text": m["content"]}]}, Message)
+                for m in messages
+            ]
             assert render_chat(template, parsed, default_model) == rendered["prompt"], messages

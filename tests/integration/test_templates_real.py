@@ -14,8 +14,8 @@ import pytest
 from backends import toolchain
 from backends.gguf_meta import read_meta
 from backends.prompt import render_chat
-from gateway.config import LlmParams
-from gateway.schemas import ChatMessage
+from core.chat import Message
+from core.config import LlmParams
 from tests.integration.conftest import RunningServer, running_llama_server
 
 pytestmark = pytest.mark.llama
@@ -82,7 +82,10 @@ def smollm2(cache: Path) -> Path:
 async def assert_renders_alike(server: RunningServer, template: str | None, model: Path) -> None:
     for messages in CONVERSATIONS:
         expected = await server.post("/apply-template", {"messages": messages})
-        parsed = [msgspec.convert(m, ChatMessage) for m in messages]
+        parsed = [
+            msgspec.convert(m | {"content": [{"type": "text", "text": m["content"]}]}, Message)
+            for m in messages
+        ]
         rendered = render_chat(template, parsed, model)
         assert rendered == expected["prompt"], messages
         ours = await server.post("/tokenize", {"content": rendered})

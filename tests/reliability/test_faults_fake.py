@@ -17,7 +17,7 @@ import anyio
 import msgspec
 import pytest
 
-from gateway.config import LlamaServer
+from core.config import LlamaServer
 from supervisor.actor import Supervisor
 from tests.conftest import free_port
 from tests.e2e.conftest import Client, fake_settings, serving

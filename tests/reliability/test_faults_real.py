@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from backends.catalog import GEMMA
-from gateway.config import Limits, LlamaServer, Roles
+from core.config import Limits, LlamaServer, Roles
 from tests.e2e.conftest import Client, real_settings, serving
 from tests.integration.test_supervisor_real import llama_servers_on
 

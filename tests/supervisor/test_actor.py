@@ -12,7 +12,7 @@ import anyio
 import msgspec
 import pytest
 
-from gateway.errors import BackendUnavailable
+from core.errors import BackendUnavailable
 from supervisor import pidfile
 from supervisor.pool import Policy
 from supervisor.states import State

@@ -7,8 +7,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from core.errors import BackendUnavailable, Overloaded
 from gateway.admission import Lane, crowded_out, grant_order
-from gateway.errors import BackendUnavailable, Overloaded
 
 
 async def test_a_lane_queues_beyond_its_slots_and_serves_in_order() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import BadRequest
 from gateway.budgets import Bucket, Budget, RateLimited, duration
-from gateway.errors import BadRequest
 
 
 class Clock:

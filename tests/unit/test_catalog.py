@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from backends.catalog import GEMMA, SMOLLM2, Catalog, build_catalog
-from gateway.config import ConfigError, load_settings
-from gateway.errors import ModelNotFound
+from core.config import ConfigError, load_settings
+from core.errors import ModelNotFound
+from gateway.errors import status_of
 
 
 def catalog_of(tmp_path: Path, toml: str) -> Catalog:
@@ -60,7 +61,7 @@ def test_catalog_unknown_model_lists_the_names(tmp_path: Path) -> None:
     catalog = catalog_of(tmp_path, "")
     with pytest.raises(ModelNotFound, match="smollm2-135m-instruct") as caught:
         catalog.resolve("no-such-model", "chat")
-    assert caught.value.status == 404 and caught.value.param == "model"
+    assert status_of(caught.value) == 404 and caught.value.param == "model"
     assert caught.value.code == "model_not_found"
 
 

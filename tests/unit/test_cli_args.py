@@ -4,7 +4,7 @@ import pytest
 
 from backends.cli import RunTail, exit_error, token_counts
 from backends.cli_args import completion_argv, embedding_argv, padded_ctx
-from gateway.config import LlmParams
+from core.config import LlmParams
 from supervisor.logtail import LogTail
 
 

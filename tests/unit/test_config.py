@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, LlmParams, Settings, load_settings
+from core.config import ConfigError, LlmParams, Settings, load_settings
 
 SEED_DEFAULTS = {
     "ctx_size": 12192,

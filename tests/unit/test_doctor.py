@@ -5,7 +5,7 @@ from pathlib import Path
 import msgspec
 
 from backends import toolchain
-from gateway.config import Binaries, Settings
+from core.config import Binaries, Settings
 from gateway.doctor import run_doctor
 from tests.conftest import free_port, write_script
 from tests.unit.test_gguf_meta import gguf_bytes

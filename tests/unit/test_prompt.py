@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from backends.prompt import JINJA_CHATML, render_chat
-from gateway.errors import BadRequest
+from core.errors import BadRequest
 
 # A ChatML-like template written the way real ones are: block tags on lines of their own,
 # indented; only trim_blocks + lstrip_blocks (as llama.cpp's lexer) make those lines vanish.
@@ -30,7 +30,7 @@ You are helpful.<|im_end|>
 @dataclass(frozen=True)
 class Msg:
     role: str
-    content: str
+    text: str
 
 
 def msgs(*pairs: tuple[str, str]) -> list[Msg]:

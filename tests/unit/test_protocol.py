@@ -8,7 +8,7 @@ import resource
 
 import pytest
 
-from gateway.config import Limits
+from core.config import Limits
 from gateway.metrics import Metrics
 from gateway.protocol import Guard, fd_limit_warning
 

@@ -5,10 +5,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from gateway.config import ConfigError, LlmParams, Settings
-from gateway.errors import BadRequest
+from core.config import ConfigError, LlmParams, RuntimeConfig, Settings
+from core.errors import BadRequest
 from gateway.runtime_config import ConfigStore, merged, save
-from gateway.schemas import ConfigUpdate, RuntimeConfig
+from gateway.schemas import ConfigUpdate
 
 CURRENT = RuntimeConfig(backend="server", llm_params=LlmParams())
 

@@ -12,8 +12,8 @@ from backends.catalog import ModelDef
 from backends.router import Router, Target
 from backends.server import ServerBackend
 from backends.specs import server_spec
-from gateway.config import LlmParams
-from gateway.errors import BackendTimeout
+from core.config import LlmParams
+from core.errors import BackendTimeout
 from supervisor.actor import Supervisor
 
 

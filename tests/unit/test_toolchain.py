@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from backends import toolchain
-from gateway.errors import MissingComponent
+from core.config import cache_dir
+from core.errors import MissingComponent
 from tests.conftest import write_script
 
 
@@ -19,8 +20,8 @@ def make_cache(root: Path, *names: str) -> Path:
 
 
 def test_cache_dir_prefers_explicit_env() -> None:
-    assert toolchain.cache_dir({"AI_SERVER_CACHE": "/x/y"}) == Path("/x/y")
-    assert toolchain.cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/ai-server")
+    assert cache_dir({"AI_SERVER_CACHE": "/x/y"}) == Path("/x/y")
+    assert cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/ai-server")
 
 
 def test_resolve_binary_explicit_path_wins(tmp_path: Path) -> None:

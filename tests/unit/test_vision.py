@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from backends.vision import PreparedImage, decode_base64_image, prepare_image
-from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnsupportedMedia
+from core.errors import AiServerError, BadRequest, PayloadTooLarge, UnsupportedMedia
 
 LIMITS = {"max_side": 64, "max_pixels": 50_000_000}
 
@@ -88,7 +88,7 @@ def test_prepare_image_takes_the_first_frame_of_an_animation() -> None:
     ],
 )
 def test_prepare_image_refuses_hostile_input(
-    data: bytes, error: type[GatewayError], says: str
+    data: bytes, error: type[AiServerError], says: str
 ) -> None:
     with pytest.raises(error, match=says):
         prepare_image(data, max_side=64, max_pixels=40_000_000)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.config import ConfigError, Settings
 from gateway.cli import parser
-from gateway.config import ConfigError, Settings
 from gateway.worker import worker_spec
 from supervisor.command import build_server_argv
 from tests.unit.test_gguf_meta import gguf_bytes

@@ -1,18 +1,24 @@
-"""The OpenAI-compatible request bodies (/v1): OpenAI's names, mapped onto ours.
+"""The OpenAI dialect (/v1): its request bodies decoded into `core.chat.ChatRequest`, and an
+answer or its events encoded as `chat.completion` JSON or `chat.completion.chunk` SSE.
 
 Unknown fields are ignored, as OpenAI clients send many; fields we support only at their
 neutral value (they would change what the answer means) are a 400 naming them otherwise."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from gateway.config import LlmParams, Mirostat, PresencePenalty, Temp, TopK, TopP
-from gateway.errors import BadRequest
-from gateway.schemas import ChatMessage, EmbedText, MaxTokens
+from backends.ids import unique_id
+from backends.vision import decode_base64_image
+from core import chat
+from core.config import Mirostat, PresencePenalty, Temp, TopK, TopP
+from core.errors import BadRequest
+from gateway.schemas import EmbedText, MaxTokens
 
 
 def neutral(**schema: object) -> Meta:
@@ -40,17 +46,18 @@ class Message(msgspec.Struct, kw_only=True):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart | ImagePart] | None = None
 
-    @property
-    def images(self) -> list[str]:
-        parts = self.content if isinstance(self.content, list) else []
-        return [part.image_url.url for part in parts if isinstance(part, ImagePart)]
-
-    def as_chat(self) -> ChatMessage:
-        if isinstance(self.content, list):
-            text = "\n".join(part.text for part in self.content if isinstance(part, TextPart))
-        else:
-            text = self.content or ""
-        return ChatMessage(role="system" if self.role == "developer" else self.role, content=text)
+    def decode(self) -> chat.Message:
+        """Ours: `developer` is the system role; an image's data URL becomes its bytes."""
+        role = "system" if self.role == "developer" else self.role
+        if not isinstance(self.content, list):
+            return chat.Message.of(role, self.content or "")
+        parts: list[chat.Part] = []
+        for part in self.content:
+            if isinstance(part, TextPart):
+                parts.append(chat.TextPart(text=part.text))
+            else:
+                parts.append(chat.ImagePart(data=decode_base64_image(part.image_url.url)))
+        return chat.Message(role=role, content=tuple(parts))
 
 
 class StreamOptions(msgspec.Struct):
@@ -159,26 +166,35 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
         check_schema(schema)
         return schema
 
-    def image_request(self) -> tuple[str, str] | None:
-        """(image data URL, prompt) when the request carries an image. The vision path
-        takes one user message with one image: anything else is refused, not guessed at."""
-        if not any(m.images for m in self.messages):
-            return None
-        if len(self.messages) != 1 or len(self.messages[0].images) != 1 or self.stream:
-            raise BadRequest(
-                "images are supported as one image in a single user message, without streaming"
-            )
-        return self.messages[0].images[0], self.messages[0].as_chat().content
+    def decode(self) -> chat.ChatRequest:
+        """Ours, after the checks only this dialect has (unsupported fields, the schema)."""
+        self.check_supported()
+        sampling = chat.Sampling(
+            temp=_given(self.temperature),
+            top_p=_given(self.top_p),
+            top_k=_given(self.top_k),
+            presence_penalty=_given(self.presence_penalty),
+            mirostat=_given(self.mirostat),
+            frequency_penalty=self.frequency_penalty,
+        )
+        return chat.ChatRequest(
+            messages=tuple(m.decode() for m in self.messages),
+            model=self.model,
+            sampling=sampling,
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+            stop=self.stops,
+            seed=self.seed,
+            json_schema=self.json_schema(),
+            stream=self.stream,
+        )
 
-    def params(self, base: LlmParams) -> LlmParams:
-        ours = {
-            "temp": self.temperature,
-            "top_p": self.top_p,
-            "presence_penalty": self.presence_penalty,
-            "top_k": self.top_k,
-            "mirostat": self.mirostat,
-        }
-        return msgspec.structs.replace(base, **{k: v for k, v in ours.items() if v is not UNSET})
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def _given(value: Any) -> Any:
+    return None if value is UNSET else value
 
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True):
@@ -191,3 +207,100 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
     def check_supported(self) -> None:
         if self.dimensions is not None:
             raise BadRequest("not supported by this server: dimensions")
+
+
+# Answers.
+
+
+def usage_of(usage: chat.Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+def completion(answer: chat.Answer, model: str) -> dict[str, Any]:
+    """A chat.completion; without `usage` where llama.cpp gave no counts (never a fake 0)."""
+    usage = {"usage": usage_of(answer.usage)} if answer.usage is not None else {}
+    return {
+        "id": f"chatcmpl-{unique_id()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        **usage,
+    }
+
+
+DONE = b"data: [DONE]\n\n"
+
+_encode = msgspec.json.Encoder().encode
+
+
+def sse(data: object) -> bytes:
+    return b"data: " + _encode(data) + b"\n\n"
+
+
+def error_event(type_: str, message: str) -> bytes:
+    """How a stream that already started reports a failure: not a silent cut."""
+    return sse({"error": {"type": type_, "code": type_, "message": message}})
+
+
+class ChunkWriter:
+    """Builds the chunks of one streamed completion."""
+
+    def __init__(self, model: str) -> None:
+        self.id = f"chatcmpl-{unique_id()}"
+        self.created = int(time.time())
+        self.model = model
+        self._started = False
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return sse(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": choices,
+                **extra,
+            }
+        )
+
+    def delta(self, text: str) -> bytes:
+        delta = {"content": text} if self._started else {"role": "assistant", "content": text}
+        self._started = True
+        return self._chunk([{"index": 0, "delta": delta, "finish_reason": None}])
+
+    def finish(self, reason: str) -> bytes:
+        return self._chunk([{"index": 0, "delta": {}, "finish_reason": reason}])
+
+    def usage(self, usage: chat.Usage) -> bytes:
+        return self._chunk([], usage=usage_of(usage))
+
+
+async def chunks(
+    events: AsyncIterator[chat.Event], model: str, *, include_usage: bool
+) -> AsyncGenerator[bytes, None]:
+    """`chat.completion.chunk` events, ending with `[DONE]`; the usage chunk only for a
+    client that asked for it; a failure as an error event, after which nothing follows."""
+    writer = ChunkWriter(model)
+    async for event in events:
+        match event:
+            case chat.TextDelta(text=text):
+                yield writer.delta(text)
+            case chat.Finish(reason=reason):
+                yield writer.finish(reason)
+            case chat.Usage() if include_usage:
+                yield writer.usage(event)
+            case chat.Failure(type=type_, message=message):
+                yield error_event(type_, message)
+                return
+    yield DONE

@@ -14,8 +14,6 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from backends import toolchain
-
 Backend = Literal["server", "cli"]
 
 
@@ -233,7 +231,22 @@ class Settings(_Section, frozen=True):
         return Path(self.state_dir).expanduser()
 
     def cache_path(self) -> Path:
-        return Path(self.cache_dir).expanduser() if self.cache_dir else toolchain.cache_dir()
+        return Path(self.cache_dir).expanduser() if self.cache_dir else cache_dir()
+
+
+def cache_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """The per-machine cache, outside any checkout: ``$AI_SERVER_CACHE`` or XDG's cache."""
+    if explicit := env.get("AI_SERVER_CACHE"):
+        return Path(explicit).expanduser()
+    xdg = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "ai-server"
+
+
+class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What /api/config changes at runtime, and what the state directory persists."""
+
+    backend: Backend
+    llm_params: LlmParams
 
 
 class ConfigError(Exception):
