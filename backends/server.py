@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
-import re
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from contextlib import AsyncExitStack, aclosing, contextmanager
 from typing import Any, Literal, NoReturn
 
 import aiohttp
 import anyio
-import msgspec
 
 from backends.base import ChatTask, Embedded
 from backends.catalog import ModelDef
+from backends.llama_api import (
+    JSON,
+    TOO_LARGE,
+    Upstream,
+    answer_of,
+    chat_payload,
+    decode,
+    events_of,
+    json_body,
+    read_event,
+    upstream_message,
+)
 from backends.router import Router, Target, key_of
 from backends.spares import Spares
 from backends.specs import server_spec
-from backends.sse import read_event
 from core.chat import (
     Answer,
     Event,
-    Failure,
-    Finish,
-    FinishReason,
-    ImagePart,
-    Message,
-    TextDelta,
-    Usage,
 )
 from core.config import LlmParams
 from core.errors import (
@@ -45,155 +45,6 @@ from supervisor.remote import Remote
 from supervisor.states import State
 
 log = logging.getLogger("ai_server.backend")
-
-
-def sampling(p: LlmParams) -> dict[str, Any]:
-    """The five sampling parameters as llama-server takes them per request (the three startup
-    parameters are its flags; see supervisor.command)."""
-    return {
-        "temperature": p.temp,
-        "top_p": p.top_p,
-        "top_k": p.top_k,
-        "presence_penalty": p.presence_penalty,
-        "mirostat": p.mirostat,
-    }
-
-
-def _content(message: Message) -> str | list[dict[str, Any]]:
-    """A message's content as llama-server takes it: a string, or parts when it has an image
-    (each as a data URL)."""
-    if not message.images:
-        return message.text
-    parts: list[dict[str, Any]] = []
-    for part in message.content:
-        if isinstance(part, ImagePart):
-            url = f"data:{part.media_type};base64," + base64.b64encode(part.data).decode()
-            parts.append({"type": "image_url", "image_url": {"url": url}})
-        else:
-            parts.append({"type": "text", "text": part.text})
-    return parts
-
-
-def chat_payload(task: ChatTask) -> dict[str, Any]:
-    """The /v1/chat/completions body of a chat task. A seed keeps the prompt out of the
-    cache (a cached prefix can change the result), and so does an image (no pinned slot:
-    `id_slot` is left to llama-server)."""
-    request = task.request
-    payload: dict[str, Any] = {
-        "messages": [{"role": m.role, "content": _content(m)} for m in request.messages],
-        "max_tokens": task.max_tokens,
-        **sampling(task.params),
-        "stream": False,
-    }
-    if request.stop:
-        payload["stop"] = list(request.stop)
-    if request.seed is not None:
-        payload |= {"seed": request.seed, "cache_prompt": False}
-    elif request.images:
-        payload["cache_prompt"] = False
-    if request.sampling.frequency_penalty is not None:
-        payload["frequency_penalty"] = request.sampling.frequency_penalty
-    if request.json_schema is not None:
-        payload["json_schema"] = request.json_schema
-    if request.grammar is not None:
-        payload["grammar"] = request.grammar
-    return payload
-
-
-JSON = {"Content-Type": "application/json"}
-_TOO_LARGE = re.compile(r"input \(\d+ tokens\) is too large to process")
-
-
-def _json_body(payload: dict[str, Any]) -> bytes | io.BytesIO:
-    """Encoded with msgspec (aiohttp's `json=` uses the slower json.dumps); over 1 MiB as a
-    stream, which aiohttp writes in chunks instead of in one call on the event loop."""
-    data = msgspec.json.encode(payload)
-    return io.BytesIO(data) if len(data) > 2**20 else data
-
-
-def _finish(reason: str | None) -> FinishReason:
-    return "length" if reason == "length" else "tool_calls" if reason == "tool_calls" else "stop"
-
-
-def _usage(usage: dict[str, Any] | None, timings: dict[str, Any] | None) -> Usage | None:
-    """llama-server's counts (and its timings, and the generation speed in them)."""
-    if not usage or "prompt_tokens" not in usage or "completion_tokens" not in usage:
-        return None
-    timings = timings or None
-    return Usage(
-        prompt_tokens=usage["prompt_tokens"],
-        completion_tokens=usage["completion_tokens"],
-        tokens_per_second=timings.get("predicted_per_second") if timings else None,
-        timings=timings,
-    )
-
-
-class _Delta(msgspec.Struct):
-    content: str | None = None
-
-
-class _Choice(msgspec.Struct):
-    delta: _Delta | None = None
-    finish_reason: str | None = None
-
-
-class _Chunk(msgspec.Struct):
-    """The parts of a streamed chat.completion.chunk (or error) we read."""
-
-    choices: list[_Choice] = []
-    usage: dict[str, Any] | None = None
-    timings: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-
-
-_decode_chunk = msgspec.json.Decoder(_Chunk).decode
-
-
-def events_of(sse: bytes) -> list[Event]:
-    """Our events in one of llama-server's SSE events (`data: {...}`; `[DONE]` has none)."""
-    data = sse.strip().removeprefix(b"data:").strip()
-    if not data or data == b"[DONE]":
-        return []
-    try:
-        chunk = _decode_chunk(data)
-    except msgspec.DecodeError as exc:
-        raise UpstreamError(f"llama-server streamed invalid JSON: {exc}") from None
-    if chunk.error is not None:
-        message = str(chunk.error.get("message") or chunk.error)
-        return [Failure(type="upstream_error", message=f"llama-server: {message}")]
-    found: list[Event] = []
-    for choice in chunk.choices[:1]:
-        if choice.delta is not None and choice.delta.content:
-            found.append(TextDelta(text=choice.delta.content))
-        if choice.finish_reason is not None:
-            found.append(Finish(reason=_finish(choice.finish_reason)))
-    if (usage := _usage(chunk.usage, chunk.timings)) is not None:
-        found.append(usage)
-    return found
-
-
-class _Upstream(msgspec.Struct):
-    """The parts of llama-server's answers we read."""
-
-    choices: list[dict[str, Any]] = []
-    usage: dict[str, Any] = {}
-    data: list[dict[str, Any]] = []
-    timings: dict[str, Any] = {}
-
-
-def _decode(body: bytes) -> _Upstream:
-    try:
-        return msgspec.json.decode(body, type=_Upstream)
-    except msgspec.DecodeError as exc:
-        raise UpstreamError(f"llama-server answered invalid JSON: {exc}") from None
-
-
-def _upstream_message(body: bytes) -> str:
-    try:
-        error = msgspec.json.decode(body).get("error", {})
-        return str(error.get("message") or error)
-    except (msgspec.DecodeError, AttributeError):
-        return body[:500].decode(errors="replace")
 
 
 class _ConnectionLost(BackendUnavailable):
@@ -244,21 +95,10 @@ class ServerBackend:
         answer = await self._send(
             task.model, task.params, "/v1/chat/completions", chat_payload(task)
         )
-        return self._result(answer)
+        return answer_of(answer)
 
     async def vision(self, task: ChatTask) -> Answer:
         return await self.chat(task)  # its projector: checked by the Job
-
-    def _result(self, answer: _Upstream) -> Answer:
-        try:
-            choice = answer.choices[0]
-            return Answer(
-                text=choice["message"]["content"] or "",
-                finish_reason=_finish(choice.get("finish_reason")),
-                usage=_usage(answer.usage, answer.timings),
-            )
-        except (IndexError, KeyError, TypeError) as exc:
-            raise UpstreamError(f"llama-server answered an unexpected shape: {exc!r}") from None
 
     async def embed(self, model: ModelDef, texts: Sequence[str], params: LlmParams) -> Embedded:
         payload = {"input": list(texts)}
@@ -279,7 +119,7 @@ class ServerBackend:
 
     async def _send(
         self, model: ModelDef, params: LlmParams, path: str, payload: dict[str, Any]
-    ) -> _Upstream:
+    ) -> Upstream:
         """One request: to the model's only llama-server, or routed among its instances
         and retried once on another one if it fails before the first byte of its answer."""
         if not self._router.routes(model):
@@ -304,7 +144,7 @@ class ServerBackend:
             self._check_file(model, target)
         return target
 
-    async def _post_to(self, target: Target, path: str, payload: dict[str, Any]) -> _Upstream:
+    async def _post_to(self, target: Target, path: str, payload: dict[str, Any]) -> Upstream:
         try:
             with self._router.watch(target) as scope:
                 if isinstance(target, ServerSpec):
@@ -322,16 +162,16 @@ class ServerBackend:
         reason = target.reason if isinstance(target, Remote) else None
         return BackendUnavailable(f"{key_of(target)} went down: {reason}", retry_after=1)
 
-    async def _post_remote(self, r: Remote, path: str, payload: dict[str, Any]) -> _Upstream:
+    async def _post_remote(self, r: Remote, path: str, payload: dict[str, Any]) -> Upstream:
         async with self._router.lease(r) as upstream:
             with self._upstream_errors(r, upstream.pid):
                 async with self._supervisor.http.post(
-                    upstream.url + path, data=_json_body(payload), headers=JSON | upstream.headers
+                    upstream.url + path, data=json_body(payload), headers=JSON | upstream.headers
                 ) as resp:
                     body = await resp.read()
         if resp.status != 200:
             self._raise_for(r, resp.status, body)
-        return _decode(body)
+        return decode(body)
 
     async def chat_stream(self, task: ChatTask) -> AsyncGenerator[Event, None]:
         """llama-server's SSE events as ours, each as soon as it is read. Leaving the loop
@@ -389,7 +229,7 @@ class ServerBackend:
                 resp = await stack.enter_async_context(
                     self._supervisor.http.post(
                         upstream.url + "/v1/chat/completions",
-                        data=_json_body(payload),
+                        data=json_body(payload),
                         headers=JSON | upstream.headers | {"Connection": "close"},
                     )
                 )
@@ -409,24 +249,24 @@ class ServerBackend:
 
     async def _post(
         self, spec: ServerSpec, path: str, payload: dict[str, Any], replacing: int | None = None
-    ) -> _Upstream:
+    ) -> Upstream:
         async with self._supervisor.lease(spec, replacing) as endpoint:
             with self._upstream_errors(spec, endpoint.pid):
                 async with self._supervisor.http.post(
-                    endpoint.url + path, data=_json_body(payload), headers=JSON
+                    endpoint.url + path, data=json_body(payload), headers=JSON
                 ) as resp:
                     body = await resp.read()
         if resp.status != 200:
             self._raise_for(spec, resp.status, body)
-        return _decode(body)
+        return decode(body)
 
     def _raise_for(self, target: Target, status: int, body: bytes) -> NoReturn:
-        message = _upstream_message(body)
+        message = upstream_message(body)
         if isinstance(target, Remote) and status in (401, 403):
             raise UpstreamError(f"{target.url} refused our API key (HTTP {status}): {message}")
         # llama-server's 4xx are about the request (e.g. it exceeds the context), and so is
         # the 500 it answers for embedding input larger than its batch.
-        if status >= 500 and not _TOO_LARGE.search(message):
+        if status >= 500 and not TOO_LARGE.search(message):
             if isinstance(target, ServerSpec):
                 self._supervisor.report_failure(target)
             raise UpstreamError(f"llama-server: {message}")

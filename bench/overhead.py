@@ -17,7 +17,7 @@ import aiohttp
 import anyio
 
 from backends.base import ChatTask
-from backends.server import chat_payload
+from backends.llama_api import chat_payload
 from bench.common import BENCH_MODEL, Machine, gateway, percentile, write_section
 from bench.litellm import MODEL, VERSION, litellm_proxy
 from core.chat import ChatRequest, Message

@@ -24,7 +24,7 @@ import aiohttp
 import anyio
 
 from backends.base import ChatTask
-from backends.server import chat_payload
+from backends.llama_api import chat_payload
 from bench.common import (
     BENCH_MODEL,
     ROOT,

@@ -1,0 +1,201 @@
+"""llama-server's OpenAI-compatible API as server mode speaks it: the bodies sent for a chat
+task, and its answers, streamed or not, read back into `core.chat`'s answer and events.
+(This is llama-server's wire format, not a client's: the dialects live in gateway/dialects.)"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from backends.base import ChatTask
+from core.chat import (
+    Answer,
+    Event,
+    Failure,
+    Finish,
+    FinishReason,
+    ImagePart,
+    Message,
+    TextDelta,
+    Usage,
+)
+from core.config import LlmParams
+from core.errors import UpstreamError
+
+
+def sampling(p: LlmParams) -> dict[str, Any]:
+    """The five sampling parameters as llama-server takes them per request (the three startup
+    parameters are its flags; see supervisor.command)."""
+    return {
+        "temperature": p.temp,
+        "top_p": p.top_p,
+        "top_k": p.top_k,
+        "presence_penalty": p.presence_penalty,
+        "mirostat": p.mirostat,
+    }
+
+
+def _content(message: Message) -> str | list[dict[str, Any]]:
+    """A message's content as llama-server takes it: a string, or parts when it has an image
+    (each as a data URL)."""
+    if not message.images:
+        return message.text
+    parts: list[dict[str, Any]] = []
+    for part in message.content:
+        if isinstance(part, ImagePart):
+            url = f"data:{part.media_type};base64," + base64.b64encode(part.data).decode()
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            parts.append({"type": "text", "text": part.text})
+    return parts
+
+
+def chat_payload(task: ChatTask) -> dict[str, Any]:
+    """The /v1/chat/completions body of a chat task. A seed keeps the prompt out of the
+    cache (a cached prefix can change the result), and so does an image (no pinned slot:
+    `id_slot` is left to llama-server)."""
+    request = task.request
+    payload: dict[str, Any] = {
+        "messages": [{"role": m.role, "content": _content(m)} for m in request.messages],
+        "max_tokens": task.max_tokens,
+        **sampling(task.params),
+        "stream": False,
+    }
+    if request.stop:
+        payload["stop"] = list(request.stop)
+    if request.seed is not None:
+        payload |= {"seed": request.seed, "cache_prompt": False}
+    elif request.images:
+        payload["cache_prompt"] = False
+    if request.sampling.frequency_penalty is not None:
+        payload["frequency_penalty"] = request.sampling.frequency_penalty
+    if request.json_schema is not None:
+        payload["json_schema"] = request.json_schema
+    if request.grammar is not None:
+        payload["grammar"] = request.grammar
+    return payload
+
+
+JSON = {"Content-Type": "application/json"}
+TOO_LARGE = re.compile(r"input \(\d+ tokens\) is too large to process")
+
+
+def json_body(payload: dict[str, Any]) -> bytes | io.BytesIO:
+    """Encoded with msgspec (aiohttp's `json=` uses the slower json.dumps); over 1 MiB as a
+    stream, which aiohttp writes in chunks instead of in one call on the event loop."""
+    data = msgspec.json.encode(payload)
+    return io.BytesIO(data) if len(data) > 2**20 else data
+
+
+def _finish(reason: str | None) -> FinishReason:
+    return "length" if reason == "length" else "tool_calls" if reason == "tool_calls" else "stop"
+
+
+def _usage(usage: dict[str, Any] | None, timings: dict[str, Any] | None) -> Usage | None:
+    """llama-server's counts (and its timings, and the generation speed in them)."""
+    if not usage or "prompt_tokens" not in usage or "completion_tokens" not in usage:
+        return None
+    timings = timings or None
+    return Usage(
+        prompt_tokens=usage["prompt_tokens"],
+        completion_tokens=usage["completion_tokens"],
+        tokens_per_second=timings.get("predicted_per_second") if timings else None,
+        timings=timings,
+    )
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class _Chunk(msgspec.Struct):
+    """The parts of a streamed chat.completion.chunk (or error) we read."""
+
+    choices: list[_Choice] = []
+    usage: dict[str, Any] | None = None
+    timings: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+_decode_chunk = msgspec.json.Decoder(_Chunk).decode
+
+
+def events_of(sse: bytes) -> list[Event]:
+    """Our events in one of llama-server's SSE events (`data: {...}`; `[DONE]` has none)."""
+    data = sse.strip().removeprefix(b"data:").strip()
+    if not data or data == b"[DONE]":
+        return []
+    try:
+        chunk = _decode_chunk(data)
+    except msgspec.DecodeError as exc:
+        raise UpstreamError(f"llama-server streamed invalid JSON: {exc}") from None
+    if chunk.error is not None:
+        message = str(chunk.error.get("message") or chunk.error)
+        return [Failure(type="upstream_error", message=f"llama-server: {message}")]
+    found: list[Event] = []
+    for choice in chunk.choices[:1]:
+        if choice.delta is not None and choice.delta.content:
+            found.append(TextDelta(text=choice.delta.content))
+        if choice.finish_reason is not None:
+            found.append(Finish(reason=_finish(choice.finish_reason)))
+    if (usage := _usage(chunk.usage, chunk.timings)) is not None:
+        found.append(usage)
+    return found
+
+
+class Upstream(msgspec.Struct):
+    """The parts of llama-server's answers we read."""
+
+    choices: list[dict[str, Any]] = []
+    usage: dict[str, Any] = {}
+    data: list[dict[str, Any]] = []
+    timings: dict[str, Any] = {}
+
+
+def decode(body: bytes) -> Upstream:
+    try:
+        return msgspec.json.decode(body, type=Upstream)
+    except msgspec.DecodeError as exc:
+        raise UpstreamError(f"llama-server answered invalid JSON: {exc}") from None
+
+
+def upstream_message(body: bytes) -> str:
+    try:
+        error = msgspec.json.decode(body).get("error", {})
+        return str(error.get("message") or error)
+    except (msgspec.DecodeError, AttributeError):
+        return body[:500].decode(errors="replace")
+
+
+def answer_of(answer: Upstream) -> Answer:
+    """A non-streamed chat.completion of llama-server's as our answer."""
+    try:
+        choice = answer.choices[0]
+        return Answer(
+            text=choice["message"]["content"] or "",
+            finish_reason=_finish(choice.get("finish_reason")),
+            usage=_usage(answer.usage, answer.timings),
+        )
+    except (IndexError, KeyError, TypeError) as exc:
+        raise UpstreamError(f"llama-server answered an unexpected shape: {exc!r}") from None
+
+
+async def read_event(content: aiohttp.StreamReader) -> bytes | None:
+    """The next complete SSE event (its lines and the blank line ending it), None at the end."""
+    lines: list[bytes] = []
+    while line := await content.readline():
+        if line.strip():
+            lines.append(line)
+        elif lines:
+            return b"".join(lines) + b"\n"
+    return b"".join(lines) + b"\n" if lines else None
