@@ -23,8 +23,9 @@ import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.config import ConfigError, NamedKey, Settings, secret_of
+from core.errors import Forbidden, Unauthorized
 from gateway.budgets import Bucket, Budget
-from gateway.error_handlers import error_response
+from gateway.error_handlers import render
 
 PROBES = ("/health", "/ready", "/metrics")
 ADMIN_READS = ("/api/clients", "/api/logs/")
@@ -179,26 +180,34 @@ class RequireKeys:
         if scope["type"] != "http" or not self._guarded(scope["path"]):
             await self.app(scope, receive, send)
             return
+        try:
+            client = self._client(scope)
+        except (Unauthorized, Forbidden) as exc:
+            # Rendered here: this middleware runs outside Starlette's ExceptionMiddleware, so
+            # an exception raised through would reach only the catch-all 500 handler.
+            await render(exc)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["client"] = client
+        await self.app(scope, receive, send)
+
+    def _client(self, scope: Scope) -> Client:
+        """Who sent a guarded request: Unauthorized without a known key, Forbidden for a
+        user key on an admin route."""
         if not self.keys.any:
-            client = Client(address_of(scope, self.proxies), admin=True, keyed=False)
-            scope.setdefault("state", {})["client"] = client
-            await self.app(scope, receive, send)
-            return
-        header = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                header = value
-        scheme, _, token = header.partition(b" ")
-        token = token.strip() if scheme.lower() == b"bearer" else b""
-        key = self.keys.match(token)
+            return Client(address_of(scope, self.proxies), admin=True, keyed=False)
+        key = self.keys.match(_bearer(scope["headers"]))
         if key is None:
-            message = "an API key is required: Authorization: Bearer <key>"
-            response = error_response(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
-        elif not key.admin and _for_admins(scope["method"], scope["path"]):
-            response = error_response(403, "forbidden", "this needs an admin key")
-        else:
-            client = Client(key.name, key.admin, keyed=True, budget=key.budget)
-            scope.setdefault("state", {})["client"] = client
-            await self.app(scope, receive, send)
-            return
-        await response(scope, receive, send)
+            raise Unauthorized("an API key is required: Authorization: Bearer <key>")
+        if not key.admin and _for_admins(scope["method"], scope["path"]):
+            raise Forbidden("this needs an admin key")
+        return Client(key.name, key.admin, keyed=True, budget=key.budget)
+
+
+def _bearer(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The token of the last Authorization header, if its scheme is Bearer."""
+    header = b""
+    for name, value in headers:
+        if name == b"authorization":
+            header = value
+    scheme, _, token = header.partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else b""

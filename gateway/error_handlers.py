@@ -30,11 +30,17 @@ def error_response(
     return JSONResponse(body, status, headers)
 
 
-async def gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, AiServerError)
+def render(exc: AiServerError) -> JSONResponse:
+    """`exc` as its status, headers and JSON envelope: for Starlette's handlers below, and for
+    a pure ASGI middleware that runs outside them (auth)."""
     return error_response(
         status_of(exc), exc.type, exc.message, headers_of(exc), code=exc.code, param=exc.param
     )
+
+
+async def gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AiServerError)
+    return render(exc)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
