@@ -80,7 +80,7 @@ class NotGguf(ValueError):
 
 
 # Metadata by (st_dev, st_ino, st_mtime_ns, st_size): the file itself, not how its path is
-# spelled. One stat (~4 us here) instead of resolving the path (~70 us, see specs.py); a file
+# spelled. One stat instead of resolving the path, which costs far more (BENCHMARKS.md); a file
 # rewritten in place gets a new mtime, one replaced by a rename a new inode: both are read again.
 _CACHE: dict[tuple[int, int, int, int], GgufMeta] = {}
 _CACHE_SIZE = 64

@@ -87,7 +87,8 @@ class ServerBackend:
 
     def _check_file(self, model: ModelDef, spec: ServerSpec) -> None:
         """A missing file is named (with its fix), not left to llama-server to fail its load.
-        A loaded instance needs no file: not a stat per request (15 us under load)."""
+        A loaded instance needs no file: not a stat per request (BENCHMARKS.md, per-call
+        costs)."""
         if self._supervisor.load_of(spec)[0] is not State.READY:
             model.file()
 
@@ -278,8 +279,8 @@ class ServerBackend:
         server: the supervisor probes a local one (and sees a dead one exit on its own); a
         remote one is cooled down by whoever catches the connection loss."""
         try:
-            # fail_after's own check, without its extra layer: 11 us less per request and per
-            # streamed event (of 37, under load).
+            # fail_after's own check, without its extra layer: a third less per request and per
+            # streamed event (BENCHMARKS.md, per-call costs).
             with anyio.CancelScope(deadline=anyio.current_time() + self._timeout) as waited:
                 yield
             if waited.cancelled_caught:

@@ -213,7 +213,8 @@ class Lane:
 
 
 class _Slot:
-    """A class, not an @asynccontextmanager generator: 3 us less per request (in process)."""
+    """A class, not an @asynccontextmanager generator: half the cost per admission
+    (BENCHMARKS.md, per-call costs)."""
 
     __slots__ = ("client", "lane")
 

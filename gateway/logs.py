@@ -54,7 +54,8 @@ def configured(fmt: str, level: str) -> Iterator[None]:
     written to stderr by a thread of their own, off the event loop, and every record queued
     is written before the block ends."""
     # No line we write says where a record was made, or in which thread or process: finding
-    # out costs 4 of the 18 us of a record, and the access log writes one per request.
+    # out costs a fifth of a record, and the access log writes one per request (BENCHMARKS.md,
+    # per-call costs).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     writer = logging.StreamHandler()

@@ -28,8 +28,8 @@ class RequestLog:
         self.app = app
         self.metrics = metrics
         self.routes = routes
-        # Label children, bound once each: two `.labels()` per request cost 5 us (in process).
-        # As many as the registry's own children: the same labels key both.
+        # Label children, bound once each, not looked up per request (BENCHMARKS.md, per-call
+        # costs). As many as the registry's own children: the same labels key both.
         self._bound: dict[tuple[str, str, int, str], tuple[Counter, Histogram]] = {}
 
     def _children(
@@ -96,9 +96,10 @@ class CancelOnDisconnect:
     Once the app has read the whole body, nothing but `http.disconnect` can arrive: a
     watcher takes over `receive` then, and the app's own later `receive` calls wait for it.
     The watcher is a bare asyncio task cancelling an anyio scope (cancel() may come from any
-    task), started when the body ends: a task group per request cost 100 us of the 730 us
-    the gateway spent per request under load (bench/throughput.py). One asyncio.Event, not
-    anyio's (0.3 against 1.6 us to make): the gateway runs on asyncio only (aiohttp).
+    task), started when the body ends: a task group per request was a seventh of the
+    gateway's time per request under load. One asyncio.Event, not anyio's, which costs five
+    times as much to make: the gateway runs on asyncio only (aiohttp). Figures: BENCHMARKS.md,
+    per-call costs.
     """
 
     def __init__(self, app: ASGIApp) -> None:
