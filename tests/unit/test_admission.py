@@ -1,6 +1,7 @@
 """The admission lane: slots, one waiting line per client served round-robin (the order is
 a pure function, tested as a table), per-client caps, and slots that change while requests
-wait (a model's instances come and go)."""
+wait (a model's instances come and go). A test waits for what a lane shows (requests in it,
+a client's line), never for a fixed time."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ import pytest
 
 from core.errors import BackendUnavailable, Overloaded
 from gateway.admission import Lane, crowded_out, grant_order
+from tests.conftest import wait_until
+
+
+async def entered(lane: Lane, requests: int) -> None:
+    """Until `requests` requests are in `lane`, in flight or waiting."""
+    await wait_until(lambda: lane.in_flight + lane.waiting == requests, within=5)
+
+
+async def in_line(lane: Lane, client: str) -> None:
+    """Until a request of `client` waits in `lane`."""
+    await wait_until(lambda: client in lane.queued(), within=5)
 
 
 async def test_a_lane_queues_beyond_its_slots_and_serves_in_order() -> None:
@@ -24,7 +36,7 @@ async def test_a_lane_queues_beyond_its_slots_and_serves_in_order() -> None:
     async with anyio.create_task_group() as tg:
         for n in range(3):
             tg.start_soon(request, n)
-            await anyio.sleep(0.01)
+            await entered(lane, n + 1)  # one by one: the order is theirs
         assert (lane.in_flight, lane.waiting) == (1, 2)
         with pytest.raises(Overloaded):  # the queue is full
             async with lane.slot():
@@ -51,12 +63,12 @@ async def test_a_lane_grows_and_shrinks_with_its_capacity() -> None:
     async with anyio.create_task_group() as tg:
         for _ in range(3):
             tg.start_soon(request)
-        await anyio.sleep(0.05)
+        await entered(lane, 3)
         assert (lane.in_flight, lane.waiting) == (1, 2)
         capacity = 3  # an instance came back: the waiters get its slots at once
         lane.poke()
-        await anyio.sleep(0.05)
         assert (lane.in_flight, lane.waiting) == (3, 0)
+        await wait_until(lambda: inside == 3, within=5)
         capacity = 0  # every instance gone: one still goes through, to hear why
         assert lane.concurrency == 1
         release.set()
@@ -145,10 +157,10 @@ async def test_a_full_queue_takes_a_newcomer_in_place_of_the_longest_lines_newes
     async with anyio.create_task_group() as tg:
         for n in range(5):  # one in flight, four waiting: the queue is full
             tg.start_soon(request, "a", f"a{n}")
-            await anyio.sleep(0.005)
+            await entered(lane, n + 1)
         for client in "bcd":
             tg.start_soon(request, client, client)
-            await anyio.sleep(0.005)
+            await in_line(lane, client)
         assert lane.queued() == {"a": 1, "b": 1, "c": 1, "d": 1}
         with pytest.raises(Overloaded, match="4 queued"):  # every line as short as can be
             async with lane.slot("e"):
@@ -176,13 +188,13 @@ async def test_freed_slots_go_round_robin_between_waiting_clients() -> None:
     async with anyio.create_task_group() as tg:
         for n in range(6):
             tg.start_soon(request, "a", f"a{n}")
-            await anyio.sleep(0.005)
+            await entered(lane, n + 1)
         for client in ("b", "c"):
             tg.start_soon(request, client, client)
-            await anyio.sleep(0.005)
+            await in_line(lane, client)
         assert lane.queued() == {"a": 4, "b": 1, "c": 1}
         done["a0"].set()  # one slot: a's line is first in the rotation, then b's, then c's
-        await anyio.sleep(0.01)
+        await wait_until(lambda: len(admitted) == 8, within=5)  # all through it, a1 holding
         done["a1"].set()
     assert admitted == ["a0", "a1", "a2", "b", "c", "a3", "a4", "a5"]
     assert lane.in_flight == lane.waiting == 0 and not lane.held
@@ -195,12 +207,12 @@ async def test_a_client_past_its_own_line_gets_429_while_others_still_queue() ->
     async with anyio.create_task_group() as tg:
         for _ in range(3):  # one in flight, two waiting: a's line is full
             tg.start_soon(hold, lane, "a", release)
-        await anyio.sleep(0.02)
+        await entered(lane, 3)
         with pytest.raises(Overloaded, match="2 of your requests are queued"):
             async with lane.slot("a"):
                 pass
         tg.start_soon(hold, lane, "b", release)
-        await anyio.sleep(0.02)
+        await in_line(lane, "b")
         assert lane.queued() == {"a": 2, "b": 1}
         assert lane.refused == {"a": 1}
         release.set()
@@ -214,10 +226,10 @@ async def test_a_client_at_its_cap_waits_while_another_takes_a_free_slot() -> No
     async with anyio.create_task_group() as tg:
         for _ in range(3):
             tg.start_soon(hold, lane, "a", release)
-        await anyio.sleep(0.02)
+        await entered(lane, 3)
         assert (lane.held, lane.queued()) == ({"a": 2}, {"a": 1})  # two slots stay free
         tg.start_soon(hold, lane, "b", release)
-        await anyio.sleep(0.02)
+        await wait_until(lambda: "b" in lane.held, within=5)
         assert lane.held == {"a": 2, "b": 1}
         release.set()
     assert lane.in_flight == 0 and not lane.held
