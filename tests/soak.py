@@ -33,8 +33,7 @@ from PIL import Image
 
 from bench.common import parent_pid, rss_mib
 from tests.conftest import free_port
-from tests.e2e.test_gateway_process import wait_ready
-from tests.integration.test_supervisor_real import llama_pids
+from tests.helpers import llama_pids, wait_ready
 
 CLIENT_TIMEOUT = 180.0  # longer than any answer may take: past it, a request counts as hung
 LLAMA_BINARIES = ("llama-server", "llama-completion", "llama-embedding", "llama-mtmd-cli")

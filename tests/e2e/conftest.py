@@ -16,9 +16,7 @@ import uvicorn
 from core.config import Binaries, Limits, LlamaServer, Settings
 from gateway.app import create_app
 from tests.conftest import free_port, wait_until
-from tests.unit.test_gguf_meta import gguf_bytes
-
-FAKES = Path(__file__).parents[1] / "fakes"
+from tests.helpers import FAKES, gguf_bytes
 
 
 class Client:

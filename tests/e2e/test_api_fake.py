@@ -14,8 +14,8 @@ import pytest
 from core.config import Limits
 from tests.conftest import wait_until
 from tests.e2e.conftest import fake_settings, recorded, serving
+from tests.helpers import alive
 from tests.supervisor.conftest import behave
-from tests.unit.test_process import alive
 
 JSON = "application/json"
 CHAT = {"messages": [{"role": "user", "content": "Hi"}]}

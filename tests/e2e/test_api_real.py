@@ -10,7 +10,7 @@ import pytest
 from backends.catalog import GEMMA, SMOLLM2
 from tests.conftest import wait_until
 from tests.e2e.conftest import Client, real_settings, serving
-from tests.integration.test_supervisor_real import llama_servers_on
+from tests.helpers import llama_servers_on
 
 pytestmark = pytest.mark.llama
 

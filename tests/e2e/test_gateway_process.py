@@ -9,8 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,57 +17,7 @@ import anyio
 import pytest
 
 from tests.conftest import free_port, wait_until
-from tests.e2e.conftest import FAKES
-from tests.unit.test_process import alive
-
-
-def write_config(tmp_path: Path, port: int, llama_port: int, backend: str = "server") -> Path:
-    model = tmp_path / "stub.gguf"
-    model.write_bytes(b"GGUF")
-    completion = tmp_path / "llama-completion"
-    completion.symlink_to(FAKES / "fake_llama_cli.py")
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'port = {port}\nbackend = "{backend}"\nstate_dir = "{tmp_path / "state"}"\n'
-        f'[models]\nchat = "{model}"\nembedding = "{model}"\n'
-        f'vision = "{model}"\nmmproj = "{model}"\n'
-        f"[llama_server]\nport = {llama_port}\n"
-        f'[binaries]\nllama_server = "{FAKES / "fake_llama_server.py"}"\n'
-        f'llama_completion = "{completion}"\n'
-    )
-    return path
-
-
-@contextmanager
-def gateway(config: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`ai-server serve` as a process; its log goes to gateway.log beside the config."""
-    with (config.parent / "gateway.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        try:
-            yield process
-        finally:
-            process.kill()
-            process.wait()
-
-
-async def wait_ready(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    """Poll /ready until it answers 200 and the first llama-server, if any (server mode: the
-    chat model's, which loads at startup), is ready; its body."""
-    with anyio.fail_after(30):
-        while True:
-            try:
-                async with http.get(url + "/ready") as resp:
-                    body: dict[str, Any] = await resp.json()
-                    first = body["processes"][:1]
-                    if resp.status == 200 and all(p["state"] == "ready" for p in first):
-                        return body
-            except aiohttp.ClientConnectionError:
-                pass
-            await anyio.sleep(0.1)
+from tests.helpers import alive, gateway, wait_ready, write_config
 
 
 def llama_pid(ready: dict[str, Any]) -> int:

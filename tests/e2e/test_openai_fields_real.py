@@ -20,7 +20,7 @@ from backends import toolchain
 from backends.catalog import GEMMA, SMOLLM2
 from core.config import cache_dir
 from tests.e2e.conftest import real_settings, serving
-from tests.e2e.test_openai_real import processes_named, sdk
+from tests.helpers import processes_named, sdk
 
 pytestmark = pytest.mark.llama
 

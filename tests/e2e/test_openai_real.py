@@ -13,28 +13,15 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from backends.catalog import GEMMA, SMOLLM2
-from core.config import Settings
-from supervisor.pidfile import cmdline
 from tests.conftest import wait_until
 from tests.e2e.conftest import Client, real_settings, serving
-from tests.unit.test_process import alive
+from tests.helpers import alive, processes_named, sdk
 
 pytestmark = pytest.mark.llama
 
 STORY: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Write a very long story about a lighthouse keeper."}
 ]
-
-
-def sdk(settings: Settings) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        base_url=f"http://127.0.0.1:{settings.port}/v1", api_key="unused", max_retries=0
-    )
-
-
-def processes_named(name: str) -> list[int]:
-    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    return [pid for pid in pids if (a := cmdline(pid)) and a[0].endswith(name) and alive(pid)]
 
 
 @pytest.mark.parametrize("backend", ["server", "cli"])

@@ -18,9 +18,8 @@ from backends.specs import estimate_mb, server_spec
 from core.config import Auth, ConfigError, LlmParams, ModelConfig, Pool, Roles, Settings
 from gateway.app import create_app
 from tests.e2e.conftest import Client, fake_settings, recorded, serving
+from tests.helpers import alive, gguf_bytes
 from tests.supervisor.conftest import behave
-from tests.unit.test_gguf_meta import gguf_bytes
-from tests.unit.test_process import alive
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 # KV cache dimensions that make the estimate ~100 MiB at the default context.

@@ -17,8 +17,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from backends.catalog import GEMMA, SMOLLM2
 from core.config import LlamaServer, LlmParams, ModelConfig, Pool, Roles
 from tests.e2e.conftest import Client, real_settings, serving
-from tests.integration.test_supervisor_real import llama_pids
-from tests.unit.test_process import alive
+from tests.helpers import alive, llama_pids
 
 pytestmark = pytest.mark.llama
 

@@ -16,7 +16,7 @@ from core.config import Limits
 from gateway.metrics import Metrics
 from gateway.protocol import bound
 from tests.conftest import free_port, wait_until
-from tests.e2e.test_slow_clients import parse, read_response, read_to_eof
+from tests.helpers import parse, read_response, read_to_eof
 
 LIMITS = Limits(header_timeout_s=1, body_timeout_s=1, keepalive_timeout_s=5)
 

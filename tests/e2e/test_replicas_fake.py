@@ -23,9 +23,9 @@ import pytest
 from core.config import Limits, ModelConfig, RemoteConfig, RemoteLimits, Roles, Settings
 from gateway.doctor import check_instances
 from tests.conftest import free_port
-from tests.e2e.conftest import FAKES, Client, fake_settings, serving
+from tests.e2e.conftest import Client, fake_settings, serving
+from tests.helpers import FAKES, gguf_bytes
 from tests.supervisor.conftest import behave
-from tests.unit.test_gguf_meta import gguf_bytes
 
 EMBED = {"model": "m", "input": "hello"}
 KEY = "the-right-key"

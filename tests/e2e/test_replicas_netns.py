@@ -26,8 +26,8 @@ from core.config import Limits, ModelConfig, RemoteConfig, RemoteLimits, Roles, 
 from supervisor.health import Health, probe_health
 from tests.conftest import stop
 from tests.e2e.conftest import Client, real_settings, serving
+from tests.helpers import alive
 from tests.netns import Host, host
-from tests.unit.test_process import alive
 
 ROOT = Path(__file__).parents[2]
 KEY = "lan-key-for-tests"

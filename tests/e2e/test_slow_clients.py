@@ -18,7 +18,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port, wait_until
-from tests.e2e.test_gateway_process import gateway, wait_ready, write_config
+from tests.helpers import (
+    gateway,
+    parse,
+    parse_head,
+    read_response,
+    read_to_eof,
+    wait_ready,
+    write_config,
+)
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}]}
 FAST = "header_timeout_s = 2\nbody_timeout_s = 2\nkeepalive_timeout_s = 1\n"
@@ -89,41 +97,6 @@ async def started(
         finally:  # SIGTERM, so the gateway stops its llama-server too (SIGKILL leaves it)
             process.send_signal(signal.SIGTERM)
             await anyio.to_thread.run_sync(process.wait, 30)
-
-
-async def read_to_eof(stream: anyio.abc.SocketStream) -> bytes:
-    """Everything the server sends until it closes (a reset counts as a close)."""
-    data = bytearray()
-    try:
-        while True:
-            data += await stream.receive()
-    except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
-        return bytes(data)
-
-
-async def read_response(stream: anyio.abc.SocketStream) -> tuple[int, dict[str, str], bytes]:
-    """One response with a Content-Length, leaving the connection open."""
-    data = bytearray()
-    while b"\r\n\r\n" not in data:
-        data += await stream.receive()
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    status, headers = parse_head(head)
-    while len(body) < int(headers["content-length"]):
-        body += await stream.receive()
-    return status, headers, body
-
-
-def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    fields = (line.partition(":") for line in lines)
-    return int(status_line.split()[1]), {k.lower(): v.strip() for k, _, v in fields}
-
-
-def parse(raw: bytes) -> tuple[int, dict[str, str], Any]:
-    """A whole response read to EOF: status, headers and the JSON body."""
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status, headers = parse_head(head)
-    return status, headers, json.loads(body)
 
 
 def error(code: str) -> dict[str, str]:

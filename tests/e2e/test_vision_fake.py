@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,30 +18,15 @@ from backends.vision import prepare_image
 from core.config import Limits
 from core.errors import PayloadTooLarge
 from tests.conftest import wait_until
-from tests.e2e.conftest import Client, fake_settings, recorded, serving
+from tests.e2e.conftest import fake_settings, recorded, serving
+from tests.helpers import alive, png_header_bomb, private_dirs, upload
 from tests.supervisor.conftest import behave
-from tests.unit.test_process import alive
-from tests.unit.test_vision import png_header_bomb
 
 
 def jpeg(size: tuple[int, int] = (40, 30), fmt: str = "JPEG") -> bytes:
     out = io.BytesIO()
     Image.effect_noise(size, 50).convert("RGB").save(out, fmt)
     return out.getvalue()
-
-
-async def upload(client: Client, path: str, data: bytes, content_type: str = "image/jpeg",
-                 **fields: str) -> tuple[int, dict[str, object]]:  # fmt: skip
-    form = aiohttp.FormData()
-    form.add_field("image", io.BytesIO(data), filename="photo.jpg", content_type=content_type)
-    for name, value in fields.items():
-        form.add_field(name, value)
-    async with client.http.post(path, data=form) as resp:
-        return resp.status, await resp.json()
-
-
-def private_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("ai-server-*")}
 
 
 async def test_cli_mode_tag_and_describe_multipart_and_base64(

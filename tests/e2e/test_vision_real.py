@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import real_settings, serving
-from tests.e2e.test_vision_fake import private_dirs, upload
+from tests.helpers import private_dirs, upload
 
 pytestmark = pytest.mark.llama
 

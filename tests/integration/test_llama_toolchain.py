@@ -12,8 +12,8 @@ import pytest
 from backends import toolchain
 from backends.prompt import render_chat
 from core.chat import Message
+from tests.helpers import alive
 from tests.integration.conftest import running_llama_server
-from tests.unit.test_process import alive
 
 pytestmark = pytest.mark.llama
 

@@ -10,28 +10,12 @@ from pathlib import Path
 import pytest
 
 from supervisor.command import ServerSpec
-from supervisor.pidfile import cmdline
 from supervisor.states import State
 from tests.conftest import wait_until
+from tests.helpers import llama_servers_on
 from tests.supervisor.conftest import fast_config, history, running
-from tests.unit.test_process import alive
 
 pytestmark = pytest.mark.llama
-
-
-def llama_pids(binaries: tuple[str, ...]) -> dict[int, list[str]]:
-    """Every live process on this machine running one of `binaries`, from /proc: its argv."""
-    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    return {
-        pid: args
-        for pid in pids
-        if (args := cmdline(pid)) and Path(args[0]).name in binaries and alive(pid)
-    }
-
-
-def llama_servers_on(port: int) -> list[int]:
-    """Pids of every llama-server on this machine listening on `port`."""
-    return [pid for pid, args in llama_pids(("llama-server",)).items() if str(port) in args]
 
 
 async def test_supervisor_recovers_the_real_llama_server_from_kill_9(

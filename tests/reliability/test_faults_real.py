@@ -15,7 +15,7 @@ import pytest
 from backends.catalog import GEMMA
 from core.config import Limits, LlamaServer, Roles
 from tests.e2e.conftest import Client, real_settings, serving
-from tests.integration.test_supervisor_real import llama_servers_on
+from tests.helpers import llama_servers_on
 
 pytestmark = pytest.mark.llama
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Client, real_settings, serving
-from tests.integration.test_supervisor_real import llama_pids
+from tests.helpers import llama_pids
 
 pytestmark = pytest.mark.llama
 

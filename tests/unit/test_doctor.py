@@ -8,7 +8,7 @@ from backends import toolchain
 from core.config import Binaries, Settings
 from gateway.doctor import run_doctor
 from tests.conftest import free_port, write_script
-from tests.unit.test_gguf_meta import gguf_bytes
+from tests.helpers import gguf_bytes
 
 VERSION = 'import sys; print("version: 42 (fake)", file=sys.stderr)\n'
 BROKEN = 'import sys; print("cannot open shared object file", file=sys.stderr); sys.exit(127)\n'

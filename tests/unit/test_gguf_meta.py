@@ -5,13 +5,11 @@ import os
 import struct
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import gguf
 import msgspec
-import numpy as np
 import pytest
 
 from backends import gguf_meta
@@ -24,6 +22,7 @@ from backends.gguf_meta import (
     read_meta,
 )
 from supervisor.process import resident_mb
+from tests.helpers import gguf_bytes
 
 GEMMA_270M = GgufMeta(
     architecture="gemma3",
@@ -41,58 +40,6 @@ GEMMA_270M = GgufMeta(
     tensor_count=236,
     version=3,
 )
-
-
-def gguf_bytes(
-    *,
-    arch: str = "gemma3",
-    name: str | None = None,
-    block_count: int | None = None,
-    embedding_length: int | None = 640,
-    head_count: int | None = None,
-    head_count_kv: int | list[int] | None = None,
-    key_length: int | None = None,
-    value_length: int | None = None,
-    context_length: int | None = None,
-    chat_template: str | None = None,
-    vocab_size: int | None = None,
-    add_bos_token: bool | None = None,
-    tokens: tuple[str, ...] = ("<bos>", "<eos>"),
-    tensors: int = 7,
-) -> bytes:
-    """A tiny, valid GGUF written by `gguf.GGUFWriter`: the stub model of tests that are not
-    about llama. Keys left None are not written; `tensors` one-float tensors. Token 0 is BOS,
-    token 1 EOS (when there are two)."""
-    writer_options: dict[str, Any] = {
-        "name": name,
-        "block_count": block_count,
-        "embedding_length": embedding_length,
-        "head_count": head_count,
-        "head_count_kv": head_count_kv,
-        "key_length": key_length,
-        "value_length": value_length,
-        "context_length": context_length,
-        "chat_template": chat_template,
-        "vocab_size": vocab_size,
-        "add_bos_token": add_bos_token,
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "stub.gguf"
-        writer = gguf.GGUFWriter(str(path), arch=arch)
-        for key, value in writer_options.items():
-            if value is not None:
-                getattr(writer, f"add_{key}")(value)
-        if tokens:
-            writer.add_token_list(list(tokens))
-            writer.add_bos_token_id(0)
-            writer.add_eos_token_id(min(1, len(tokens) - 1))
-        for i in range(tensors):
-            writer.add_tensor(f"stub.{i}.weight", np.zeros(1, dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        return path.read_bytes()
 
 
 def write(tmp_path: Path, data: bytes, name: str = "m.gguf") -> Path:

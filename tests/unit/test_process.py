@@ -11,6 +11,9 @@ from supervisor.logtail import LogTail
 from supervisor.process import spawn
 from tests.conftest import wait_until
 
+# Re-exported for tests/supervisor/test_actor.py until it imports tests.helpers itself.
+from tests.helpers import alive as alive
+
 
 def test_logtail_keeps_the_last_lines_and_partial() -> None:
     tail = LogTail(max_lines=2)
@@ -18,14 +21,6 @@ def test_logtail_keeps_the_last_lines_and_partial() -> None:
     tail.feed("ee\nfour")
     assert tail.lines() == ["two", "three", "four"]
     assert tail.text(last=1) == "four"
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 async def test_spawn_drains_output_and_reports_exit() -> None:

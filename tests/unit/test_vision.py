@@ -3,14 +3,13 @@ from __future__ import annotations
 import base64
 import io
 import math
-import struct
-import zlib
 
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from backends.vision import PreparedImage, decode_base64_image, prepare_image
 from core.errors import AiServerError, BadRequest, PayloadTooLarge, UnsupportedMedia
+from tests.helpers import png_header_bomb
 
 LIMITS = {"max_side": 64, "max_pixels": 50_000_000}
 
@@ -19,22 +18,6 @@ def encode(image: Image.Image, fmt: str, **kw: object) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt, **kw)
     return out.getvalue()
-
-
-def png_header_bomb(width: int, height: int) -> bytes:
-    """A PNG that declares width x height but holds almost nothing."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body)
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b""))
-        + chunk(b"IEND", b"")
-    )
 
 
 def decoded(prepared: PreparedImage) -> Image.Image:

@@ -10,7 +10,7 @@ from core.config import ConfigError, Settings
 from gateway.cli import parser
 from gateway.worker import worker_spec
 from supervisor.command import build_server_argv
-from tests.unit.test_gguf_meta import gguf_bytes
+from tests.helpers import gguf_bytes
 
 
 def spec_for(tmp_path: Path, *argv: str) -> list[str]:
