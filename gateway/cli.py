@@ -88,10 +88,10 @@ def serve(settings: Settings) -> int:
         return _serve(settings)
 
 
-def _serve(settings: Settings) -> int:
-    app = create_app(settings)
-    if warning := protocol.fd_limit_warning(settings.limits):
-        log.warning(warning)
+def server_for(app: Starlette, settings: Settings) -> uvicorn.Server:
+    """How `ai-server serve` serves `app` (the e2e tests serve it the same way): on
+    `settings`' host and port, through the guarded protocol, with our signal handling. Run
+    its `serve()` on uvloop, as `serve` does."""
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -104,7 +104,14 @@ def _serve(settings: Settings) -> int:
         http=protocol.bound(settings.limits, app.state.metrics),
         ws="none",
     )
-    server = _Server(config)
+    return _Server(config)
+
+
+def _serve(settings: Settings) -> int:
+    app = create_app(settings)
+    if warning := protocol.fd_limit_warning(settings.limits):
+        log.warning(warning)
+    server = server_for(app, settings)
     app.state.stop = lambda: setattr(server, "should_exit", True)  # see gateway.lifespan
     # anyio.run owns the loop (uvicorn's `loop` setting never applies): uvloop is asked here.
     started = anyio.run(_run, server, backend_options={"use_uvloop": True})

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,12 @@ from typing import Any
 import aiohttp
 import anyio
 import msgspec
-import uvicorn
+import pytest
+import uvloop
 
 from core.config import Binaries, Limits, LlamaServer, Settings
 from gateway.app import create_app
+from gateway.cli import server_for
 from tests.conftest import free_port, wait_until
 from tests.helpers import FAKES, gguf_bytes
 
@@ -33,14 +36,20 @@ class Client:
             return resp.status, await resp.json(content_type=None)
 
 
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """uvloop, the loop `ai-server serve` runs on, for every test here."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[Client]:
-    """`create_app(settings)` served by uvicorn; stopped (lifespan and all) on exit."""
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    base = f"http://127.0.0.1:{settings.port}"
+    """`create_app(settings)` served as `ai-server serve` serves it (`gateway.cli.server_for`:
+    its protocol, limits and signal handling; uvloop: `pytest_asyncio_loop_factories`);
+    stopped (lifespan and all) on exit."""
+    server = server_for(create_app(settings), settings)
+    base = f"http://{settings.host}:{settings.port}"
     async with anyio.create_task_group() as tg, aiohttp.ClientSession(base) as http:
         tg.start_soon(server.serve)
         await wait_until(lambda: server.started, within=30)
