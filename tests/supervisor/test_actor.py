@@ -14,6 +14,7 @@ import pytest
 
 from core.errors import BackendUnavailable
 from supervisor import pidfile
+from supervisor.actor import LeaseError
 from supervisor.pool import Policy
 from supervisor.process import bind_error
 from supervisor.states import State
@@ -375,3 +376,17 @@ async def test_supervisor_waits_for_a_missing_rpc_worker_without_spending_its_re
         await wait_until(lambda: sup.instance(spec).restarts == 1, within=10)  # type: ignore[union-attr]
         await wait_until(lambda: sup.instance(spec).state is S.READY, within=10)  # type: ignore[union-attr]
     worker.close()
+
+
+async def test_a_lease_released_twice_is_an_error_not_a_clamped_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    async with running(fast_config(tmp_path)) as sup:
+        await sup.ensure_ready(SPEC)
+        lease = sup._lease_ready(SPEC)
+        assert lease is not None and sup.load_of(SPEC)[1] == 1
+        assert sup._release_now(lease)
+        with pytest.raises(LeaseError, match="released twice"):
+            sup._release_now(lease)
+        assert sup.load_of(SPEC)[1] == 0
