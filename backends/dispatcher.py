@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 
+import anyio
+import anyio.to_thread
+
 from backends.base import Backend
 from backends.catalog import Catalog, build_catalog
 from backends.cli import CliBackend
@@ -34,6 +37,8 @@ class Dispatcher:
         self._router = router
         self._cli = cli
         self._backends: dict[str, Backend] = {"server": server, "cli": cli}
+        # Plans are built in a worker thread; one at a time, so they apply in call order.
+        self._applying = anyio.Lock()
 
     def backend_for(self, config: RuntimeConfig) -> Backend:
         """A request keeps the backend it started on, whatever switches happen meanwhile."""
@@ -51,12 +56,20 @@ class Dispatcher:
         loaded model's process after draining; a sampling parameter changes nothing). Cli
         mode: none at all, which is the point of that mode, and no remote ones either."""
         server = config.backend == "server"
-        self._router.configure(self.catalog, config.llm_params, server_mode=server)
-        await self._supervisor.apply(server_plan(self.catalog, config.llm_params) if server else {})
+        async with self._applying:
+            self._router.configure(self.catalog, config.llm_params, server_mode=server)
+            # A plan reads every model's GGUF header for its memory estimate: off the loop.
+            plan = (
+                await anyio.to_thread.run_sync(server_plan, self.catalog, config.llm_params)
+                if server
+                else {}
+            )
+            await self._supervisor.apply(plan)
 
     async def rescan(self, config: RuntimeConfig) -> Catalog:
-        """Read `[pool] models_dir` again (POST /api/models/rescan, SIGHUP) and apply it."""
-        self.catalog = build_catalog(self._settings)
+        """Read `[pool] models_dir` again (POST /api/models/rescan, SIGHUP) and apply it;
+        the directory and the GGUF headers are read in a worker thread."""
+        self.catalog = await anyio.to_thread.run_sync(build_catalog, self._settings)
         log.info("dispatcher.rescanned models=%d", len(self.catalog.models))
         await self.reconfigure(config)
         return self.catalog

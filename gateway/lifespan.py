@@ -28,7 +28,9 @@ from core.errors import MissingComponent
 from gateway.admission import Admission
 from gateway.metrics import Metrics
 from gateway.runtime_config import ConfigStore
-from supervisor.actor import Supervisor, SupervisorConfig
+from supervisor.actor import Supervisor
+from supervisor.config import SupervisorConfig
+from supervisor.config import supervisor_config as supervisor_config_of
 from supervisor.remote import Fleet
 
 log = logging.getLogger("ai_server.gateway")
@@ -61,18 +63,12 @@ def supervisor_config(settings: Settings, budget_mb: int) -> SupervisorConfig:
         # Cli mode works without it; server mode reports the failure per process.
         log.error("gateway.binary_missing %s", exc.message)
         binary = "llama-server"
-    return SupervisorConfig(
+    return supervisor_config_of(
+        settings.llama_server,
         binary=binary,
         state_dir=str(settings.state_path()),
-        host=settings.llama_server.host,
-        base_port=settings.llama_server.port,
         memory_budget_mb=budget_mb,
         memory_wait=settings.limits.queue_timeout_s,
-        restart_limit=settings.llama_server.restart_limit,
-        restart_window=settings.llama_server.restart_window_s,
-        backoff_initial=settings.llama_server.backoff_initial_s,
-        backoff_max=settings.llama_server.backoff_max_s,
-        probe_timeout=settings.llama_server.probe_timeout_s,
     )
 
 

@@ -34,8 +34,9 @@ from backends.specs import server_spec
 from core.config import ConfigError, Settings
 from core.errors import MissingComponent
 from gateway import logs
-from supervisor.actor import Supervisor, SupervisorConfig
+from supervisor.actor import Supervisor
 from supervisor.command import ServerSpec, rpc_server_spec
+from supervisor.config import SupervisorConfig, supervisor_config
 from supervisor.pool import Policy
 
 log = logging.getLogger("ai_server.worker")
@@ -121,16 +122,12 @@ def worker_config(
         binary = toolchain.resolve_binary(spec.kind, explicit, settings.cache_path())
     except MissingComponent as exc:
         raise ConfigError(exc.message) from None
-    ls = settings.llama_server
-    return SupervisorConfig(
+    return supervisor_config(
+        settings.llama_server,
         binary=str(binary),
         state_dir=str(Path(args.state_dir).expanduser()),
         host=args.host,
         base_port=args.port or DEFAULT_PORTS[spec.kind],
-        restart_limit=ls.restart_limit,
-        restart_window=ls.restart_window_s,
-        backoff_initial=ls.backoff_initial_s,
-        backoff_max=ls.backoff_max_s,
     )
 
 

@@ -17,36 +17,42 @@ Callers never touch a process. They put a message in the inbox and await its `Re
 - `unload(spec)`: drain, then stop. `restart(spec)`, `stop_all()`, `report_failure(spec)`
   (wedge suspicion), `snapshot()`.
 
-One shortcut, for the hot path: leasing a process that is READY (and releasing it, unless
-the actor must act on the release) is a synchronous step on its record instead of a
-message. It has no await, so it cannot interleave with a handler halfway through a change;
-it only counts in flight, which is what the handler it replaces did. The message round trip
-cost 90 us of the 730 us the gateway spent per request under load (bench/throughput.py).
+The actor is thin: `supervisor.decide` decides every lifecycle step of an instance (a pure
+function); the actor turns messages into its events, and performs the actions it returns,
+with `supervisor.effects` (processes, helper tasks, pidfiles) and `supervisor.loading`
+(the memory budget's queue).
 
-The process lifecycle is in `supervisor.lifecycle`, loading within the memory budget in
-`supervisor.loading`, the helper tasks in `supervisor.tasks`, the pool's decisions (pure
-functions) in `supervisor.pool`.
+One shortcut, for the hot path: leasing a process that is READY (and releasing it, unless
+the actor must act on the release) is a synchronous step on its record, in the caller's
+task, instead of a message. It has no await, so it cannot interleave with a handler halfway
+through a change; it only counts `in_flight`, which is what the handler it replaces did. The
+message round trip cost 90 us of the 730 us the gateway spent per request under load
+(bench/throughput.py). Both paths count through `_count_in` / `_count_out`, and a lease
+released twice raises `LeaseError`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import anyio
 import anyio.abc
 
-from core.errors import BackendUnavailable, ModelExceedsBudget
+from core.errors import BackendUnavailable
+from supervisor import lifecycle as d
 from supervisor import pidfile, tasks
 from supervisor.command import ServerSpec
-from supervisor.instance import Instance, ProcessInfo
-from supervisor.lifecycle import StateEvent, SupervisorConfig
-from supervisor.loading import Loading
+from supervisor.config import SupervisorConfig
+from supervisor.instance import Instance, Lease, LeaseError, ProcessInfo, Release
 from supervisor.logtail import LogTail
 from supervisor.messages import (
     Acquire,
@@ -58,7 +64,6 @@ from supervisor.messages import (
     Endpoint,
     HealthResult,
     ProbeResult,
-    Release,
     Reply,
     Restart,
     StartTimedOut,
@@ -69,21 +74,30 @@ from supervisor.messages import (
     WorkersChecked,
 )
 from supervisor.pool import Policy
-from supervisor.states import LIVE, State
+from supervisor.records import Records
+from supervisor.states import Goal, State, StateEvent
 
-__all__ = ["ProcessInfo", "StateEvent", "Supervisor", "SupervisorConfig"]
+__all__ = ["LeaseError", "ProcessInfo", "StateEvent", "Supervisor", "SupervisorConfig"]
 
 log = logging.getLogger("ai_server.supervisor")
 
 
-class Supervisor(Loading):
+class Supervisor:
     def __init__(
         self,
         config: SupervisorConfig,
         http: aiohttp.ClientSession,
         queued: Callable[[str], int] = lambda name: 0,
     ) -> None:
-        super().__init__(config, http, queued)
+        self.config = config
+        self.http = http  # the one shared client for every upstream call, health included
+        self._send, self._inbox = anyio.create_memory_object_stream[Any](math.inf)
+        self._r = Records(config, http, self._send, queued)
+
+    @property
+    def events(self) -> deque[StateEvent]:
+        """Every state change, the last 1000."""
+        return self._r.events
 
     # ----------------------------------------------------------------- caller API
 
@@ -91,22 +105,25 @@ class Supervisor(Loading):
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """The actor loop. Start with `await tg.start(supervisor.run)`; cancel to stop, which
-        stops every child (shielded) before returning."""
+        stops every child (shielded, all at once) before returning."""
         async with anyio.create_task_group() as tg:
-            self._tg = tg
+            self._r.effects.tg = tg
             try:
                 reclaimed = await pidfile.reclaim_orphans(
-                    self._state_dir, self.config.host, self.config.binary, self.config.stop_grace
-                )
+                    self._r.effects.state_dir, self.config.host, self.config.binary,
+                    self.config.stop_grace,
+                )  # fmt: skip
                 for pid in reclaimed:
                     log.warning("supervisor.orphan_reclaimed pid=%d", pid)
-                tg.start_soon(tasks.ticker, self._send, self._tick_interval)
+                tg.start_soon(tasks.ticker, self._send, self._r.loads.tick_interval)
                 task_status.started()
                 async for message in self._inbox:
                     await self._handle(message)
             finally:
                 with anyio.CancelScope(shield=True):
-                    await self._kill_all()
+                    await self._r.effects.kill_all(list(self._r.records.values()))
+                    for m in self._r.records.values():
+                        self._r.fail_waiters(m, BackendUnavailable("the gateway is shutting down"))
                 self._send.close()
                 self._inbox.close()
                 tg.cancel_scope.cancel()
@@ -116,18 +133,18 @@ class Supervisor(Loading):
         self, spec: ServerSpec, replacing: int | None = None
     ) -> AsyncIterator[Endpoint]:
         """A READY endpoint for `spec`, counted in flight while the block runs."""
-        endpoint = self._lease_ready(spec) if replacing is None else None
-        if endpoint is None:
-            endpoint = await self._acquire(spec, replacing)
+        lease = self._lease_ready(spec) if replacing is None else None
+        if lease is None:
+            lease = await self._acquire(spec, replacing)
         try:
-            yield endpoint
+            yield lease.endpoint
         finally:
-            if not self._release_now(spec):
+            if not self._release_now(lease):
                 with (
                     anyio.CancelScope(shield=True),
                     contextlib.suppress(anyio.ClosedResourceError),
                 ):
-                    await self._send.send(Release(spec))
+                    await self._send.send(Release(lease))
 
     async def ensure_ready(self, spec: ServerSpec) -> Endpoint:
         """Load `spec` (if it is not loaded) and return its endpoint."""
@@ -152,29 +169,37 @@ class Supervisor(Loading):
         with contextlib.suppress(anyio.ClosedResourceError):
             self._send.send_nowait(SuspectWedge(spec))
 
+    @property
+    def swaps(self) -> int:
+        """Loads that had to evict another model."""
+        return self._r.loads.swaps
+
+    def memory_used_mb(self) -> int:
+        return self._r.loads.memory_used_mb()
+
     def snapshot(self) -> list[ProcessInfo]:
-        return [m.info() for m in self._records.values()]
+        return [m.info() for m in self._r.records.values()]
 
     def load_of(self, spec: ServerSpec) -> tuple[State, int, bool]:
         """State, requests in flight and draining, for routing: cheaper than `instance`."""
-        m = self._records.get(spec)
+        m = self._r.records.get(spec)
         return (m.state, m.in_flight, m.draining) if m else (State.STOPPED, 0, False)
 
     def instances_of(self, name: str) -> list[ProcessInfo]:
         """The local instances of model `name`, by replica."""
-        found = [m.info() for spec, m in self._records.items() if spec.name == name]
+        found = [m.info() for spec, m in self._r.records.items() if spec.name == name]
         return sorted(found, key=lambda info: info.replica)
 
     def log_of(self, name: str, replica: int = 0) -> LogTail | None:
         """The output of every process of model `name`'s local instance `replica`, across its
         restarts (read-only for callers: its processes' drain tasks write it)."""
-        found = (m for s, m in self._records.items() if s.name == name and s.replica == replica)
+        found = (m for s, m in self._r.records.items() if s.name == name and s.replica == replica)
         m = next(found, None)
         return m.log if m is not None else None
 
     def instance(self, spec: ServerSpec) -> ProcessInfo | None:
         """The instance running `spec`, if there is a record of it."""
-        m = self._records.get(spec)
+        m = self._r.records.get(spec)
         return m.info() if m is not None else None
 
     async def _ask(self, make: Callable[[Reply[None]], object]) -> None:
@@ -185,8 +210,8 @@ class Supervisor(Loading):
             return  # the actor has ended, and stopped every child on its way out
         await reply.wait()
 
-    async def _acquire(self, spec: ServerSpec, replacing: int | None) -> Endpoint:
-        reply: Reply[Endpoint] = Reply()
+    async def _acquire(self, spec: ServerSpec, replacing: int | None) -> Lease:
+        reply: Reply[Lease] = Reply()
         try:
             await self._send.send(Acquire(spec, reply, replacing))
         except anyio.ClosedResourceError:
@@ -195,9 +220,9 @@ class Supervisor(Loading):
         bound = self.config.start_wait + self.config.memory_wait
         try:
             with anyio.fail_after(bound):
-                endpoint = await reply.wait()
+                lease = await reply.wait()
             granted = True
-            return endpoint
+            return lease
         except TimeoutError:
             raise BackendUnavailable(
                 f"llama-server for {spec.name or Path(spec.model).name} is not ready after "
@@ -209,234 +234,110 @@ class Supervisor(Loading):
                 reply.abandoned = True
                 if reply.succeeded:  # counted in just as we gave up: give the lease back
                     with anyio.CancelScope(shield=True):
-                        await self._send.send(Release(spec))
+                        await self._send.send(Release(await reply.wait()))
+
+    # ----------------------------------------------------------------- leases
+
+    def _lease_ready(self, spec: ServerSpec) -> Lease | None:
+        """The shortcut: a READY process that is not draining is granted at once."""
+        m = self._r.records.get(spec)
+        if m is None or m.state is not State.READY or m.draining or m.child is None:
+            return None
+        return self._r.count_in(m)
+
+    def _release_now(self, lease: Lease) -> bool:
+        """The shortcut back, unless the actor must act: a draining process stops when its
+        last lease ends, and a model that goes idle may make room for a pending load."""
+        if lease.released:
+            raise LeaseError(f"a lease of {lease.record.spec.name} was released twice")
+        m = lease.record
+        if self._r.records.get(m.spec) is m and (
+            m.draining or (self._r.loads.pending and m.in_flight <= 1)
+        ):
+            return False
+        self._r.count_out(lease)
+        return True
 
     # ----------------------------------------------------------------- the actor
 
     async def _handle(self, message: object) -> None:
         match message:
-            case Acquire(spec, reply, replacing):
-                await self._on_acquire(self._record(spec), reply, replacing)
-            case Release(spec):
-                await self._on_release(spec)
+            case Acquire(spec, asking, replacing):
+                m = self._r.record(spec)
+                m.last_used = time.monotonic()
+                await self._r.step(m, d.Ask(replacing), asking)
+            case Release(lease):
+                released = self._r.count_out(lease)
+                if self._r.records.get(released.spec) is released:
+                    await self._r.step(released, d.Released())
             case Apply(plan, reply):
                 await self._on_apply(plan)
                 reply.set(None)
             case Unload(spec, reply):
                 await self._on_unload(spec, reply)
             case Restart(spec, reply):
-                await self._on_restart(spec)
+                for m in list(self._r.records.values()):
+                    if spec is None or m.spec == spec:
+                        await self._r.step(m, d.Rearm())
                 reply.set(None)
             case StopAll(reply):
                 await self._on_stop_all(reply)
-            case SuspectWedge(spec):
-                self._on_suspect(spec)
+            case SuspectWedge(spec) | DrainExpired(spec):
+                if (found := self._r.records.get(spec)) is not None:
+                    await self._r.step(found, message)
             case Tick():
-                await self._on_tick()
-            case DrainExpired(spec):
-                if (m := self._records.get(spec)) and m.draining:
-                    await self._stop(m)
+                await self._r.loads.tick()
             case (
                 BecameReady() | StartTimedOut() | ChildExited() | HealthResult() | ProbeResult()
                 | BackoffElapsed() | WorkersChecked()
             ):  # fmt: skip
-                m = self._records.get(message.spec)
-                if m is not None and message.gen is m.gen:
-                    await self._observe(m, message)
+                # News about a process that has since been replaced is dropped.
+                about = self._r.records.get(message.spec)
+                if about is not None and message.gen is about.gen:
+                    await self._observe(about, message)
 
     async def _observe(self, m: Instance, message: object) -> None:
-        match message:
-            case BecameReady(rss_mb=rss_mb):
-                self._on_ready(m, rss_mb)
-                await self._memory_freed()  # a measured figure may be below the estimate
-            case StartTimedOut(reason=reason):
-                self._kill(m, reason)
-            case ChildExited(code=code):
-                await self._on_exit(m, code)
-            case HealthResult(health=health, rss_mb=rss_mb):
-                self._on_health(m, health, rss_mb)
-            case ProbeResult(ok=ok):
-                m.probing = False
-                if m.state is not State.READY:
-                    return
-                if ok:  # the failure that sent successors here was not the process's
-                    self._grant_all(m)
-                else:
-                    self._unhealthy(m, "a one-token completion probe failed (wedged)")
-            case BackoffElapsed():
-                if m.state is State.BACKOFF:
-                    await self._start(m)
-            case WorkersChecked(missing=missing):
-                await self._on_workers(m, missing)
-
-    def _record(self, spec: ServerSpec, policy: Policy | None = None) -> Instance:
-        if (m := self._records.get(spec)) is None:
-            # Ports of records on their way out may be taken: the new one waits for them.
-            taken = {r.port for r in self._records.values() if not r.retiring}
-            port = next(p for p in range(self.config.base_port, 65536) if p not in taken)
-            url = f"http://{self.config.host}:{port}"
-            m = self._records[spec] = Instance(spec, url, port, policy or Policy())
-        elif m.retiring:  # wanted again before it stopped
-            m.retiring = m.draining = False
-        if policy is not None:
-            m.policy = policy
-        return m
-
-    # --------------------------------------------------------------- requests
-
-    async def _on_acquire(self, m: Instance, reply: Reply[Endpoint], replacing: int | None) -> None:
-        m.last_used = time.monotonic()
-        if m.too_big:
-            reply.fail(ModelExceedsBudget(m.too_big))
-            return
-        if replacing is not None and (
-            m.state in (State.BACKOFF, State.UNHEALTHY)
-            or (m.state is State.READY and m.child is not None and m.child.pid == replacing)
-        ):
-            m.successors.append(reply)
-            self._on_suspect(m.spec)  # READY with the failed pid: is it really broken?
-            return
-        match m.state:
-            case State.READY if not m.draining:
-                self._grant(m, reply)
-            case State.READY | State.STARTING | State.STOPPING:
-                m.waiters.append(reply)  # draining or stopping: loaded again after the stop
-            case State.STOPPED:
-                m.waiters.append(reply)
-                await self._want(m)
-            case State.UNHEALTHY:
-                reply.fail(BackendUnavailable("llama-server is restarting", retry_after=1))
-            case State.BACKOFF:
-                wait = max(m.retry_at - time.monotonic(), 0.1)
-                reply.fail(self._unavailable(m, "is restarting after a failure", wait))
-            case State.FAILED:
-                reply.fail(self._unavailable(m, "has failed", 30))
-
-    def _grant_all(self, m: Instance) -> None:
-        replies, m.waiters, m.successors = m.waiters + m.successors, [], []
-        for reply in replies:
-            self._grant(m, reply)
-
-    def _grant(self, m: Instance, reply: Reply[Endpoint]) -> None:
-        if reply.abandoned:
-            return
-        reply.set(self._count_in(m))
-
-    def _count_in(self, m: Instance) -> Endpoint:
-        assert m.child is not None
-        m.in_flight += 1
-        m.served += 1
-        m.last_used = time.monotonic()
-        return Endpoint(spec=m.spec, url=m.url, port=m.port, pid=m.child.pid)
-
-    def _lease_ready(self, spec: ServerSpec) -> Endpoint | None:
-        """The shortcut: a READY process that is not draining is granted at once."""
-        m = self._records.get(spec)
-        if m is None or m.state is not State.READY or m.draining or m.child is None:
-            return None
-        return self._count_in(m)
-
-    def _release_now(self, spec: ServerSpec) -> bool:
-        """The shortcut back, unless the actor must act: a draining process stops when its
-        last lease ends, and a model that goes idle may make room for a pending load."""
-        m = self._records.get(spec)
-        if m is None:
-            return True
-        if m.draining or (self._pending and m.in_flight <= 1):
-            return False
-        m.in_flight = max(m.in_flight - 1, 0)
-        m.last_used = time.monotonic()
-        return True
-
-    async def _on_release(self, spec: ServerSpec) -> None:
-        if (m := self._records.get(spec)) is None:
-            return
-        m.in_flight = max(m.in_flight - 1, 0)
-        m.last_used = time.monotonic()
-        if m.in_flight:
-            return
-        if m.draining:
-            await self._stop(m)
-        else:
-            await self._memory_freed()
+        tail = ""
+        if isinstance(message, ChildExited):
+            tail = await self._r.effects.exited(m)
+            if m.state is not State.STOPPING:
+                log.warning(
+                    "supervisor.child_exited port=%d model=%s code=%d",
+                    m.port, m.spec.name, message.code,
+                )  # fmt: skip
+        elif isinstance(message, WorkersChecked) and message.missing:
+            log.warning("supervisor.rpc_worker_missing model=%s %s", m.spec.name, message.missing)
+        await self._r.step(m, message, tail=tail)
 
     async def _on_apply(self, plan: Mapping[ServerSpec, Policy]) -> None:
-        for spec, m in list(self._records.items()):
+        for spec, m in list(self._r.records.items()):
             if spec not in plan:
-                await self._retire(m)
+                self._r.loads.forget(m)
+                await self._r.step(m, d.Drain(Goal.RETIRE))
         for spec, policy in plan.items():
-            m = self._record(spec, policy)
-            m.too_big = self._too_big(m)
-            if m.too_big:
-                self._fail_waiters(m, ModelExceedsBudget(m.too_big))
-                if m.state in LIVE:
-                    await self._stop(m)
-            elif m.state is State.FAILED:  # a config change re-arms it
-                m.restart_times.clear()
-                m.attempt = 0
-                await self._stop(m)
+            await self._r.step(self._r.record(spec, policy), d.Reapply())
         # Pinned models first: they are never evicted, so they must get their room first.
         for spec, policy in sorted(plan.items(), key=lambda item: not item[1].pinned):
-            m = self._records[spec]
-            if policy.autostart and m.state is State.STOPPED and not m.too_big:
-                await self._want(m)
-
-    async def _retire(self, m: Instance) -> None:
-        """Stop `m` once its in-flight requests finish (bounded by drain_timeout), and forget
-        it: its spec is no longer wanted."""
-        m.retiring = True
-        await self._drain(m)
-
-    async def _drain(self, m: Instance) -> None:
-        m.draining = True
-        if m in self._pending:
-            self._pending.remove(m)
-        if m.in_flight == 0:
-            await self._stop(m)
-        else:
-            self._spawn_task(
-                tasks.after, self._send, self.config.drain_timeout, DrainExpired(m.spec)
-            )
+            m = self._r.records[spec]
+            if policy.autostart and m.state is State.STOPPED:
+                await self._r.loads.want(m)
 
     async def _on_unload(self, spec: ServerSpec, reply: Reply[None]) -> None:
-        m = self._records.get(spec)
+        m = self._r.records.get(spec)
         if m is None or m.state is State.STOPPED:
             reply.set(None)
             return
         m.unload_replies.append(reply)
         log.info("supervisor.unload model=%s in_flight=%d", spec.name, m.in_flight)
-        await self._drain(m)
-
-    async def _on_restart(self, spec: ServerSpec | None) -> None:
-        """An explicit restart; it also re-arms a FAILED process's budget."""
-        for m in list(self._records.values()):
-            if spec is not None and m.spec != spec:
-                continue
-            m.restart_times.clear()
-            m.attempt = 0
-            if m.state in LIVE:
-                m.start_after_stop = True
-                await self._stop(m)
-            elif not m.too_big:
-                await self._stop(m)  # BACKOFF / FAILED: to STOPPED, then loaded again
-                await self._want(m)
+        self._r.loads.forget(m)
+        await self._r.step(m, d.Drain(Goal.UNLOAD))
 
     async def _on_stop_all(self, reply: Reply[None]) -> None:
-        self._stop_all_replies.append(reply)
-        self._stopping_all = True
-        for m in self._pending:
-            self._fail_waiters(m, BackendUnavailable("llama-server was stopped", retry_after=1))
-        self._pending.clear()
-        for m in list(self._records.values()):
-            m.start_after_stop = False
-            await self._stop(m)
-        self._check_all_stopped()
-
-    def _on_suspect(self, spec: ServerSpec) -> None:
-        m = self._records.get(spec)
-        if m is None or m.state is not State.READY or m.probing:
-            return
-        m.probing = True
-        self._spawn_task(
-            tasks.probe, self._send, self.http, m.spec, m.gen, m.url, self.config.probe_timeout
-        )
+        self._r.stop_all_replies.append(reply)
+        self._r.stopping_all = True
+        for m in self._r.loads.pending:
+            self._r.fail_waiters(m, BackendUnavailable("llama-server was stopped", retry_after=1))
+        self._r.loads.pending.clear()
+        for m in list(self._r.records.values()):
+            await self._r.step(m, d.Halt())
+        self._r.check_all_stopped()

@@ -14,12 +14,15 @@ def backoff_delay(
     maximum: float = 30.0,
     jitter: float = 0.25,
     rand: random.Random | None = None,
+    sample: float | None = None,
 ) -> float:
     """Delay before restart number `attempt` (1-based): ``min(max, initial * base**(n-1) + j)``
     with ``j`` uniform in ``[0, jitter * initial * base**(n-1)]``, so restarts of several
-    processes don't fire in lockstep."""
+    processes don't fire in lockstep. `sample` (in [0, 1)) replaces the random draw, for a
+    caller that must stay deterministic (`supervisor.decide`)."""
     step = initial * base ** (max(attempt, 1) - 1)
-    spread = (rand or random).uniform(0, jitter * step)
+    draw = (rand or random).random() if sample is None else sample
+    spread = draw * jitter * step
     return min(maximum, step + spread)
 
 

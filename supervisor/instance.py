@@ -1,24 +1,25 @@
 """The actor's record of one llama-server instance of a model, and the snapshot callers see.
 
 A model (its name, files, parameters: `ServerSpec`, and its pool `Policy`) is configuration;
-an instance is one running (or stopped) process of it, with a state, a port, leases in
-flight and memory. Only the actor mutates an `Instance`.
+an instance is one running (or stopped) process of it: its lifecycle (`Life`, which only
+`supervisor.decide` changes), its process, the requests waiting for it, leases in flight
+and memory. Only the actor mutates an `Instance`.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Literal
 
 import msgspec
 
 from supervisor.command import ServerSpec
+from supervisor.lifecycle import Life
 from supervisor.logtail import LogTail
 from supervisor.messages import Endpoint, Generation, Reply
 from supervisor.pool import HOLDING, STATUS, Held, Policy, Status
 from supervisor.process import ChildProcess
-from supervisor.states import State
+from supervisor.states import DRAINING, State
 
 
 class ProcessInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,36 +53,33 @@ class Instance:
         self.url = url
         self.port = port
         self.policy = policy
-        self.state = State.STOPPED
+        self.life = Life()
         self.gen = Generation(0)
         self.gen.alive = False
         self.child: ChildProcess | None = None
         # Every process's output in one log, kept across restarts for the live log view.
         self.log = LogTail(max_lines=500)
-        self.restart_times: deque[float] = deque(maxlen=64)
-        self.restarts = 0
-        self.attempt = 0
-        self.health_failures = 0
-        self.probing = False
-        self.last_error: str | None = None
-        self.failure_reason: str | None = None  # why we are killing it, for last_error
-        self.retry_at = 0.0
-        self.waiters: list[Reply[Endpoint]] = []
-        self.successors: list[Reply[Endpoint]] = []  # leases that wait through a restart
+        self.waiters: list[Reply[Lease]] = []
+        self.successors: list[Reply[Lease]] = []  # leases that wait through a restart
         self.unload_replies: list[Reply[None]] = []
+        # Leases in flight. Counted by the actor's own methods, but two of them (the
+        # shortcut lease and release) run in the caller's task: see `supervisor.actor`.
         self.in_flight = 0
         self.last_used = 0.0
-        self.draining = False  # stop once the leases in flight end (unload, reconfigure)
-        self.retiring = False  # and forget this record then: its spec is no longer wanted
-        self.start_after_stop = False
-        self.too_big: str | None = None  # why it can never fit the memory budget
         self.measured_mb: int | None = None
         self.loads = 0
         self.evictions = 0
         self.load_started = 0.0
         self.load_seconds: float | None = None
-        self.missing_workers: tuple[str, ...] = ()
         self.served = 0  # requests leased to it
+
+    @property
+    def state(self) -> State:
+        return self.life.state
+
+    @property
+    def draining(self) -> bool:
+        return self.life.goal in DRAINING
 
     @property
     def memory_mb(self) -> int:
@@ -113,10 +111,10 @@ class Instance:
             model=self.spec.model,
             port=self.port,
             state=self.state,
-            status="failed" if self.too_big else STATUS[self.state],
+            status=STATUS[self.state],  # from the state alone: they cannot disagree
             pid=self.child.pid if self.child else None,
-            restarts=self.restarts,
-            last_error=self.too_big or self.last_error,
+            restarts=self.life.restarts,
+            last_error=self.life.last_error,
             memory_mb=self.memory_mb,
             memory_source="measured" if measured else "estimate",
             in_flight=self.in_flight,
@@ -129,6 +127,26 @@ class Instance:
             replica=self.spec.replica,
             url=self.url,
             rpc_workers=self.spec.rpc,
-            missing_workers=self.missing_workers,
+            missing_workers=self.life.missing_workers,
             served=self.served,
         )
+
+
+class LeaseError(RuntimeError):
+    """A lease released twice, or more releases than leases: a bug, never hidden."""
+
+
+class Lease:
+    """One granted lease: where to send the request, and the record it counts against (not
+    the spec: a spec retired and configured again is a new record)."""
+
+    def __init__(self, record: Instance, endpoint: Endpoint) -> None:
+        self.record = record
+        self.endpoint = endpoint
+        self.released = False
+
+
+class Release(msgspec.Struct, frozen=True):
+    """A lease ended and the actor must act on it (see `Supervisor.lease`)."""
+
+    lease: Lease

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import msgspec
@@ -68,12 +68,8 @@ class _Msg(msgspec.Struct, frozen=True):
 # Requests.
 class Acquire(_Msg, frozen=True):
     spec: ServerSpec
-    reply: Reply[Endpoint]
+    reply: Reply[Any]  # a `supervisor.instance.Lease`
     replacing: int | None = None  # the pid the caller saw fail: wait for its successor
-
-
-class Release(_Msg, frozen=True):
-    spec: ServerSpec
 
 
 class Apply(_Msg, frozen=True):

@@ -133,6 +133,8 @@ async def test_pool_model_that_can_never_fit_fails_without_retry_after(
         assert "memory budget" in body["error"]["message"]
         listed = await models_of(client)
         assert listed["huge"]["status"] == "failed" and "budget" in listed["huge"]["last_error"]
+        # The state says so too: "failed" beside a STOPPED state was a flag beside it.
+        assert [i["state"] for i in listed["huge"]["instances"]] == ["failed"]
         assert (await client.get("/ready"))[0] == 200  # no role points at it
     # The same model pinned (or as a role's default) is a startup error.
     models = {"a": ModelConfig(path=a), "huge": ModelConfig(path=huge, pinned=True)}

@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from core.config import LlamaServer
-from supervisor.actor import Supervisor
+from supervisor.loading import Loads
 from tests.conftest import free_port
 from tests.e2e.conftest import Client, fake_settings, serving
 
@@ -133,10 +133,10 @@ async def test_an_unwritable_state_dir_is_a_500_naming_why_and_keeps_the_old_con
 async def test_a_crashed_supervisor_fails_health_instead_of_serving_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def crash(self: Supervisor) -> None:
+    async def crash(self: Loads) -> None:
         raise RuntimeError("a bug in the actor")
 
-    monkeypatch.setattr(Supervisor, "_on_tick", crash)  # ticks come every 25 ms here
+    monkeypatch.setattr(Loads, "tick", crash)  # ticks come every 25 ms here
     idle = LlamaServer(port=free_port(), idle_unload_s=0.1)
     async with serving(fake_settings(tmp_path, llama_server=idle)) as client:
         with anyio.fail_after(10):

@@ -14,7 +14,9 @@ import pytest
 
 from core.errors import BackendUnavailable
 from supervisor import pidfile
+from supervisor.actor import LeaseError
 from supervisor.pool import Policy
+from supervisor.process import bind_error
 from supervisor.states import State
 from tests.conftest import wait_until
 from tests.supervisor.conftest import (
@@ -310,14 +312,28 @@ async def test_supervisor_unloads_an_idle_process_and_restarts_on_demand(
         ]  # fmt: skip
 
 
+def held_port_above_a_free_one() -> tuple[socket.socket, int]:
+    """A listening socket on a port P whose neighbour P - 1 was free when checked: never
+    assume that the port next to a free one is free (an ephemeral port of another program
+    may be there)."""
+    for _ in range(50):
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        below = holder.getsockname()[1] - 1
+        if below > 1024 and bind_error("127.0.0.1", below) is None:
+            holder.listen()
+            return holder, below
+        holder.close()
+    pytest.fail("no two adjacent ports with the lower one free in 50 tries")
+
+
 async def test_a_second_model_moves_off_a_port_another_program_took(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     behave(monkeypatch)
-    config = fast_config(tmp_path)
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", config.base_port + 1))  # e.g. an ephemeral client port
-        holder.listen()
+    holder, base_port = held_port_above_a_free_one()  # e.g. an ephemeral client port
+    config = fast_config(tmp_path, base_port=base_port)
+    with holder:
         async with running(config) as sup:
             await sup.apply({SPEC: AUTO, OTHER: AUTO})
             first, second = await sup.ensure_ready(SPEC), await sup.ensure_ready(OTHER)
@@ -360,3 +376,17 @@ async def test_supervisor_waits_for_a_missing_rpc_worker_without_spending_its_re
         await wait_until(lambda: sup.instance(spec).restarts == 1, within=10)  # type: ignore[union-attr]
         await wait_until(lambda: sup.instance(spec).state is S.READY, within=10)  # type: ignore[union-attr]
     worker.close()
+
+
+async def test_a_lease_released_twice_is_an_error_not_a_clamped_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    async with running(fast_config(tmp_path)) as sup:
+        await sup.ensure_ready(SPEC)
+        lease = sup._lease_ready(SPEC)
+        assert lease is not None and sup.load_of(SPEC)[1] == 1
+        assert sup._release_now(lease)
+        with pytest.raises(LeaseError, match="released twice"):
+            sup._release_now(lease)
+        assert sup.load_of(SPEC)[1] == 0

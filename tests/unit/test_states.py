@@ -10,7 +10,7 @@ from supervisor.states import TRANSITIONS, InvalidTransition, State, check_trans
 
 S = State
 ALLOWED = {
-    (S.STOPPED, S.STARTING),
+    (S.STOPPED, S.STARTING), (S.STOPPED, S.FAILED),
     (S.STARTING, S.READY), (S.STARTING, S.BACKOFF), (S.STARTING, S.FAILED),
     (S.STARTING, S.STOPPING),
     (S.READY, S.UNHEALTHY), (S.READY, S.BACKOFF), (S.READY, S.FAILED), (S.READY, S.STOPPING),
