@@ -17,6 +17,9 @@ JSON in $FAKE_LLAMA, e.g. {"load_delay": 1, "ignore_sigterm": true}:
   answer             the text of chat answers (default "fake answer"); streamed word by word
                      when the request asks for `stream`
   say                a line written to stderr at start (what its log shows)
+  stream_fault       what a streamed answer does after its first word: "stall" (sends nothing
+                     more and never ends: wedged mid-answer) or "cut" (closes the connection,
+                     without the rest or [DONE])
 
 Like llama-server, it takes `--api-key-file FILE`: then everything but /health needs
 `Authorization: Bearer KEY` (401 otherwise). `GET /slots` lists 4 slots, busy ones
@@ -145,10 +148,14 @@ class Handler(BaseHTTPRequestHandler):
             "total_tokens": 3 + len(pieces),
         }
         chunks.append({"choices": [], "usage": usage})
-        for chunk in chunks:
+        fault = BEHAVIOUR.get("stream_fault")
+        for chunk in chunks[:1] if fault else chunks:
             self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             self.wfile.flush()
-        self.wfile.write(b"data: [DONE]\n\n")
+        if fault == "stall":
+            threading.Event().wait()
+        if not fault:
+            self.wfile.write(b"data: [DONE]\n\n")
         self.close_connection = True
 
 
