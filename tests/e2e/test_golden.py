@@ -27,7 +27,7 @@ import aiohttp
 import msgspec
 import pytest
 
-from gateway.config import Limits, Settings
+from core.config import Limits, Settings
 from tests.conftest import write_script
 from tests.e2e.conftest import fake_settings, real_settings, serving
 from tests.e2e.golden_cases import CASES, FAULTS, JSON, REAL_CASES, TOKENIZE, Case, Fault

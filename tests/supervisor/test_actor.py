@@ -19,6 +19,7 @@ from supervisor.pool import Policy
 from supervisor.process import bind_error
 from supervisor.states import State
 from tests.conftest import wait_until
+from tests.helpers import alive
 from tests.supervisor.conftest import (
     FAKE,
     OTHER,
@@ -30,7 +31,6 @@ from tests.supervisor.conftest import (
     running,
     wait_state,
 )
-from tests.unit.test_process import alive
 
 S = State
 AUTO = Policy(autostart=True)  # loaded as soon as applied, as role defaults are

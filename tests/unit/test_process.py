@@ -10,9 +10,7 @@ import anyio
 from supervisor.logtail import LogTail
 from supervisor.process import spawn
 from tests.conftest import wait_until
-
-# Re-exported for tests/supervisor/test_actor.py until it imports tests.helpers itself.
-from tests.helpers import alive as alive
+from tests.helpers import alive
 
 
 def test_logtail_keeps_the_last_lines_and_partial() -> None:
