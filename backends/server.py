@@ -30,6 +30,8 @@ from backends.specs import server_spec
 from core.chat import (
     Answer,
     Event,
+    Failure,
+    Finish,
 )
 from core.config import LlmParams
 from core.errors import (
@@ -178,10 +180,14 @@ class ServerBackend:
         """llama-server's SSE events as ours, each as soon as it is read. Leaving the loop
         early (the client went away) closes the upstream connection, which makes llama-server
         stop generating and free its slot."""
+        finished = False
         async with aclosing(self._sse(task)) as raw:
             async for data in raw:
                 for event in events_of(data):
+                    finished = finished or isinstance(event, Finish | Failure)
                     yield event
+        if not finished:  # the connection closed mid-answer: not an answer that ended
+            raise UpstreamError("llama-server's stream ended before the answer did")
 
     async def _sse(self, task: ChatTask) -> AsyncGenerator[bytes, None]:
         """llama-server's own SSE events. A routed stream that fails before its first event

@@ -283,7 +283,10 @@ class ChunkWriter:
         return self._chunk([{"index": 0, "delta": {}, "finish_reason": reason}])
 
     def usage(self, usage: chat.Usage) -> bytes:
-        return self._chunk([], usage=usage_of(usage))
+        """The usage chunk; with llama-server's `timings` where it gave them (its own
+        stream has them, and clients of llama.cpp read them)."""
+        timings = {"timings": usage.timings} if usage.timings else {}
+        return self._chunk([], usage=usage_of(usage), **timings)
 
 
 async def chunks(
