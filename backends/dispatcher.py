@@ -4,6 +4,7 @@ and tells the supervisor which models the current config may run."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import anyio
 import anyio.to_thread
@@ -13,6 +14,7 @@ from backends.catalog import Catalog, build_catalog
 from backends.cli import CliBackend
 from backends.router import Router
 from backends.specs import server_plan
+from backends.tools import ToolCalling
 from core.config import RuntimeConfig, Settings
 from supervisor.actor import Supervisor
 from supervisor.logtail import LogTail
@@ -30,13 +32,18 @@ class Dispatcher:
         *,
         server: Backend,
         cli: CliBackend,
+        tool_call_failed: Callable[[str], None] = lambda model: None,
     ) -> None:
         self._settings = settings
         self.catalog = catalog  # replaced whole on a rescan; a request keeps the one it read
         self._supervisor = supervisor
         self._router = router
         self._cli = cli
-        self._backends: dict[str, Backend] = {"server": server, "cli": cli}
+        # Tool calling is the same scheme over both modes (backends.tools).
+        self._backends: dict[str, Backend] = {
+            "server": ToolCalling(server, tool_call_failed),
+            "cli": ToolCalling(cli, tool_call_failed),
+        }
         # Plans are built in a worker thread; one at a time, so they apply in call order.
         self._applying = anyio.Lock()
 

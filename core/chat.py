@@ -121,6 +121,7 @@ class ChatRequest(_Value, frozen=True):
     model: str | None = None
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = "auto"
+    parallel_tool_calls: bool = False  # several calls in one answer may be made
     sampling: Sampling = Sampling()
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()

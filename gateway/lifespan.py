@@ -125,7 +125,10 @@ def make_lifespan(
             await tg.start(spares.run)
             server = ServerBackend(supervisor, router, settings.limits.request_timeout_s, spares)
             cli = CliBackend(settings)
-            dispatcher = Dispatcher(settings, catalog, supervisor, router, server=server, cli=cli)
+            dispatcher = Dispatcher(
+                settings, catalog, supervisor, router, server=server, cli=cli,
+                tool_call_failed=lambda model: metrics.tool_call_failures.labels(model).inc(),
+            )  # fmt: skip
             await dispatcher.reconfigure(store.current)
             app.state.rescan = lambda: dispatcher.rescan(store.current)  # SIGHUP
             unwatch = metrics.watch(supervisor, admission, fleet)

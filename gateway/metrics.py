@@ -52,6 +52,10 @@ class Metrics:
         self.tokens = Counter(
             "ai_server_tokens_generated", "Completion tokens generated", ["backend"], registry=r
         )
+        self.tool_call_failures = Counter(
+            "ai_server_tool_call_failures", "Answers meant as a tool call, sent as text",
+            ["model"], registry=r,
+        )  # fmt: skip
         self.tokens_per_second = Histogram(
             "ai_server_generation_tokens_per_second", "Generation speed reported by llama.cpp",
             ["backend"], registry=r, buckets=(1, 2, 5, 10, 20, 30, 45, 60, 80, 120, 200, 400),

@@ -18,6 +18,19 @@ from backends.vision import decode_base64_image
 from core import chat
 from core.config import Mirostat, PresencePenalty, Temp, TopK, TopP
 from core.errors import BadRequest
+from gateway.dialects.openai_tools import (
+    CalledFunction,
+    Function,
+    FunctionCallWire,
+    ToolCallWire,
+    ToolChoiceWire,
+    ToolDef,
+    calls_of,
+    check_results,
+    choice_of,
+    tool_calls_out,
+    tools_of,
+)
 from gateway.schemas import EmbedText, MaxTokens
 
 
@@ -42,22 +55,51 @@ class ImagePart(msgspec.Struct, tag_field="type", tag="image_url"):
     image_url: ImageUrl
 
 
+_ROLES: dict[str, chat.Role] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+    "function": "tool",
+}
+
+
 class Message(msgspec.Struct, kw_only=True):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart | ImagePart] | None = None
+    tool_calls: list[ToolCallWire] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
+    name: str | None = None  # a legacy function message: the function it answers
+    function_call: CalledFunction | None = None  # a legacy assistant call
 
     def decode(self) -> chat.Message:
-        """Ours: `developer` is the system role; an image's data URL becomes its bytes."""
-        role = "system" if self.role == "developer" else self.role
+        """Ours: `developer` is the system role; an image's data URL becomes its bytes; a
+        legacy function call and its result are a tool call (id `function:NAME`) and a tool
+        message."""
+        calls = calls_of(self.tool_calls or [])
+        if self.function_call is not None:
+            f = self.function_call
+            calls += (chat.ToolCall(id=f"function:{f.name}", name=f.name, arguments=f.arguments),)
+        result_of = f"function:{self.name}" if self.role == "function" else self.tool_call_id
+        role = _ROLES[self.role]
+        return chat.Message(
+            role=role,
+            content=self._parts(),
+            tool_calls=calls,
+            tool_call_id=result_of if role == "tool" else None,
+        )
+
+    def _parts(self) -> tuple[chat.Part, ...]:
         if not isinstance(self.content, list):
-            return chat.Message.of(role, self.content or "")
+            return (chat.TextPart(text=self.content),) if self.content else ()
         parts: list[chat.Part] = []
         for part in self.content:
             if isinstance(part, TextPart):
                 parts.append(chat.TextPart(text=part.text))
             else:
                 parts.append(chat.ImagePart(data=decode_base64_image(part.image_url.url)))
-        return chat.Message(role=role, content=tuple(parts))
+        return tuple(parts)
 
 
 class StreamOptions(msgspec.Struct):
@@ -127,16 +169,17 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     response_format: ResponseFormat | None = None
     # Supported only at their neutral value.
     n: Annotated[int, neutral(const=1)] = 1
-    tools: Annotated[list[Any], neutral(maxItems=0)] | None = None
-    functions: Annotated[list[Any], neutral(maxItems=0)] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoiceWire | None = None
+    parallel_tool_calls: bool | None = None  # None: one call per answer
+    functions: list[Function] | None = None  # legacy
+    function_call: FunctionCallWire | None = None  # legacy
     logprobs: Annotated[bool, neutral(const=False)] | None = None
     logit_bias: Annotated[dict[str, Any], neutral(maxProperties=0)] | None = None
 
     def check_supported(self) -> None:
         changed = {
             "n": self.n != 1,
-            "tools": bool(self.tools),
-            "functions": bool(self.functions),
             "logprobs": bool(self.logprobs),
             "logit_bias": bool(self.logit_bias),
         }
@@ -177,9 +220,15 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
             mirostat=_given(self.mirostat),
             frequency_penalty=self.frequency_penalty,
         )
+        messages = tuple(m.decode() for m in self.messages)
+        check_results(messages)
+        tools = tools_of(self.tools, self.functions)
         return chat.ChatRequest(
-            messages=tuple(m.decode() for m in self.messages),
+            messages=messages,
             model=self.model,
+            tools=tools,
+            tool_choice=choice_of(self.tool_choice, self.function_call, tools),
+            parallel_tool_calls=bool(self.parallel_tool_calls),
             sampling=sampling,
             max_tokens=self.max_completion_tokens or self.max_tokens,
             stop=self.stops,
@@ -231,12 +280,20 @@ def completion(answer: chat.Answer, model: str) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": answer.text},
+                "message": message_of(answer),
                 "finish_reason": answer.finish_reason,
             }
         ],
         **usage,
     }
+
+
+def message_of(answer: chat.Answer) -> dict[str, Any]:
+    """The assistant's message: its text, or its calls (and `content` null, as OpenAI)."""
+    if not answer.tool_calls:
+        return {"role": "assistant", "content": answer.text}
+    calls = tool_calls_out(answer.tool_calls)
+    return {"role": "assistant", "content": answer.text or None, "tool_calls": calls}
 
 
 DONE = b"data: [DONE]\n\n"
@@ -274,10 +331,23 @@ class ChunkWriter:
             }
         )
 
-    def delta(self, text: str) -> bytes:
-        delta = {"content": text} if self._started else {"role": "assistant", "content": text}
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        if not self._started:
+            delta = {"role": "assistant", **delta}
         self._started = True
         return self._chunk([{"index": 0, "delta": delta, "finish_reason": None}])
+
+    def delta(self, text: str) -> bytes:
+        return self._delta({"content": text})
+
+    def tool_call(self, d: chat.ToolCallDelta) -> bytes:
+        """A call's first delta has its id, type and name; the next ones its arguments."""
+        call: dict[str, Any] = {"index": d.index}
+        if d.id is not None:
+            call |= {"id": d.id, "type": "function"}
+        function = {"name": d.name} if d.name is not None else {}
+        call["function"] = function | {"arguments": d.arguments}
+        return self._delta({"tool_calls": [call]})
 
     def finish(self, reason: str) -> bytes:
         return self._chunk([{"index": 0, "delta": {}, "finish_reason": reason}])
@@ -299,6 +369,8 @@ async def chunks(
         match event:
             case chat.TextDelta(text=text):
                 yield writer.delta(text)
+            case chat.ToolCallDelta():
+                yield writer.tool_call(event)
             case chat.Finish(reason=reason):
                 yield writer.finish(reason)
             case chat.Usage() if include_usage:

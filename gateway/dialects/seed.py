@@ -1,22 +1,44 @@
 """The seed's dialect (/api/chat): its body decoded into `core.chat.ChatRequest`, and an
 answer encoded as its JSON. Its stream is OpenAI's `chat.completion.chunk` SSE with the usage
-chunk always included (`gateway.dialects.openai.chunks`)."""
+chunk always included (`gateway.dialects.openai.chunks`). Tools are OpenAI's fields and
+shapes (`gateway.dialects.openai_tools`)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from core import chat
 from core.config import Backend
+from gateway.dialects.openai_tools import (
+    ToolCallWire,
+    ToolChoiceWire,
+    ToolDef,
+    calls_of,
+    check_results,
+    choice_of,
+    tool_calls_out,
+    tools_of,
+)
 from gateway.schemas import Body, MaxTokens, ModelName, SamplingOverrides
 
 
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None  # may be null on an assistant turn that calls tools
+    tool_calls: list[ToolCallWire] | None = None
+    tool_call_id: str | None = None  # a tool turn: the call it answers
+
+    def decode(self) -> chat.Message:
+        parts = (chat.TextPart(text=self.content),) if self.content else ()
+        return chat.Message(
+            role=self.role,
+            content=parts,
+            tool_calls=calls_of(self.tool_calls or []),
+            tool_call_id=self.tool_call_id if self.role == "tool" else None,
+        )
 
 
 class ChatRequest(SamplingOverrides, kw_only=True):
@@ -24,6 +46,9 @@ class ChatRequest(SamplingOverrides, kw_only=True):
     model: ModelName | None = None
     max_tokens: MaxTokens | UnsetType = UNSET
     stream: bool = False  # SSE of OpenAI chat.completion.chunk events, usage in the last
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoiceWire | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class Usage(Body):
@@ -31,8 +56,14 @@ class Usage(Body):
     completion_tokens: int
 
 
+class AnswerMessage(Body):
+    role: Literal["assistant"]
+    content: str
+    tool_calls: list[dict[str, Any]] | UnsetType = UNSET
+
+
 class ChatResponse(Body):
-    message: ChatMessage
+    message: AnswerMessage
     backend: Backend
     model: str
     usage: Usage
@@ -40,9 +71,15 @@ class ChatResponse(Body):
 
 
 def decode(body: ChatRequest) -> chat.ChatRequest:
+    messages = tuple(m.decode() for m in body.messages)
+    check_results(messages)
+    tools = tools_of(body.tools, None)
     return chat.ChatRequest(
-        messages=tuple(chat.Message.of(m.role, m.content) for m in body.messages),
+        messages=messages,
         model=body.model,
+        tools=tools,
+        tool_choice=choice_of(body.tool_choice, None, tools),
+        parallel_tool_calls=bool(body.parallel_tool_calls),
         sampling=body.sampling(),
         max_tokens=body.max_tokens or None,
         stream=body.stream,
@@ -51,8 +88,9 @@ def decode(body: ChatRequest) -> chat.ChatRequest:
 
 def response(answer: chat.Answer, backend: Backend, model: str) -> ChatResponse:
     usage = answer.usage  # a text chat is always counted
+    calls = tool_calls_out(answer.tool_calls) if answer.tool_calls else UNSET
     return ChatResponse(
-        message=ChatMessage(role="assistant", content=answer.text),
+        message=AnswerMessage(role="assistant", content=answer.text, tool_calls=calls),
         backend=backend,
         model=model,
         usage=Usage(

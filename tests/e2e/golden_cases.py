@@ -36,6 +36,9 @@ print(list(range(len(text.split()))))
 """
 
 
+TOOL_F = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
 @dataclass(frozen=True)
 class Case:
     """One request: a JSON `body`, or `raw` bytes labelled `content_type`, or a multipart
@@ -196,11 +199,32 @@ CASES: dict[str, Case] = {
     "err_v1_embeddings_unknown_model": Case(EMBED, {"input": "a", "model": UNKNOWN}),
     "err_api_tag_unknown_model": Case("/api/tag", {"image": PNG_B64, "model": UNKNOWN}),
     "err_v1_chat_n": Case(CHAT, {"messages": HI, "n": 2}),
-    "err_v1_chat_tools": Case(
-        CHAT, {"messages": HI, "tools": [{"type": "function", "function": {"name": "f"}}]}
+    # Tools: the fakes answer text, not a call, so the client gets that text (never a call).
+    "v1_chat_tools_text_answer": Case(CHAT, {"messages": HI, "tools": [TOOL_F]}),
+    "v1_chat_tools_text_answer_stream": Case(
+        CHAT, {"messages": HI, "tools": [TOOL_F], "tool_choice": "required", "stream": True}
+    ),
+    "api_chat_tools_text_answer": Case(
+        "/api/chat", {"messages": HI, "tools": [TOOL_F], "tool_choice": "required"}
+    ),
+    "err_v1_chat_tools_twice": Case(CHAT, {"messages": HI, "tools": [TOOL_F, TOOL_F]}),
+    "err_v1_chat_tool_choice_unknown": Case(
+        CHAT,
+        {
+            "messages": HI,
+            "tools": [TOOL_F],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+        },
+    ),
+    "err_v1_chat_tool_result_of_nothing": Case(
+        CHAT,
+        {
+            "messages": [*HI, {"role": "tool", "tool_call_id": "call_1", "content": "42"}],
+            "tools": [TOOL_F],
+        },
     ),
     "err_v1_chat_unsupported_fields": Case(
-        CHAT, {"messages": HI, "logprobs": True, "logit_bias": {"1": 5}, "functions": [{}]}
+        CHAT, {"messages": HI, "logprobs": True, "logit_bias": {"1": 5}}
     ),
     "err_v1_chat_five_stops": Case(CHAT, {"messages": HI, "stop": ["a", "b", "c", "d", "e"]}),
     "err_v1_chat_response_format_type": Case(

@@ -1,0 +1,280 @@
+"""Tool calling by a JSON answer under a grammar, the same in both modes.
+
+This llama.cpp (the 0.3.36 sdist) no longer has llama-server's "generic" tool format: with a
+template that describes no tools (ChatML, SmolLM2's, Gemma's), llama-server renders the
+request without the tools and lets the model answer freely, even for `tool_choice:
+required` (checked with `POST /apply-template` and a real request). So the gateway does
+what that generic format did, for both modes alike:
+
+- the tools are described in a system message, and earlier calls and their results are
+  written into the conversation as the JSON the model is asked to write;
+- the answer is constrained by a JSON schema (llama.cpp turns it into a grammar):
+  `{"tool_call": {"name": ..., "arguments": {...}}}` (`{"tool_calls": [...]}` when
+  `parallel_tool_calls`), or, under `auto`, `{"response": "..."}` as well;
+- the answer is parsed back into `core.chat` tool calls, each checked against its tool's
+  `parameters` with `jsonschema`; one that does not parse or validate is never returned as a
+  call: the client gets the model's text, and `failed` is told (a metric).
+
+`ToolCalling` wraps a backend with this; requests without tools (or with `tool_choice:
+none`) pass through untouched. A stream with tools is answered at its end: its text is JSON
+until then (a call's id, name and arguments go out as tool-call deltas, a text answer as one
+text delta).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
+from typing import Any, Literal
+
+import jsonschema
+import msgspec
+
+from backends.base import Backend, ChatTask, Embedded
+from backends.catalog import ModelDef
+from backends.ids import unique_id
+from core.chat import (
+    Answer,
+    ChatRequest,
+    Event,
+    Finish,
+    Message,
+    NamedTool,
+    TextDelta,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from core.config import LlmParams
+
+
+def uses_tools(request: ChatRequest) -> bool:
+    return bool(request.tools) and request.tool_choice != "none"
+
+
+def offered(request: ChatRequest) -> list[Tool]:
+    """The tools the model may call: one, if `tool_choice` names it."""
+    if isinstance(request.tool_choice, NamedTool):
+        return [t for t in request.tools if t.name == request.tool_choice.name]
+    return list(request.tools)
+
+
+def _call_schema(tool: Tool) -> dict[str, Any]:
+    parameters = tool.parameters or {"type": "object"}
+    return {
+        "type": "object",
+        "properties": {"name": {"const": tool.name}, "arguments": parameters},
+        "required": ["name", "arguments"],
+    }
+
+
+def answer_schema(request: ChatRequest) -> dict[str, Any]:
+    """The JSON schema of the answer: a call (or calls) of an offered tool; under `auto`
+    also a text response (itself following `json_schema` when the request has one)."""
+    calls = [_call_schema(tool) for tool in offered(request)]
+    call = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    many: dict[str, Any] = {"type": "array", "items": call, "minItems": 1}
+    parallel = request.parallel_tool_calls
+    branches = [_only("tool_calls", many) if parallel else _only("tool_call", call)]
+    if request.tool_choice == "auto":
+        branches.append(_only("response", request.json_schema or {"type": "string"}))
+    return branches[0] if len(branches) == 1 else {"anyOf": branches}
+
+
+def _only(key: str, value: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": {key: value}, "required": [key]}
+
+
+def instructions(request: ChatRequest) -> str:
+    """The system text that describes the tools and the answer's form."""
+    described = [
+        {"name": t.name, "description": t.description, "parameters": t.parameters}
+        for t in offered(request)
+    ]
+    key = "tool_calls" if request.parallel_tool_calls else "tool_call"
+    example = '{"name": "<tool name>", "arguments": {<its arguments>}}'
+    form = f"[{example}, ...]" if request.parallel_tool_calls else example
+    lines = [
+        "You can call the following tools to answer the user's request:",
+        json.dumps(described, indent=2, ensure_ascii=False),
+        "",
+        f'To call a tool, respond with JSON: {{"{key}": {form}}}',
+    ]
+    if request.tool_choice == "auto":
+        lines.append('To answer the user directly instead, respond with JSON: {"response": "..."}')
+    lines.append("The result of a call comes back to you as a tool_response.")
+    return "\n".join(lines)
+
+
+def _as_json(call: ToolCall) -> dict[str, Any]:
+    try:
+        arguments: object = json.loads(call.arguments) if call.arguments.strip() else {}
+    except ValueError:
+        arguments = call.arguments  # as the client sent it: the model sees what happened
+    return {"name": call.name, "arguments": arguments}
+
+
+def conversation(messages: Sequence[Message]) -> list[Message]:
+    """Earlier calls as the JSON the model writes, and their results as user turns: a
+    template that knows no tools renders them as text it understands."""
+    names = {c.id: c.name for m in messages for c in m.tool_calls}
+    out: list[Message] = []
+    for message in messages:
+        if message.role == "tool":
+            result = {"name": names.get(message.tool_call_id or "", ""), "content": message.text}
+            out.append(Message.of("user", json.dumps({"tool_response": result})))
+        elif message.role == "assistant" and message.tool_calls:
+            calls = [_as_json(call) for call in message.tool_calls]
+            body = {"tool_calls": calls} if len(calls) > 1 else {"tool_call": calls[0]}
+            out.append(Message.of("assistant", json.dumps(body, ensure_ascii=False)))
+        else:
+            out.append(message)
+    return out
+
+
+def rewritten(request: ChatRequest) -> tuple[Message, ...]:
+    """The conversation with the instructions in its system message."""
+    out = conversation(request.messages)
+    text = instructions(request)
+    if out and out[0].role == "system":
+        out[0] = Message.of("system", f"{out[0].text}\n\n{text}")
+    else:
+        out.insert(0, Message.of("system", text))
+    return tuple(out)
+
+
+def has_tool_turns(request: ChatRequest) -> bool:
+    return any(m.role == "tool" or m.tool_calls for m in request.messages)
+
+
+def prepared(task: ChatTask) -> ChatTask:
+    """`task` as a plain chat: with tools on offer, one whose answer the schema holds to;
+    with none (or `tool_choice: none`), only its earlier calls and results as text."""
+    if not uses_tools(task.request):
+        messages = tuple(conversation(task.request.messages))
+        plain = msgspec.structs.replace(task.request, messages=messages, tools=())
+        return msgspec.structs.replace(task, request=plain)
+    request = msgspec.structs.replace(
+        task.request,
+        messages=rewritten(task.request),
+        json_schema=answer_schema(task.request),
+        tools=(),
+        tool_choice="none",
+    )
+    return msgspec.structs.replace(task, request=request)
+
+
+class Parsed(msgspec.Struct, frozen=True):
+    calls: tuple[ToolCall, ...] = ()
+    text: str = ""
+    failed: bool = False  # the model's output was no valid call (`text` is that output)
+
+
+def parse(text: str, request: ChatRequest) -> Parsed:
+    """The answer's calls, or its text response; the raw text, failed, if it is neither."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return Parsed(text=text, failed=True)
+    if isinstance(value, dict) and "response" in value and request.tool_choice == "auto":
+        response = value["response"]
+        return Parsed(text=response if isinstance(response, str) else json.dumps(response))
+    raw = value.get("tool_calls", [value.get("tool_call")]) if isinstance(value, dict) else None
+    tools = {tool.name: tool for tool in offered(request)}
+    calls = [_checked(item, tools) for item in raw] if isinstance(raw, list) and raw else [None]
+    if any(call is None for call in calls):
+        return Parsed(text=text, failed=True)
+    return Parsed(calls=tuple(call for call in calls if call is not None))
+
+
+def _checked(item: object, tools: dict[str, Tool]) -> ToolCall | None:
+    """A call of an offered tool whose arguments validate against its parameters."""
+    if not isinstance(item, dict) or (tool := tools.get(str(item.get("name")))) is None:
+        return None
+    arguments = item.get("arguments", {})
+    try:
+        jsonschema.validate(arguments, tool.parameters or {"type": "object"})
+    except (jsonschema.ValidationError, jsonschema.SchemaError):
+        return None
+    text = json.dumps(arguments, ensure_ascii=False)
+    return ToolCall(id=f"call_{unique_id()}", name=tool.name, arguments=text)
+
+
+def interpreted(answer: Answer, parsed: Parsed) -> Answer:
+    if parsed.calls:
+        return msgspec.structs.replace(
+            answer, text="", tool_calls=parsed.calls, finish_reason="tool_calls"
+        )
+    finish: Literal["stop", "length"] = "length" if answer.finish_reason == "length" else "stop"
+    return msgspec.structs.replace(answer, text=parsed.text, finish_reason=finish)
+
+
+def events_of(answer: Answer) -> list[Event]:
+    """An interpreted answer as a stream's events: each call's head, then its arguments."""
+    events: list[Event] = [TextDelta(text=answer.text)] if answer.text else []
+    for index, call in enumerate(answer.tool_calls):
+        events.append(ToolCallDelta(index=index, id=call.id, name=call.name))
+        events.append(ToolCallDelta(index=index, arguments=call.arguments))
+    events.append(Finish(reason=answer.finish_reason))
+    return events
+
+
+class ToolCalling:
+    """`inner` with tool calling (this module's scheme) for the requests that offer tools.
+    `failed(model)` is told of each answer that was meant as a call and is none."""
+
+    def __init__(self, inner: Backend, failed: Callable[[str], None]) -> None:
+        self.inner = inner
+        self._failed = failed
+
+    @property
+    def name(self) -> Literal["server", "cli"]:
+        return self.inner.name
+
+    def _interpret(self, answer: Answer, task: ChatTask) -> Answer:
+        parsed = parse(answer.text, task.request)
+        if parsed.failed:
+            self._failed(task.model.name)
+        return interpreted(answer, parsed)
+
+    async def chat(self, task: ChatTask) -> Answer:
+        if not uses_tools(task.request):
+            return await self.inner.chat(prepared(task) if has_tool_turns(task.request) else task)
+        return self._interpret(await self.inner.chat(prepared(task)), task)
+
+    async def chat_stream(self, task: ChatTask) -> AsyncGenerator[Event, None]:
+        if not uses_tools(task.request):
+            plain = prepared(task) if has_tool_turns(task.request) else task
+            async with aclosing(self.inner.chat_stream(plain)) as events:
+                async for event in events:
+                    yield event
+            return
+        text: list[str] = []
+        finish: Finish | None = None
+        usage: Usage | None = None
+        async with aclosing(self.inner.chat_stream(prepared(task))) as events:
+            async for event in events:
+                match event:
+                    case TextDelta():
+                        text.append(event.text)
+                    case Finish():
+                        finish = event
+                    case Usage():
+                        usage = event
+                    case _:
+                        yield event  # a Failure
+                        return
+        reason = finish.reason if finish is not None else "stop"
+        answer = self._interpret(Answer(text="".join(text), finish_reason=reason), task)
+        for event in events_of(answer):
+            yield event
+        if usage is not None:
+            yield usage
+
+    async def embed(self, model: ModelDef, texts: Sequence[str], params: LlmParams) -> Embedded:
+        return await self.inner.embed(model, texts, params)
+
+    async def vision(self, task: ChatTask) -> Answer:
+        return await self.inner.vision(task)
