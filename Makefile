@@ -84,3 +84,4 @@ bench: setup
 	$(PY) -m bench.routing
 	$(PY) -m bench.images
 	$(PY) -m bench.fairness
+	$(PY) -m bench.tools

@@ -1,5 +1,6 @@
-// Playground: a streamed chat with time to first token and tokens/s, embeddings compared,
-// and an image tagged or described. All model text is inserted with textContent.
+// Playground: a streamed chat with time to first token and tokens/s (and the tool calls of an
+// answer, shown and never executed), embeddings compared, and an image tagged or described.
+// All model text is inserted with textContent.
 "use strict";
 
 (() => {
@@ -38,12 +39,21 @@
     const text = $("chat-input").value.trim();
     if (!text || chatting) return;
     $("chat-error").textContent = "";
+    let tools = null;
+    try {
+      tools = toolsGiven();
+    } catch (error) {
+      $("chat-error").textContent = `tools: ${error.message}`;
+      return;
+    }
     $("chat-input").value = "";
     history.push({ role: "user", content: text });
     say("user", text);
     const answer = say("assistant", "");
     const body = { messages: history, stream: true, max_tokens: Number($("chat-max").value) || 128 };
     if ($("chat-model").value) body.model = $("chat-model").value;
+    if (tools) body.tools = tools;
+    const calls = [];
     chatting = new AbortController();
     busy(true);
     const started = performance.now();
@@ -58,7 +68,9 @@
         if (!line.startsWith("data: ") || line === "data: [DONE]") return;
         const chunk = JSON.parse(line.slice(6));
         if (chunk.error) throw new AI.ApiError(500, chunk.error);
-        const piece = chunk.choices && chunk.choices[0] && chunk.choices[0].delta.content;
+        const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+        for (const call of (delta && delta.tool_calls) || []) called(calls, call);
+        const piece = delta && delta.content;
         if (piece) {
           if (!first) first = performance.now();
           tokens += 1;
@@ -68,7 +80,13 @@
         if (chunk.usage) tokens = chunk.usage.completion_tokens;
         stats(started, first, tokens, performance.now());
       });
-      history.push({ role: "assistant", content: answer.textContent });
+      if (calls.length) {
+        answer.remove();
+        for (const call of calls) say("tool", `calls ${call.function.name}(${call.function.arguments})`);
+        history.push({ role: "assistant", content: null, tool_calls: calls });
+      } else {
+        history.push({ role: "assistant", content: answer.textContent });
+      }
     } catch (error) {
       if (error.name === "AbortError") {
         history.push({ role: "assistant", content: answer.textContent });
@@ -81,6 +99,24 @@
       chatting = null;
       busy(false);
     }
+  }
+
+  // The tools box: a JSON array of OpenAI tool definitions, or nothing.
+  function toolsGiven() {
+    const given = $("chat-tools").value.trim();
+    if (!given) return null;
+    const tools = JSON.parse(given);
+    if (!Array.isArray(tools)) throw new Error("a JSON array of tool definitions");
+    return tools;
+  }
+
+  // A streamed tool-call delta: the first of a call has its id and name, the rest arguments.
+  function called(calls, delta) {
+    const call = calls[delta.index] ||= { id: "", type: "function", function: { name: "", arguments: "" } };
+    if (delta.id) call.id = delta.id;
+    const fn = delta.function || {};
+    if (fn.name) call.function.name = fn.name;
+    call.function.arguments += fn.arguments || "";
   }
 
   async function embed(event) {

@@ -304,6 +304,26 @@ def test_dashboard_inserts_model_output_and_log_lines_as_text(
         browser.get("about:blank")  # ends the log stream before the gateway stops
 
 
+def test_dashboard_playground_shows_a_tool_call_and_executes_nothing(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    call = {"tool_call": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    behaviour = json.dumps({"answer": json.dumps(call)})
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
+    with gateway(fake_config(tmp_path), env={"FAKE_LLAMA": behaviour}, within=60) as fake:
+        browser.get(fake + "/ui/playground")
+        until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chat-model option")) >= 2)
+        browser.find_element(By.CSS_SELECTOR, "details summary").click()
+        browser.find_element(By.ID, "chat-tools").send_keys(json.dumps(tools))
+        browser.find_element(By.ID, "chat-input").send_keys("weather in Paris?")
+        browser.find_element(By.ID, "chat-send").click()
+        until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#chat-log .msg.tool"))
+        assert text(browser, "#chat-log .msg.tool") == 'calls get_weather({"city": "Paris"})'
+        assert not browser.find_elements(By.CSS_SELECTOR, "#chat-log .msg.assistant")
+        assert console_errors(browser) == []
+
+
 def test_dashboard_shows_why_a_model_failed_with_its_log(
     browser: WebDriver, tmp_path: Path
 ) -> None:

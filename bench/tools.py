@@ -1,0 +1,131 @@
+"""Tool calls on the real SmolLM2 (issue 25): how many are valid, and how alike the modes are.
+
+REQUESTS seeded requests with `tool_choice: required` over two tools (each seed asks one of a
+few questions at temperature 0.7, so that the seeds give different calls), sent to a gateway
+in server mode and to one in cli mode. Reported per mode: the fraction of answers that are one
+call of an offered tool whose arguments validate against its parameters (jsonschema), and
+across the modes the fraction of seeds whose call (name and arguments) is the same. No timing:
+this is about what comes back."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import aiohttp
+import anyio
+import jsonschema
+
+from backends.catalog import SMOLLM2
+from bench.common import gateway, write_section
+
+REQUESTS = 50
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather now in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 40}},
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "convert",
+            "description": "Convert an amount of money between currencies",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "amount": {"type": "number"},
+                    "to": {"type": "string", "enum": ["EUR", "USD", "JPY"]},
+                },
+                "required": ["amount", "to"],
+            },
+        },
+    },
+]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+QUESTIONS = [
+    "What is the weather in Paris?",
+    "How much is 20 dollars in euros?",
+    "Is it raining in Tokyo right now?",
+    "Convert 1000 yen to US dollars.",
+    "Should I take an umbrella in London today?",
+]
+
+
+def valid(call: tuple[str, dict[str, Any]] | None) -> bool:
+    if call is None or call[0] not in SCHEMAS:
+        return False
+    try:
+        jsonschema.validate(call[1], SCHEMAS[call[0]])
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+async def ask(http: aiohttp.ClientSession, url: str, seed: int) -> tuple[str, Any] | None:
+    body = {
+        "model": SMOLLM2,
+        "messages": [{"role": "user", "content": QUESTIONS[seed % len(QUESTIONS)]}],
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "temperature": 0.7,
+        "seed": seed,
+        "max_tokens": 120,
+    }
+    async with http.post(url + "/v1/chat/completions", json=body) as resp:
+        answer = await resp.json()
+        if resp.status != 200:
+            raise RuntimeError(f"{resp.status}: {answer}")
+    calls = answer["choices"][0]["message"].get("tool_calls") or []
+    if len(calls) != 1:
+        return None
+    function = calls[0]["function"]
+    try:
+        return function["name"], json.loads(function["arguments"])
+    except ValueError:
+        return None
+
+
+async def run(requests: int) -> dict[str, list[tuple[str, Any] | None]]:
+    found: dict[str, list[tuple[str, Any] | None]] = {}
+    timeout = aiohttp.ClientTimeout(total=600)
+    for backend in ("server", "cli"):
+        with gateway(backend) as gw:
+            async with aiohttp.ClientSession(timeout=timeout) as http:
+                found[backend] = [await ask(http, gw.url, seed) for seed in range(requests)]
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=REQUESTS)
+    args = parser.parse_args()
+    found = anyio.run(run, args.requests)
+    server, cli = found["server"], found["cli"]
+    same = sum(a is not None and a == b for a, b in zip(server, cli, strict=True))
+    names = {b: sorted({c[0] for c in calls if c}) for b, calls in found.items()}
+    lines = [
+        f"{args.requests} seeded requests, `tool_choice: required` over two tools, SmolLM2.",
+        "",
+        "| | server mode | cli mode |",
+        "|---|---|---|",
+        f"| valid calls | {sum(map(valid, server)) / len(server):.2f} "
+        f"| {sum(map(valid, cli)) / len(cli):.2f} |",
+        f"| tools called | {', '.join(names['server'])} | {', '.join(names['cli'])} |",
+        "",
+        f"The same call in both modes for the same seed: {same / len(server):.2f} "
+        f"({same} of {len(server)}).",
+    ]
+    write_section("tools", lines)
+
+
+if __name__ == "__main__":
+    main()
