@@ -38,6 +38,7 @@ from core.chat import (
     Answer,
     ChatRequest,
     Event,
+    Failure,
     Finish,
     Message,
     NamedTool,
@@ -45,7 +46,7 @@ from core.chat import (
     Tool,
     ToolCall,
     ToolCallDelta,
-    Usage,
+    collect,
 )
 from core.config import LlmParams
 
@@ -251,27 +252,18 @@ class ToolCalling:
                 async for event in events:
                     yield event
             return
-        text: list[str] = []
-        finish: Finish | None = None
-        usage: Usage | None = None
+        seen: list[Event] = []
         async with aclosing(self.inner.chat_stream(prepared(task))) as events:
             async for event in events:
-                match event:
-                    case TextDelta():
-                        text.append(event.text)
-                    case Finish():
-                        finish = event
-                    case Usage():
-                        usage = event
-                    case _:
-                        yield event  # a Failure
-                        return
-        reason = finish.reason if finish is not None else "stop"
-        answer = self._interpret(Answer(text="".join(text), finish_reason=reason), task)
+                if isinstance(event, Failure):
+                    yield event
+                    return
+                seen.append(event)
+        answer = self._interpret(collect(seen), task)
         for event in events_of(answer):
             yield event
-        if usage is not None:
-            yield usage
+        if answer.usage is not None:
+            yield answer.usage
 
     async def embed(self, model: ModelDef, texts: Sequence[str], params: LlmParams) -> Embedded:
         return await self.inner.embed(model, texts, params)
