@@ -6,11 +6,12 @@ Callers never touch a process. They put a message in the inbox and await its `Re
 - `lease(spec)`: a READY endpoint for `spec`, loaded on demand, counted as in flight until
   the lease ends. A load that does not fit the memory budget first evicts the least
   recently used idle models (`pool.plan_load`); if nothing can be evicted it waits, up to
-  `memory_wait`, for memory to free. Raises `BackendUnavailable` in BACKOFF / FAILED,
-  `ModelExceedsBudget` for a model that can never fit.
+  `memory_wait`, for memory to free. A model restarting after a crash within its restart
+  budget (BACKOFF, UNHEALTHY) is waited for too, up to `memory_wait`: a restart is a pause,
+  not an error. Raises `BackendUnavailable` once it has FAILED (budget spent, cannot
+  start), `ModelExceedsBudget` for a model that can never fit; neither carries its log.
   `lease(spec, replacing=pid)`, after a request to `pid` lost its connection, waits (same
-  bound) through the restart for the next READY process instead, or for a probe that finds
-  `pid` well after all.
+  bound) for the next READY process, or for a probe that finds `pid` well after all.
 - `apply(plan)`: the models (spec -> `Policy`) that may run. Others drain (bounded) and
   stop; pinned models and role defaults (`autostart`) load when they fit; a FAILED one is
   re-armed. `apply({})` stops everything (cli mode).
@@ -286,6 +287,7 @@ class Supervisor:
                 if (found := self._r.records.get(spec)) is not None:
                     await self._r.step(found, message)
             case Tick():
+                self._r.expire_restart_waits()
                 await self._r.loads.tick()
             case (
                 BecameReady() | StartTimedOut() | ChildExited() | HealthResult() | ProbeResult()

@@ -29,7 +29,9 @@ class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
     stop_grace: float = 5.0
     drain_timeout: float = 30.0
     memory_budget_mb: int = 1 << 40  # the pool's budget; the default is no limit
-    memory_wait: float = 60.0  # a request waits this long for memory to load its model
+    # A request waits this long for memory to load its model, or for its model to come back
+    # from a crash ([limits] queue_timeout_s in the gateway).
+    memory_wait: float = 60.0
 
 
 def supervisor_config(

@@ -72,7 +72,11 @@ from supervisor.states import DRAINING, LIVE, Goal, State, check_transition
 S = State
 
 
-RESTARTING = "is restarting after a failure"
+# What a request hears when it cannot be served: one sentence about its model, never the
+# model's log (which may name the host's files and settings: /api/models and /api/logs
+# show it to admins).
+HAS_FAILED = "has failed and is not restarted (see /api/models)"
+CANNOT_START = "cannot start (see /api/models)"
 
 
 class _Draft:
@@ -123,13 +127,13 @@ class _Draft:
         goal = self.life.goal
         self.set(goal=Goal.SERVE)
         if goal is Goal.RETIRE:
-            self.emit(Forget(), FailWaiters(Refusal("llama-server was reconfigured", detail=False)))
+            self.emit(Forget(), FailWaiters(Refusal("llama-server was reconfigured", named=False)))
         elif self.facts.too_big:
             self.too_big(self.facts.too_big)
         elif goal is Goal.RESTART:
             self.start()
         elif not self.facts.waiters or self.facts.stopping_all:
-            self.emit(FailWaiters(Refusal("llama-server was stopped", detail=False)))
+            self.emit(FailWaiters(Refusal("llama-server was stopped", named=False)))
         else:
             self.emit(Want())  # requests came while it was stopping: load it again
         self.emit(Stopped())
@@ -138,16 +142,18 @@ class _Draft:
         if self.state is not S.FAILED:
             self.go(S.FAILED)
         self.set(last_error=reason)
-        self.emit(FailWaiters(Refusal(reason, None, detail=False)))
+        self.emit(FailWaiters(Refusal(reason, None, named=False)))
 
     def crashed(self) -> None:
-        """Restart with backoff, unless the restart budget is spent (FAILED)."""
+        """Restart with backoff, unless the restart budget is spent (FAILED). Requests
+        waiting for it wait on, for its successor (bounded: `Records.expire_restart_waits`):
+        a restart within the budget is a pause, not an error (issue 29)."""
         now, c = self.facts.now, self.config
         if not within_budget(
             self.life.restart_times, now, limit=c.restart_limit, window=c.restart_window
         ):
             self.go(S.FAILED)
-            self.emit(FailWaiters(Refusal("has failed", 30)), Freed())
+            self.emit(FailWaiters(Refusal(HAS_FAILED, 30)), Freed())
             return
         attempt = self.life.attempt + 1
         delay = backoff_delay(
@@ -161,7 +167,7 @@ class _Draft:
         )
         if self.state is not S.BACKOFF:
             self.go(S.BACKOFF)
-        self.emit(FailWaiters(Refusal(RESTARTING, delay), keep_successors=True), Retry(delay))
+        self.emit(Retry(delay))
 
     def unhealthy(self, reason: str) -> None:
         self.go(S.UNHEALTHY)
@@ -237,7 +243,7 @@ def _exited(d: _Draft, code: int) -> None:
     # spent on that, find out: wait (in BACKOFF) for every worker to answer again.
     d.go(S.BACKOFF)
     d.set(retry_at=d.facts.now + d.config.backoff_max)
-    d.emit(FailWaiters(Refusal(RESTARTING, 1), keep_successors=True), AwaitWorkers())
+    d.emit(AwaitWorkers())
 
 
 def _health(d: _Draft, health: Health, rss_mb: int | None) -> None:
@@ -276,7 +282,7 @@ def _request(d: _Draft, event: object) -> None:
         case LoadFailed(reason=reason) if d.state is S.STARTING:
             d.set(last_error=reason)
             d.go(S.FAILED)
-            d.emit(FailWaiters(Refusal("cannot start", 30)), Freed())
+            d.emit(FailWaiters(Refusal(CANNOT_START, 30)), Freed())
         case Stop():
             d.stop()
         case Drain(goal=goal):
@@ -303,7 +309,7 @@ def _request(d: _Draft, event: object) -> None:
 def _ask(d: _Draft, replacing: int | None) -> None:
     f, state = d.facts, d.state
     if f.too_big:
-        d.emit(Refuse(Refusal(f.too_big, None, detail=False)))
+        d.emit(Refuse(Refusal(f.too_big, None, named=False)))
         return
     if replacing is not None and (
         state in (S.BACKOFF, S.UNHEALTHY) or (state is S.READY and f.pid == replacing)
@@ -318,12 +324,10 @@ def _ask(d: _Draft, replacing: int | None) -> None:
             d.emit(Queue())  # draining or stopping: loaded again after the stop
         case S.STOPPED:
             d.emit(Queue(), Want())
-        case S.UNHEALTHY:
-            d.emit(Refuse(Refusal("llama-server is restarting", detail=False)))
-        case S.BACKOFF:
-            d.emit(Refuse(Refusal(RESTARTING, max(d.life.retry_at - f.now, 0.1))))
+        case S.UNHEALTHY | S.BACKOFF:  # restarting within its budget: wait for it
+            d.emit(Queue())
         case S.FAILED:
-            d.emit(Refuse(Refusal("has failed", 30)))
+            d.emit(Refuse(Refusal(HAS_FAILED, 30)))
 
 
 def _rearm(d: _Draft) -> None:
@@ -343,7 +347,7 @@ def _reapply(d: _Draft) -> None:
         d.set(goal=Goal.SERVE)
     if d.facts.too_big:
         if d.state in LIVE:
-            d.emit(FailWaiters(Refusal(d.facts.too_big, None, detail=False)))
+            d.emit(FailWaiters(Refusal(d.facts.too_big, None, named=False)))
             d.stop()  # FAILED once it has stopped
         else:
             if d.state is not S.STOPPED and d.state is not S.FAILED:

@@ -90,12 +90,13 @@ class Enter(Action, frozen=True):
 
 
 class Refusal(msgspec.Struct, frozen=True):
-    """An error for a request: BackendUnavailable naming the model (and its last error
-    when `detail`), or ModelExceedsBudget when `retry_after` is None."""
+    """An error for a request, in one sentence: BackendUnavailable with `what` said of the
+    model ("llama-server for NAME has failed ...") when `named`, else as it is; or
+    ModelExceedsBudget when `retry_after` is None. Never the model's log."""
 
     what: str
     retry_after: float | None = 1.0
-    detail: bool = True
+    named: bool = True
 
 
 class Spawn(Action, frozen=True):
@@ -154,7 +155,6 @@ class Grant(Action, frozen=True):
 
 class FailWaiters(Action, frozen=True):
     refusal: Refusal
-    keep_successors: bool = False
 
 
 class Want(Action, frozen=True):

@@ -51,6 +51,9 @@ class Records:
         )  # fmt: skip
         self.stopping_all = False
         self.stop_all_replies: list[Reply[None]] = []
+        # Our own generator: the module's shared one is the application's (and hypothesis
+        # flags a draw from it while it generates a fuzz case in the same process).
+        self._random = random.Random()  # noqa: S311 (spreads restarts, not a secret)
 
     def count_in(self, m: Instance) -> Lease:
         assert m.child is not None
@@ -85,7 +88,7 @@ class Records:
         return d.Facts(
             now=time.monotonic(),
             in_flight=m.in_flight,
-            waiters=bool(m.waiters),
+            waiters=bool(m.waiters or m.successors),
             rpc=bool(m.spec.rpc),
             too_big=self.loads.too_big(m),
             pid=m.child.pid if m.child else None,
@@ -94,7 +97,7 @@ class Records:
             ),
             stopping_all=self.stopping_all,
             tail=tail,
-            jitter=random.random(),  # noqa: S311 (spreads restarts, not a secret)
+            jitter=self._random.random(),
         )
 
     async def step(
@@ -144,9 +147,10 @@ class Records:
                 reply.fail(self._error(m, refusal))
             case d.Grant(successors_only):
                 self._grant_all(m, successors_only)
-            case d.FailWaiters(refusal, keep_successors):
-                self.fail_waiters(m, self._error(m, refusal), keep_successors=keep_successors)
-            case d.Want():
+            case d.FailWaiters(refusal):
+                self.fail_waiters(m, self._error(m, refusal))
+            case d.Want():  # (STOPPED: waiting through a restart is waiting for a load)
+                m.waiters, m.successors = m.waiters + m.successors, []
                 await self.loads.want(m)
             case d.Freed():
                 await self.loads.freed()
@@ -187,20 +191,36 @@ class Records:
     def _error(self, m: Instance, refusal: d.Refusal) -> Exception:
         if refusal.retry_after is None:
             return ModelExceedsBudget(refusal.what)
-        if not refusal.detail:
+        if not refusal.named:
             return BackendUnavailable(refusal.what, retry_after=refusal.retry_after)
-        detail = f": {m.life.last_error}" if m.life.last_error else ""
         return BackendUnavailable(
-            f"llama-server for {m.spec.name or Path(m.spec.model).name} {refusal.what}{detail}",
-            retry_after=refusal.retry_after,
+            f"llama-server for {_name(m)} {refusal.what}", retry_after=refusal.retry_after
         )
 
-    def fail_waiters(self, m: Instance, error: Exception, *, keep_successors: bool = False) -> None:
-        replies, m.waiters = m.waiters, []
-        if not keep_successors:
-            replies, m.successors = replies + m.successors, []
+    def fail_waiters(self, m: Instance, error: Exception) -> None:
+        replies, m.waiters, m.successors = m.waiters + m.successors, [], []
         for reply in replies:
             reply.fail(error)
+
+    def expire_restart_waits(self) -> None:
+        """Requests waiting for a model to come back from a crash (BACKOFF, or UNHEALTHY on
+        its way there) give up after `memory_wait` ([limits] queue_timeout_s), as a wait
+        for memory does; a load in progress is bounded by the caller (`start_wait`)."""
+        now, bound = time.monotonic(), self.config.memory_wait
+        for m in self.records.values():
+            if m.state not in (State.BACKOFF, State.UNHEALTHY):
+                continue
+            expired = [r for r in m.waiters + m.successors if now - r.since >= bound]
+            if not expired:
+                continue
+            m.waiters = [r for r in m.waiters if r not in expired]
+            m.successors = [r for r in m.successors if r not in expired]
+            error = BackendUnavailable(
+                f"llama-server for {_name(m)} did not come back within {bound:.0f} s",
+                retry_after=5,
+            )
+            for reply in expired:
+                reply.fail(error)
 
     async def _stopped(self, m: Instance) -> None:
         """`m`'s process is gone: answer its unloads, start a record that waited for its
@@ -221,3 +241,7 @@ class Records:
             replies, self.stop_all_replies = self.stop_all_replies, []
             for reply in replies:
                 reply.set(None)
+
+
+def _name(m: Instance) -> str:
+    return m.spec.name or Path(m.spec.model).name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -140,14 +141,42 @@ async def test_a_lease_replacing_a_killed_child_waits_for_its_successor(
     async with running(fast_config(tmp_path, backoff_initial=0.3)) as sup:
         first = await sup.ensure_ready(SPEC)
         os.kill(first.pid, signal.SIGKILL)
-        # A plain lease in BACKOFF is refused at once; one replacing the dead pid waits for
-        # the next process through the backoff and its load.
+        # One replacing the dead pid, and a plain lease in BACKOFF (a 503 at once before
+        # issue 29), both wait for the next process through the backoff and its load.
         await wait_state(sup, S.BACKOFF)
-        with pytest.raises(BackendUnavailable):
-            await sup.ensure_ready(SPEC)
-        async with sup.lease(SPEC, replacing=first.pid) as second:
-            assert second.pid != first.pid and alive(second.pid)
+        async with sup.lease(SPEC) as plain, sup.lease(SPEC, replacing=first.pid) as second:
+            assert second.pid == plain.pid != first.pid and alive(second.pid)
             assert at_port(sup, first.port).state is S.READY
+
+
+async def test_a_lease_waits_through_a_crash_loop_until_the_budget_is_spent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease waits while its model restarts within the budget; the one that spends it
+    fails every waiter at once, with one sentence and no log line."""
+    behave(monkeypatch, exit_at_start=3)
+    async with running(fast_config(tmp_path, restart_limit=2)) as sup:
+        with pytest.raises(BackendUnavailable) as caught:
+            await sup.ensure_ready(SPEC)
+        failed = await wait_state(sup, S.FAILED)
+        assert history(sup, failed.port).count(S.BACKOFF) == 2  # waited through both
+        assert caught.value.message == (
+            "llama-server for a.gguf has failed and is not restarted (see /api/models)"
+        )
+
+
+async def test_a_wait_through_a_restart_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave(monkeypatch)
+    config = fast_config(tmp_path, backoff_initial=30, backoff_max=30, memory_wait=0.3)
+    async with running(config) as sup:
+        first = await sup.ensure_ready(SPEC)
+        os.kill(first.pid, signal.SIGKILL)
+        await wait_state(sup, S.BACKOFF)
+        with pytest.raises(BackendUnavailable, match="did not come back within 0 s") as caught:
+            await sup.ensure_ready(SPEC)
+        assert caught.value.retry_after == 5
 
 
 async def test_a_lease_replacing_a_healthy_child_is_granted_after_a_probe(
@@ -205,8 +234,9 @@ async def test_supervisor_gives_up_a_silent_start(
 ) -> None:
     behave(monkeypatch, silent=True)
     async with running(fast_config(tmp_path, load_timeout=0.5, restart_limit=0)) as sup:
-        with pytest.raises(BackendUnavailable, match="without progress in its log"):
+        with pytest.raises(BackendUnavailable, match="has failed"):
             await sup.ensure_ready(SPEC)
+        assert "without progress in its log" in (sup.snapshot()[0].last_error or "")
 
 
 async def test_supervisor_names_a_port_held_by_a_foreign_process(tmp_path: Path) -> None:
@@ -215,9 +245,11 @@ async def test_supervisor_names_a_port_held_by_a_foreign_process(tmp_path: Path)
         holder.bind(("127.0.0.1", config.base_port))
         holder.listen()
         async with running(config) as sup:
-            with pytest.raises(BackendUnavailable, match=f"port {config.base_port} .* held by"):
+            with pytest.raises(BackendUnavailable, match=r"for a\.gguf cannot start"):
                 await sup.ensure_ready(SPEC)
-            assert at_port(sup, config.base_port).state is S.FAILED
+            failed = at_port(sup, config.base_port)
+            assert failed.state is S.FAILED  # the port is named to admins, not to clients
+            assert re.search(f"port {config.base_port} .* held by", failed.last_error or "")
 
 
 def listening(host: str, port: int) -> bool:
@@ -363,12 +395,20 @@ async def test_supervisor_waits_for_a_missing_rpc_worker_without_spending_its_re
         info = sup.instance(spec)
         assert info is not None and info.state is S.BACKOFF
         assert address in (info.last_error or "") and "does not answer" in (info.last_error or "")
-        with pytest.raises(BackendUnavailable, match=address):
-            await sup.ensure_ready(spec)
-        await anyio.sleep(0.5)  # many checks, no restarts
-        assert sup.instance(spec).restarts == 0  # type: ignore[union-attr]
-        worker = socket.create_server(("127.0.0.1", int(address.rsplit(":", 1)[1])))
+        granted: list[int] = []
+
+        async def lease() -> None:  # waits for the worker, then for the restarted process
+            async with sup.lease(spec) as endpoint:
+                granted.append(endpoint.pid)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lease)
+            await anyio.sleep(0.5)  # many checks, no restarts
+            assert sup.instance(spec).restarts == 0  # type: ignore[union-attr]
+            assert granted == []
+            worker = socket.create_server(("127.0.0.1", int(address.rsplit(":", 1)[1])))
         await wait_state(sup, S.READY, within=10)
+        assert granted == [sup.instance(spec).pid]  # type: ignore[union-attr]
         info = sup.instance(spec)
         assert info is not None and info.restarts == 0 and info.missing_workers == ()
         # Every worker up, llama-server dies anyway: that counts (and the budget is 1).

@@ -12,7 +12,7 @@ import pytest
 
 from supervisor.command import ServerSpec
 from supervisor.config import SupervisorConfig
-from supervisor.decide import RESTARTING, decide
+from supervisor.decide import CANNOT_START, HAS_FAILED, decide
 from supervisor.health import Health
 from supervisor.lifecycle import (
     Action,
@@ -72,9 +72,9 @@ CONFIG = SupervisorConfig(
     backoff_initial=1.0, backoff_max=10.0, health_failures=2,
 )  # fmt: skip
 TOO_BIG = "model m needs ~9 MB"
-STOPPED_ERR = FailWaiters(Refusal("llama-server was stopped", detail=False))
-RECONFIGURED = FailWaiters(Refusal("llama-server was reconfigured", detail=False))
-BIG = FailWaiters(Refusal(TOO_BIG, None, detail=False))
+STOPPED_ERR = FailWaiters(Refusal("llama-server was stopped", named=False))
+RECONFIGURED = FailWaiters(Refusal("llama-server was reconfigured", named=False))
+BIG = FailWaiters(Refusal(TOO_BIG, None, named=False))
 SPENT = (NOW - 2, NOW - 1)  # two restarts within the window: the budget of 2 is spent
 
 
@@ -85,14 +85,9 @@ def E(old: str, new: str) -> Enter:
 SPAWN, KILL, WATCH, PROBE, FREED, WANT = Spawn(), Kill(), Watch(), Probe(), Freed(), Want()
 GRANT, ADMIT, QUEUE, END, FORGET = Grant(), Admit(), Queue(), EndGeneration(), Forget()
 STOPPED_, DRAIN_TIMER, AWAIT_WORKERS = Stopped(), DrainTimer(), AwaitWorkers()
-TOO_BIG_R = Refusal(TOO_BIG, None, detail=False)
+TOO_BIG_R = Refusal(TOO_BIG, None, named=False)
 SUCCESSOR = Queue(successor=True)
-HAS_FAILED = FailWaiters(Refusal("has failed", 30))
-
-
-def backing(delay: float) -> FailWaiters:
-    """Waiters fail while it backs off; the leases that wait through a restart stay."""
-    return FailWaiters(Refusal(RESTARTING, delay), keep_successors=True)
+FAILED_FOR_GOOD = FailWaiters(Refusal(HAS_FAILED, 30))
 
 
 def row(
@@ -118,7 +113,7 @@ ROWS = [
     row("ready load is ignored", "ready", Load(), "ready"),
     row("failed load spawns", "failed", Load(), "starting", E("failed", "starting"), SPAWN),
     row("load failed is FAILED", "starting", LoadFailed("port held"), "failed",
-        E("starting", "failed"), FailWaiters(Refusal("cannot start", 30)), FREED),
+        E("starting", "failed"), FailWaiters(Refusal(CANNOT_START, 30)), FREED),
     row("load failed late is ignored", "stopping", LoadFailed("x"), "stopping"),
     row("ready grants and watches", "starting", BecameReady(SPEC, GEN, 120), "ready",
         E("starting", "ready"), Loaded(120), GRANT, WATCH, FREED, life={"attempt": 3}),
@@ -128,19 +123,19 @@ ROWS = [
     row("a timeout when ready is dropped", "ready", StartTimedOut(SPEC, GEN, "x"), "ready"),
     # Exits.
     row("a loading crash backs off", "starting", ChildExited(SPEC, GEN, 1), "backoff",
-        E("starting", "backoff"), backing(1.0), Retry(1.0)),
+        E("starting", "backoff"), Retry(1.0)),
     row("a ready crash backs off", "ready", ChildExited(SPEC, GEN, -9), "backoff",
-        E("ready", "backoff"), backing(4.0), Retry(4.0), life={"attempt": 2}),
+        E("ready", "backoff"), Retry(4.0), life={"attempt": 2}),
     row("jitter spreads the delay", "ready", ChildExited(SPEC, GEN, 1), "backoff",
-        E("ready", "backoff"), backing(1.125), Retry(1.125), jitter=0.5),
+        E("ready", "backoff"), Retry(1.125), jitter=0.5),
     row("an unhealthy exit backs off", "unhealthy", ChildExited(SPEC, GEN, -15), "backoff",
-        E("unhealthy", "backoff"), backing(1.0), Retry(1.0)),
+        E("unhealthy", "backoff"), Retry(1.0)),
     row("a crash past the budget is FAILED", "ready", ChildExited(SPEC, GEN, 1), "failed",
-        E("ready", "failed"), HAS_FAILED, FREED, life={"restart_times": SPENT}),
+        E("ready", "failed"), FAILED_FOR_GOOD, FREED, life={"restart_times": SPENT}),
     row("an unhealthy kill past the budget is FAILED", "unhealthy", ChildExited(SPEC, GEN, -9),
-        "failed", E("unhealthy", "failed"), HAS_FAILED, FREED, life={"restart_times": SPENT}),
+        "failed", E("unhealthy", "failed"), FAILED_FOR_GOOD, FREED, life={"restart_times": SPENT}),
     row("an rpc exit waits for its workers", "ready", ChildExited(SPEC, GEN, 134), "backoff",
-        E("ready", "backoff"), backing(1.0), AWAIT_WORKERS, rpc=True),
+        E("ready", "backoff"), AWAIT_WORKERS, rpc=True),
     row("a stop ends in STOPPED", "stopping", ChildExited(SPEC, GEN, 0), "stopped",
         E("stopping", "stopped"), STOPPED_ERR, STOPPED_),
     row("a stop with waiters loads again", "stopping", ChildExited(SPEC, GEN, 0), "stopped",
@@ -187,9 +182,9 @@ ROWS = [
     row("a worker back starts it", "backoff", WorkersChecked(SPEC, GEN, ()), "starting",
         E("backoff", "starting"), SPAWN, life={"missing_workers": ("h:1",)}),
     row("all workers up: a crash", "backoff", WorkersChecked(SPEC, GEN, ()), "backoff",
-        backing(1.0), Retry(1.0)),
+        Retry(1.0)),
     row("all workers up past the budget", "backoff", WorkersChecked(SPEC, GEN, ()), "failed",
-        E("backoff", "failed"), HAS_FAILED, FREED, life={"restart_times": SPENT}),
+        E("backoff", "failed"), FAILED_FOR_GOOD, FREED, life={"restart_times": SPENT}),
     # Stops on purpose.
     row("ready stop", "ready", Stop(), "stopping", E("ready", "stopping"), KILL),
     row("starting stop", "starting", Stop(), "stopping", E("starting", "stopping"), KILL),
@@ -220,13 +215,10 @@ ROWS = [
     row("starting queues", "starting", Ask(), "starting", QUEUE),
     row("stopping queues", "stopping", Ask(), "stopping", QUEUE),
     row("stopped queues and wants", "stopped", Ask(), "stopped", QUEUE, WANT),
-    row("unhealthy refuses", "unhealthy", Ask(), "unhealthy",
-        Refuse(Refusal("llama-server is restarting", 1.0, detail=False))),
-    row("backoff refuses until the retry", "backoff", Ask(), "backoff",
-        Refuse(Refusal(RESTARTING, 2.0)), life={"retry_at": NOW + 2}),
-    row("backoff refuses at least briefly", "backoff", Ask(), "backoff",
-        Refuse(Refusal(RESTARTING, 0.1)), life={"retry_at": NOW - 5}),
-    row("failed refuses", "failed", Ask(), "failed", Refuse(Refusal("has failed", 30))),
+    # A restart within the budget is waited for (issue 29: it was a 503 at once).
+    row("unhealthy queues", "unhealthy", Ask(), "unhealthy", QUEUE),
+    row("backoff queues", "backoff", Ask(), "backoff", QUEUE, life={"retry_at": NOW + 2}),
+    row("failed refuses", "failed", Ask(), "failed", Refuse(Refusal(HAS_FAILED, 30))),
     row("too big refuses for good", "failed", Ask(), "failed", Refuse(TOO_BIG_R), too_big=TOO_BIG),
     row("replacing the ready pid probes", "ready", Ask(replacing=7), "ready/probe",
         SUCCESSOR, PROBE, pid=7),
@@ -239,6 +231,8 @@ ROWS = [
     row("a restart of a failed one", "failed", Rearm(), "stopped", E("failed", "stopped"), END,
         STOPPED_ERR, STOPPED_, WANT, life={"restart_times": SPENT}),
     row("a restart of a stopped one", "stopped", Rearm(), "stopped", STOPPED_ERR, STOPPED_, WANT),
+    row("a restart of a backoff one keeps its waiters", "backoff", Rearm(), "stopped",
+        E("backoff", "stopped"), END, WANT, STOPPED_, WANT, waiters=True),
     row("a restart cannot fit a model too big", "failed", Rearm(), "failed", too_big=TOO_BIG),
     row("a restart keeps a retire", "ready/retire", Rearm(), "stopping/retire",
         E("ready", "stopping"), KILL),
