@@ -120,16 +120,17 @@ class Router:
                     f"{target.url} is {target.state}: {target.reason or 'not probed yet'}"
                 )
             else:
+                # Its state, not its last error: that holds llama-server's log, for admins.
                 info = self.supervisor.instance(target)
-                why = info.last_error if info and info.last_error else "unavailable"
-                reasons.append(f"{candidate.key} is {info.state if info else 'stopped'}: {why}")
+                reasons.append(f"{candidate.key} is {info.state if info else 'stopped'}")
         return f"no instance of {model.name} can take requests: " + "; ".join(reasons)
 
     @asynccontextmanager
-    async def lease(self, target: Target) -> AsyncIterator[Upstream]:
-        """`target` counted in flight while the block runs."""
+    async def lease(self, target: Target, replacing: int | None = None) -> AsyncIterator[Upstream]:
+        """`target` counted in flight while the block runs (a local one `replacing` the pid
+        that failed: its successor, see `Supervisor.lease`)."""
         if isinstance(target, ServerSpec):
-            async with self.supervisor.lease(target) as endpoint:
+            async with self.supervisor.lease(target, replacing) as endpoint:
                 yield Upstream(endpoint.url, {}, endpoint.pid)
             return
         target.in_flight += 1

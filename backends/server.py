@@ -95,30 +95,35 @@ class ServerBackend:
             model.file()
 
     async def chat(self, task: ChatTask) -> Answer:
-        answer = await self._send(
-            task.model, task.params, "/v1/chat/completions", chat_payload(task)
-        )
+        payload = chat_payload(task)
+        answer = await self._resent(task.model, task.params, "/v1/chat/completions", payload)
         return answer_of(answer)
 
     async def vision(self, task: ChatTask) -> Answer:
         return await self.chat(task)  # its projector: checked by the Job
 
     async def embed(self, model: ModelDef, texts: Sequence[str], params: LlmParams) -> Embedded:
-        payload = {"input": list(texts)}
-        try:
-            answer = await self._send(model, params, "/v1/embeddings", payload)
-        except _ConnectionLost as lost:  # idempotent: once more, on the restarted process
-            if lost.pid is None:
-                raise
-            log.warning("backend.retry embeddings after: %s", lost.message)
-            spec = self._spec(model, params)
-            answer = await self._post(spec, "/v1/embeddings", payload, replacing=lost.pid)
+        answer = await self._resent(model, params, "/v1/embeddings", {"input": list(texts)})
         rows = sorted(answer.data, key=lambda row: int(row.get("index", 0)))
         prompt_tokens = answer.usage.get("prompt_tokens")
         return Embedded(
             vectors=[row["embedding"] for row in rows],
             prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
         )
+
+    async def _resent(
+        self, model: ModelDef, params: LlmParams, path: str, payload: dict[str, Any]
+    ) -> Upstream:
+        """`_send`, and once more to the local process that replaces one that died before it
+        answered: the client has received nothing (a chat sent again is a new sample)."""
+        try:
+            return await self._send(model, params, path, payload)
+        except _ConnectionLost as lost:
+            if lost.pid is None:
+                raise
+            log.warning("backend.retry %s after: %s", path, lost.message)
+            spec = self._spec(model, params)
+            return await self._post(spec, path, payload, replacing=lost.pid)
 
     async def _send(
         self, model: ModelDef, params: LlmParams, path: str, payload: dict[str, Any]
@@ -194,8 +199,7 @@ class ServerBackend:
         is retried once on another instance; never after."""
         payload = chat_payload(task) | {"stream": True, "stream_options": {"include_usage": True}}
         if not self._router.routes(task.model):
-            spec = self._spec(task.model, task.params)
-            async with aclosing(self._stream(spec, payload)) as events:
+            async with aclosing(self._local_sse(task, payload)) as events:
                 async for event in events:
                     yield event
             return
@@ -228,8 +232,32 @@ class ServerBackend:
                 await events.aclose()
             return
 
-    async def _stream(self, target: Target, payload: dict[str, Any]) -> AsyncGenerator[bytes, None]:
-        async with self._router.lease(target) as upstream, AsyncExitStack() as stack:
+    async def _local_sse(
+        self, task: ChatTask, payload: dict[str, Any]
+    ) -> AsyncGenerator[bytes, None]:
+        """The model's only llama-server's events; sent once more to its successor if it
+        died before the first event (the client has received nothing yet), never after."""
+        spec = self._spec(task.model, task.params)
+        events = self._stream(spec, payload)
+        try:
+            first = await anext(events, None)
+        except _ConnectionLost as lost:
+            await events.aclose()
+            if lost.pid is None:
+                raise
+            log.warning("backend.retry stream after: %s", lost.message)
+            events = self._stream(spec, payload, replacing=lost.pid)
+            first = await anext(events, None)
+        async with aclosing(events):
+            if first is not None:
+                yield first
+                async for event in events:
+                    yield event
+
+    async def _stream(
+        self, target: Target, payload: dict[str, Any], replacing: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        async with self._router.lease(target, replacing) as upstream, AsyncExitStack() as stack:
             with self._upstream_errors(target, upstream.pid):
                 # llama-server drops a kept-alive connection just after a streamed response,
                 # and the next request sent on it fails: a stream gets a connection of its own.
@@ -300,6 +328,9 @@ class ServerBackend:
             if isinstance(target, ServerSpec):
                 self._supervisor.report_failure(target)
             where = f" at {target.url}" if isinstance(target, Remote) else ""
+            # aiohttp's words (addresses, ports) for the gateway's log; one sentence for
+            # the client.
+            log.warning("backend.connection_lost %s: %s", key_of(target), exc or repr(exc))
             raise _ConnectionLost(
-                f"llama-server{where} connection lost: {exc or type(exc).__name__}", pid
+                f"llama-server{where} connection lost before its answer was complete", pid
             ) from None

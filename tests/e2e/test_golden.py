@@ -116,7 +116,10 @@ def golden_settings(path: Path, mode: str, timeout_s: float) -> Settings:
     limits = Limits(request_timeout_s=timeout_s, max_body_bytes=4096)
     settings = fake_settings(path, backend=mode, limits=limits)
     binaries = msgspec.structs.replace(settings.binaries, llama_tokenize=str(tokenize))
-    return msgspec.structs.replace(settings, binaries=binaries)
+    # A llama-server that crashes at every start is waited for through its restarts: one,
+    # quickly, so that case's 503 comes within a second.
+    llama = msgspec.structs.replace(settings.llama_server, restart_limit=1, backoff_initial_s=0.05)
+    return msgspec.structs.replace(settings, binaries=binaries, llama_server=llama)
 
 
 async def recorded(

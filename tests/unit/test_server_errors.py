@@ -20,7 +20,7 @@ from backends.base import ChatTask
 from backends.catalog import ModelDef
 from backends.router import Router, Target, Upstream
 from backends.server import ServerBackend
-from core.chat import ChatRequest, Message
+from core.chat import ChatRequest, Message, TextDelta
 from core.config import LlmParams
 from core.errors import (
     AiServerError,
@@ -107,11 +107,11 @@ class _Router:
             yield scope
 
     @asynccontextmanager
-    async def lease(self, target: Target) -> AsyncIterator[Upstream]:
+    async def lease(self, target: Target, replacing: int | None = None) -> AsyncIterator[Upstream]:
         if isinstance(target, Remote):
             yield Upstream(target.url, target.headers)
         else:
-            async with self.supervisor.lease(target) as endpoint:
+            async with self.supervisor.lease(target, replacing) as endpoint:
                 yield Upstream(endpoint.url, {}, endpoint.pid)
 
     def report(self, target: Target, reason: str) -> None:
@@ -148,11 +148,37 @@ def _error(message: str) -> dict[str, Any]:
 async def test_server_errors_a_lost_connection_is_503_with_retry_and_a_report(
     mocked: aioresponses, supervisor: _Supervisor
 ) -> None:
-    _post(mocked, f"{LOCAL}/v1/chat/completions", exception=aiohttp.ServerDisconnectedError())
+    url = f"{LOCAL}/v1/chat/completions"
+    _post(mocked, url, exception=aiohttp.ServerDisconnectedError())
+    _post(mocked, url, exception=aiohttp.ClientConnectionError(f"refused by {LOCAL}"))
     with pytest.raises(BackendUnavailable, match="llama-server connection lost") as caught:
         await _backend(supervisor, _Router(supervisor)).chat(TASK)
     assert _status(caught.value) == (503, {"Retry-After": "1"})
-    assert caught.value.type == "backend_unavailable" and len(supervisor.failures) == 1
+    assert caught.value.type == "backend_unavailable" and len(supervisor.failures) == 2
+    assert supervisor.leases == [None, PID]  # sent once more, to its successor
+    assert LOCAL not in caught.value.message  # aiohttp's words are for the gateway's log
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_server_errors_a_chat_is_sent_again_to_the_process_replacing_one_that_died(
+    mocked: aioresponses, supervisor: _Supervisor, stream: bool
+) -> None:
+    url = f"{LOCAL}/v1/chat/completions"
+    _post(mocked, url, exception=aiohttp.ServerDisconnectedError())
+    if stream:
+        body = (
+            b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+        )
+        _post(mocked, url, body=body, content_type="text/event-stream")
+        backend = _backend(supervisor, _Router(supervisor))
+        events = [event async for event in backend.chat_stream(TASK)]
+        assert events[0] == TextDelta(text="hi")
+    else:
+        choice = {"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}
+        _post(mocked, url, payload={"choices": [choice]})
+        answer = await _backend(supervisor, _Router(supervisor)).chat(TASK)
+        assert answer.text == "hi"
+    assert supervisor.leases == [None, PID]
 
 
 @pytest.mark.parametrize(
