@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import itertools
+import logging
 import os
 import re
 import secrets
@@ -34,6 +35,8 @@ from core.config import LlmParams, Settings
 from core.errors import AiServerError, BackendTimeout, BadRequest, UpstreamError
 from supervisor.logtail import LogTail
 from supervisor.process import spawn
+
+log = logging.getLogger("ai_server.backend")
 
 _PROMPT_TOKENS = re.compile(r"prompt eval time =.*?/\s*(\d+) tokens")
 _SAMPLED_TOKENS = re.compile(r"samplers time =.*?/\s*(\d+) tokens")
@@ -353,9 +356,11 @@ def _in_echo(line: str, echo: bool) -> bool:
 
 
 def exit_error(name: str, code: int, tail: LogTail) -> AiServerError:
-    """A failed llama.cpp run as our error. Input longer than the context is the request's
-    fault: 400, as llama-server answers it. Anything else is a 502 with the run's error
-    lines (its last lines if it logged none as errors)."""
+    """A failed llama.cpp run as our error. Input longer than the context, or a JSON schema
+    llama.cpp cannot use, is the request's fault: 400, as llama-server answers it. Anything
+    else is a 502 that says only which binary failed and how: its error lines (its last
+    lines if it logged none as errors) go to the gateway's log, never to the client (they
+    name the host's files and settings)."""
     # Never the input's own text (llama-embedding's --verbose-prompt echoes it): errors
     # are logged, and prompts never are.
     lines, echo = [], False
@@ -371,7 +376,8 @@ def exit_error(name: str, code: int, tail: LogTail) -> AiServerError:
             tokens, limit = (group for group in match.groups() if group)
             return BadRequest(f"the input is too long: {tokens} tokens, the context takes {limit}")
     errors = [line for line in lines if " E " in line] or lines
-    return UpstreamError(f"{name} exited with status {code}: " + "\n".join(errors[-5:]))
+    log.warning("backend.cli_failed %s exited with status %d: %s", name, code, errors[-5:])
+    return UpstreamError(f"{name} exited with status {code}")
 
 
 def _sized(model: ModelDef, params: LlmParams) -> LlmParams:

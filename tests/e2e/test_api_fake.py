@@ -11,8 +11,8 @@ import anyio
 import msgspec
 import pytest
 
-from core.config import Limits
-from tests.conftest import wait_until
+from core.config import Limits, LlamaServer
+from tests.conftest import free_port, wait_until
 from tests.e2e.conftest import fake_settings, recorded, serving
 from tests.helpers import alive
 from tests.supervisor.conftest import behave
@@ -287,27 +287,32 @@ async def test_server_mode_maps_llama_errors(
 async def test_server_mode_crash_loop_answers_503_with_retry_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The request waits through the restarts its budget allows, then hears that the model
+    has failed, in one sentence: the log's lines are for /ready and /api/models."""
     behave(monkeypatch, exit_at_start=1)
-    async with serving(fake_settings(tmp_path)) as client:
+    llama = LlamaServer(port=free_port(), restart_limit=2, backoff_initial_s=0.05)
+    async with serving(fake_settings(tmp_path, llama_server=llama)) as client:
         async with client.http.post("/api/chat", json=CHAT) as resp:
             assert resp.status == 503
             assert int(resp.headers["Retry-After"]) >= 1
             error = (await resp.json())["error"]
         status, ready = await client.get("/ready")
-    assert error["type"] == "backend_unavailable" and "failed to load model" in error["message"]
-    assert status == 503 and ready["processes"][0]["last_error"]
+    assert error["type"] == "backend_unavailable"
+    assert error["message"] == (
+        "llama-server for stub has failed and is not restarted (see /api/models)"
+    )
+    assert status == 503 and "failed to load model" in ready["processes"][0]["last_error"]
 
 
-async def test_cli_failure_answers_502_with_the_stderr_tail(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_cli_failure_answers_502_and_logs_the_stderr_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     behave(monkeypatch, exit=3)
     async with serving(fake_settings(tmp_path, backend="cli")) as client:
         status, answer = await client.post("/api/chat", CHAT)
     assert status == 502
-    assert (
-        "llama-completion exited with status 3: error: fake failure" in answer["error"]["message"]
-    )
+    assert answer["error"]["message"] == "llama-completion exited with status 3"
+    assert "llama-completion exited with status 3: ['error: fake failure']" in caplog.text
 
 
 async def test_cli_timeout_answers_504_and_kills_the_process(

@@ -68,7 +68,9 @@ def test_token_counts_reads_llama_completion_perf_lines() -> None:
     assert token_counts("no perf lines") == (0, 0)
 
 
-def test_a_failed_runs_error_never_carries_the_inputs_text() -> None:
+def test_a_failed_runs_error_never_carries_the_inputs_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """llama-embedding echoes each input, over as many lines as it has, up to its next log
     line (as the pinned llama.cpp prints them: time, level)."""
     tail = LogTail(max_lines=10)
@@ -78,7 +80,9 @@ def test_a_failed_runs_error_never_carries_the_inputs_text() -> None:
         "0.02.861.590 I main: number of tokens in prompt = 4\n"
     )
     error = exit_error("llama-embedding", 1, tail)
-    assert "secret" not in error.message and "number of tokens" in error.message
+    # Nor any line of its log: those go to the gateway's log (still without the input).
+    assert error.message == "llama-embedding exited with status 1"
+    assert "secret" not in caplog.text and "number of tokens" in caplog.text
 
 
 def test_a_runs_lines_go_to_its_models_log_labelled_without_the_inputs_echo() -> None:
