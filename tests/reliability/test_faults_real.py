@@ -3,6 +3,7 @@ well-formed answer in bounded time, and the supervisor brings the process back."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -48,41 +49,79 @@ async def ready_pid(client: Client, other_than: int | None = None) -> int:
             await anyio.sleep(0.1)
 
 
-async def test_kill_9_under_load_answers_200_or_503_and_retries_embeddings(
+async def stream(client: Client, body: dict[str, Any], started: anyio.Event) -> Answer:
+    """A streamed chat: its `data:` payloads, parsed; `started` is set at its first event."""
+    events: list[Any] = []
+    async with client.http.post("/api/chat", json=body | {"stream": True}) as resp:
+        if resp.content_type != "text/event-stream":
+            return Answer("stream", resp.status, resp.headers.get("Retry-After"), await resp.json())
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                payload = line.removeprefix(b"data: ").strip()
+                events.append(payload.decode() if payload == b"[DONE]" else json.loads(payload))
+                started.set()
+    return Answer("stream", resp.status, None, events)
+
+
+async def test_kill_9_under_load_fails_no_request(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = real_settings(tmp_path, roles=ONE_MODEL)
+    """Requests in flight when llama-server is SIGKILLed, and those that arrive while it
+    restarts, all get their answer: a chat or embeddings that got nothing back is sent again
+    to the new process, the others wait for it. Only a stream that had already sent events
+    ends, with its error event (one sentence, no log line). Before issue 29: every one of
+    them but the embeddings in flight was a 503."""
+    # 12 requests for 4 slots on 2 shared cores: the queue's bound is not what is tested.
+    settings = real_settings(tmp_path, roles=ONE_MODEL, limits=Limits(queue_timeout_s=600))
     async with serving(settings) as client:
         assert (await call(client, "/api/generate-embeddings", BATCH)).status == 200  # loaded
         first = await ready_pid(client)
         answers: list[Answer] = []
+        started = anyio.Event()
 
         async def send(route: str, body: object) -> None:
             answers.append(await call(client, route, body))
 
+        async def streamed(body: dict[str, Any], started: anyio.Event) -> None:
+            answers.append(await stream(client, body, started))
+
         async with anyio.create_task_group() as tg:
-            for _ in range(2):  # in flight when the process dies (4 slots)
-                tg.start_soon(send, "/api/chat", LONG_CHAT)
-                tg.start_soon(send, "/api/generate-embeddings", BATCH)
-            await anyio.sleep(0.5)
+            # In flight when the process dies (its 4 slots): a stream that has sent events,
+            # then a chat and a batch of embeddings that have not.
+            tg.start_soon(streamed, LONG_CHAT, started)
+            with anyio.fail_after(60):
+                await started.wait()
+            tg.start_soon(send, "/api/chat", LONG_CHAT)
+            tg.start_soon(send, "/api/generate-embeddings", BATCH)
+            with anyio.fail_after(30):  # all three hold a lease of the process
+                while True:
+                    if (await client.get("/ready"))[1]["processes"][0]["in_flight"] == 3:
+                        break
+                    await anyio.sleep(0.02)
             os.kill(first, signal.SIGKILL)
-            for _ in range(4):  # arriving while it restarts
-                tg.start_soon(send, "/api/chat", LONG_CHAT)
+            for _ in range(3):  # arriving while it restarts
+                tg.start_soon(send, "/api/chat", LONG_CHAT | {"max_tokens": 8})
                 tg.start_soon(send, "/v1/embeddings", {"input": "one more"})
+                tg.start_soon(streamed, LONG_CHAT | {"max_tokens": 8}, anyio.Event())
+                await anyio.sleep(0.08)
 
         assert len(answers) == 12
-        for answer in answers:
-            assert answer.status in (200, 503), answer
-            if answer.status == 503:
-                assert answer.retry_after and int(answer.retry_after) >= 1
-                assert "llama-server" in answer.body["error"]["message"]
-        # The two batches in flight lost their connection and were retried on the new process.
-        batches = [a for a in answers if a.route == "/api/generate-embeddings"]
-        assert [a.status for a in batches] == [200, 200]
-        assert all(len(a.body["embeddings"]) == 32 for a in batches)
-        assert caplog.text.count("retry embeddings after: llama-server connection lost") >= 2
-        await ready_pid(client, other_than=first)
-        assert (await call(client, "/api/chat", LONG_CHAT | {"max_tokens": 4})).status == 200
+        failed = [a for a in answers if a.status != 200]
+        assert failed == [], f"{len(failed)} of 12 failed"
+        streams = [a.body for a in answers if a.route == "stream"]
+        ended = [s for s in streams if s[-1] != "[DONE]"]
+        assert len(ended) <= 1  # the one in flight
+        for events in ended:
+            error = events[-1]["error"]
+            assert error["type"] == "backend_unavailable" and "\n" not in error["message"]
+            assert "llama-server connection lost" in error["message"]
+        assert all(
+            len(a.body["embeddings"]) == 32
+            for a in answers
+            if a.route == "/api/generate-embeddings"
+        )
+        assert caplog.text.count("backend.retry") >= 1
+        assert await ready_pid(client) != first
     assert not llama_servers_on(settings.llama_server.port)
 
 
