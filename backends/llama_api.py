@@ -169,6 +169,19 @@ def decode(body: bytes) -> Upstream:
         raise UpstreamError(f"llama-server answered invalid JSON: {exc}") from None
 
 
+def llama_error(body: bytes) -> str | None:
+    """The message of llama-server's own error answer (`{"error": {"message": ...}}`), or
+    None when the body is not one: then something other than llama-server's handlers
+    answered (a proxy or another server at its address, or cpp-httplib refusing a request
+    it could not read, with an empty body)."""
+    try:
+        error = msgspec.json.decode(body).get("error")
+    except (msgspec.DecodeError, AttributeError):
+        return None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else None
+
+
 def upstream_message(body: bytes) -> str:
     try:
         error = msgspec.json.decode(body).get("error", {})

@@ -21,6 +21,7 @@ from backends.llama_api import (
     decode,
     events_of,
     json_body,
+    llama_error,
     read_event,
     upstream_message,
 )
@@ -305,7 +306,20 @@ class ServerBackend:
             if isinstance(target, ServerSpec):
                 self._supervisor.report_failure(target)
             raise UpstreamError(f"llama-server: {message}")
+        if status < 500 and llama_error(body) is None:
+            # Not llama-server's verdict on the request, which always comes with its JSON
+            # error: whatever answers at a vanished host's address (issue 29), or a request
+            # it could not read. A failure of the instance, never the client's fault.
+            raise self._not_llama(target, status, message)
         raise BadRequest(f"llama-server rejected the request: {message}")
+
+    def _not_llama(self, target: Target, status: int, message: str) -> UpstreamError:
+        if isinstance(target, ServerSpec):
+            self._supervisor.report_failure(target)
+        said = f": {message}" if message.strip() else " with an empty body"
+        return UpstreamError(
+            f"{key_of(target)} answered HTTP {status}{said}, not as llama-server answers"
+        )
 
     @contextmanager
     def _upstream_errors(self, target: Target, pid: int | None) -> Iterator[None]:

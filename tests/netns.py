@@ -10,6 +10,12 @@ shows its address routed through its own veth, and an `unreachable` route for it
 higher metric, hidden while the veth is up) stays until the context exits: after `vanish()`
 its address answers "No route to host" at once instead of falling through to the default route.
 
+`gateway.catch(h)` models what a vanished host's address falls through to on a real LAN (its
+default route, a proxy, another machine that took the address): a route to `h`'s /24 through
+`gateway`, below `h`'s own veth and above the tombstone, and `gateway` taking any address of
+that /24 as its own. While `h` is up nothing changes; once it vanishes, whatever `gateway`
+runs answers at `h.address`, at once.
+
 Needs root and iproute2's `ip`; `host()` skips the test (with the reason) otherwise.
 """
 
@@ -29,6 +35,7 @@ import pytest
 
 NETNS_DIR = Path("/run/netns")  # where `ip netns add` mounts a namespace under its name
 TOMBSTONE_METRIC = 4242  # above the kernel's metric 0 for the veth's connected route
+CATCH_METRIC = 4000  # between the two: hidden by the veth, hiding the tombstone
 TEXT_KWARGS = frozenset({"text", "universal_newlines", "encoding", "errors"})
 
 
@@ -139,6 +146,15 @@ class Host:
         is killed and the namespace deleted. A no-op once done."""
         self._network.close()
 
+    def catch(self, other: Host) -> None:
+        """Answer for `other`'s /24 once `other`'s veth is gone (see the module's docstring):
+        a server here bound to 0.0.0.0 then gets what is sent to `other.address`. The route
+        goes when `other`'s context exits (its tombstone's lifetime), or with this host."""
+        ip("-n", self.name, "route", "replace", "local", other.subnet, "dev", "lo")
+        route = (other.subnet, "via", self.address, "metric", str(CATCH_METRIC))
+        ip("route", "add", *route)
+        other._tombstone.callback(self._delete_route, *route)
+
     def close(self) -> None:
         """Remove everything still here; idempotent, and quiet about what is already gone."""
         try:
@@ -183,6 +199,10 @@ class Host:
         finally:
             if self.name in netns_names():
                 ip("netns", "del", self.name)
+
+    def _delete_route(self, subnet: str, *spec: str) -> None:
+        if f"via {self.address} " in ip("route", "show", "exact", subnet):  # or gone with the veth
+            ip("route", "del", subnet, *spec)
 
     def _delete_tombstone(self) -> None:
         routes = ip("route", "show", "exact", self.subnet, "type", "unreachable").split()

@@ -157,6 +157,22 @@ async def test_a_remote_that_dies_mid_request_is_retried_on_the_local_one(
             assert seen["state"] == "cooling" and seen["reason"], seen
 
 
+async def test_a_4xx_that_is_not_llama_servers_is_retried_on_the_local_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 29: at a vanished host's address something else answered 400 with an empty body,
+    # and clients got 400 "llama-server rejected the request: ". Its probes pass here, so
+    # only requests can find it out.
+    behave(monkeypatch)
+    with remote_fake(tmp_path, bare_status=400) as (url, _):
+        async with serving(settings_for(tmp_path, url)) as client:
+            await wait_state(client, url, "ready")
+            assert await embed_many(client, 8) == [200] * 8
+            seen = (await instances(client))[f"remote:{url}"]
+            assert seen["served"] == 0 and seen["failures"] >= 1, seen
+            assert f"{url} answered HTTP 400 with an empty body" in seen["reason"], seen
+
+
 async def test_a_frozen_remote_is_cooled_down_by_its_probe_and_comes_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

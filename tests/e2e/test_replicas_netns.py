@@ -26,7 +26,7 @@ from core.config import Limits, ModelConfig, RemoteConfig, RemoteLimits, Roles, 
 from supervisor.health import Health, probe_health
 from tests.conftest import stop
 from tests.e2e.conftest import Client, real_settings, serving
-from tests.helpers import alive
+from tests.helpers import FAKES, alive
 from tests.netns import Host, host
 
 ROOT = Path(__file__).parents[2]
@@ -274,6 +274,44 @@ async def test_a_vanished_host_is_marked_down_and_nothing_hangs(tmp_path: Path) 
         assert seen["state"] == "cooling" and seen["reason"]
         status, ready = await client.get("/ready")
         assert status == 200 and any(i["state"] == "cooling" for i in ready["instances"][GEMMA])
+
+
+VANISH_ROUNDS = 5
+
+
+async def vanish_under_load(lan: Host, tmp_path: Path, kill_first: bool) -> list[Any]:
+    """One vanishing of a remote host under load, its address then caught by `lan`: the
+    error bodies the clients got."""
+    tmp_path.mkdir()
+    async with front_and_worker(15, tmp_path) as (h, url, client):
+        lan.catch(h)
+
+        async def vanish() -> None:
+            await more_served(client, url, 3)
+            if kill_first:
+                h.kill_all()
+            h.vanish()
+            await wait_for(client, url, "state", "cooling", within=30)
+            await more_served(client, "local/0", 8)
+
+        return (await under_load(client, vanish)).errors
+
+
+async def test_a_vanished_host_is_never_the_clients_fault(tmp_path: Path) -> None:
+    """Issue 29: requests sent to a host that has just vanished must not come back as 4xx.
+    What answers at its address then (here host 18, as a LAN's default route or a machine
+    that took the address would) is not llama-server: an empty 400 from it is the instance
+    failing, retried on the local one. The window before the front sees the host gone is
+    short, so the scenario runs several times; half the hosts vanish link first (in-flight
+    requests hang), half with every process killed first (in-flight requests are reset)."""
+    with host(18) as lan:
+        stranger = [sys.executable, str(FAKES / "stranger.py"), "--port", str(PORT)]
+        lan.run(stranger, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        failed = []
+        for n in range(VANISH_ROUNDS):
+            errors = await vanish_under_load(lan, tmp_path / f"round{n}", kill_first=n % 2 == 1)
+            failed += [(n, errors)] if errors else []
+        assert failed == [], failed
 
 
 def rss_mb(pid: int) -> int:

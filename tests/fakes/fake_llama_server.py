@@ -11,6 +11,8 @@ JSON in $FAKE_LLAMA, e.g. {"load_delay": 1, "ignore_sigterm": true}:
   hang_completion    /completion and /v1/* never answer while /health stays 200 (wedged)
   ignore_sigterm     ignore SIGTERM (only SIGKILL stops it)
   fail_status        answer /v1/* with this HTTP status and an error body
+  bare_status        answer /v1/* with this HTTP status and an empty body, as no llama-server
+                     does (something else at its address), while its probes pass
   record             append {"argv"} at start and {"path", "body"} per request to this JSONL file
   hold_mb            keep this many MiB resident (a model's memory, as the pool measures it)
   answer_delay       seconds before each /v1/* answer (a request in flight for that long)
@@ -110,6 +112,10 @@ class Handler(BaseHTTPRequestHandler):
         if BEHAVIOUR.get("hang_completion"):
             threading.Event().wait()
         time.sleep(BEHAVIOUR.get("answer_delay", 0))
+        if status := BEHAVIOUR.get("bare_status"):
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
         if status := BEHAVIOUR.get("fail_status"):
             return self.reply(status, {"error": {"code": status, "message": "fake failure"}})
         if self.path == "/completion":

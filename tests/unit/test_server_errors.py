@@ -219,6 +219,21 @@ async def test_server_errors_llama_servers_4xx_is_400_with_its_message(
     assert status_of(caught.value) == 400 and supervisor.failures == []
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "said"),
+    [(400, b"", " with an empty body"), (403, b"<html>Forbidden</html>", ": <html>Forbidden")],
+)
+async def test_server_errors_a_4xx_without_llama_servers_error_is_502_and_a_report(
+    mocked: aioresponses, supervisor: _Supervisor, status: int, body: bytes, said: str
+) -> None:
+    # Issue 29: not llama-server's verdict on the request (it always sends its JSON error),
+    # but whatever answered at its address.
+    _post(mocked, f"{LOCAL}/v1/chat/completions", status=status, body=body)
+    with pytest.raises(UpstreamError, match=f"answered HTTP {status}{said}") as caught:
+        await _backend(supervisor, _Router(supervisor)).chat(TASK)
+    assert status_of(caught.value) == 502 and len(supervisor.failures) == 1
+
+
 @pytest.mark.parametrize("status", [500, 503])
 async def test_server_errors_llama_servers_5xx_is_502_and_a_report(
     mocked: aioresponses, supervisor: _Supervisor, status: int
