@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from core.chat import Answer, Finish, TextDelta, ToolCall, ToolCallDelta, Usage, collect
+from core.chat import (
+    Answer,
+    Event,
+    Finish,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    collect,
+)
 
 
 def test_collect_adds_up_text_calls_finish_and_usage() -> None:
     usage = Usage(prompt_tokens=3, completion_tokens=5)
-    events = [
+    events: list[Event] = [
         TextDelta(text="Let me "),
         TextDelta(text="check."),
         ToolCallDelta(index=1, id="b", name="time"),
