@@ -43,6 +43,18 @@ def pytest_asyncio_loop_factories(
     return {"uvloop": uvloop.new_event_loop}
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """pytest-timeout's thread method for the tests here: its SIGALRM is lost in uvloop's
+    signal handling (a hung test would hang the run instead of failing at the timeout); the
+    thread dumps every stack and ends the run."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            given = item.get_closest_marker("timeout")  # a module's or test's own, kept
+            seconds = given.args[0] if given and given.args else None
+            item.add_marker(pytest.mark.timeout(seconds, method="thread"), append=False)
+
+
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[Client]:
     """`create_app(settings)` served as `ai-server serve` serves it (`gateway.cli.server_for`:
@@ -50,13 +62,26 @@ async def serving(settings: Settings) -> AsyncIterator[Client]:
     stopped (lifespan and all) on exit."""
     server = server_for(create_app(settings), settings)
     base = f"http://{settings.host}:{settings.port}"
-    async with anyio.create_task_group() as tg, aiohttp.ClientSession(base) as http:
-        tg.start_soon(server.serve)
-        await wait_until(lambda: server.started, within=30)
+    stopped = anyio.Event()
+
+    async def serve() -> None:
         try:
+            await server.serve()
+        finally:
+            stopped.set()
+
+    async with anyio.create_task_group() as tg, aiohttp.ClientSession(base) as http:
+        tg.start_soon(serve)
+        try:
+            await wait_until(lambda: server.started, within=30)
             yield Client(http, base)
         finally:
+            # A graceful stop (lifespan and all) before anything propagates: a failed
+            # assertion would otherwise cancel serve() mid-way, leaving the lifespan's
+            # children running and the test hanging past pytest's timeout.
             server.should_exit = True
+            with anyio.CancelScope(shield=True), anyio.move_on_after(60):
+                await stopped.wait()
 
 
 def real_settings(tmp_path: Path, **changes: Any) -> Settings:
