@@ -48,10 +48,14 @@ class Gateway(NamedTuple):
 
 
 @contextmanager
-def gateway(backend: str = "server", extra: str = "") -> Iterator[Gateway]:
+def gateway(
+    backend: str = "server", extra: str = "", tree: Path | None = None
+) -> Iterator[Gateway]:
     """`ai-server serve` with gemma-3-270m in every role (one llama-server, which the
     figures compare against), with `extra` TOML appended to its config; its access log is
-    formatted and written (to /dev/null), as in production."""
+    formatted and written (to /dev/null), as in production. `tree`: the checkout whose code
+    it runs (PYTHONPATH and working directory there; a git worktree of another commit), this
+    one's by default."""
     port, llama_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as state:
         config = Path(state) / "config.toml"
@@ -61,16 +65,19 @@ def gateway(backend: str = "server", extra: str = "") -> Iterator[Gateway]:
         )
         argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
         url = f"http://127.0.0.1:{port}"
-        with process(argv, url + "/ready") as child:
+        env = None if tree is None else os.environ | {"PYTHONPATH": str(tree)}
+        with process(argv, url + "/ready", env=env, cwd=tree) as child:
             if backend == "server":  # /ready is 200 while loadable: wait for the load
                 wait_loaded(url, GEMMA)
             yield Gateway(url, f"http://127.0.0.1:{llama_port}", child.pid)
 
 
 @contextmanager
-def process(argv: list[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    argv: list[str], ready_url: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """`argv` running (stderr discarded) once `ready_url` answers 200; terminated on exit."""
-    child = subprocess.Popen(argv, stderr=subprocess.DEVNULL)  # noqa: S603
+    child = subprocess.Popen(argv, stderr=subprocess.DEVNULL, env=env, cwd=cwd)  # noqa: S603
     try:
         wait_for(ready_url)
         yield child

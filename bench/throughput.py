@@ -60,9 +60,9 @@ wrk.headers["Authorization"] = "Bearer {KEY}"
 """
 
 
-def wrk(url: str, script: Path) -> tuple[float, int]:
+def wrk(url: str, script: Path, seconds: int = SECONDS) -> tuple[float, int]:
     """(requests per second, requests) of one wrk run; fails on any non-2xx answer."""
-    argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "-s", str(script), url]
+    argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "-s", str(script), url]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout  # noqa: S603
     if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
