@@ -85,3 +85,4 @@ bench: setup
 	$(PY) -m bench.images
 	$(PY) -m bench.fairness
 	$(PY) -m bench.tools
+	$(PY) -m bench.memory

@@ -2,9 +2,11 @@
 how much memory a llama-server running it will take.
 
 `read_meta` memory-maps the file and reads only the metadata key/values (never tensor data);
-a result is cached per file and version, so asking again is a stat. `estimate_mb` adds the
-file sizes, the KV cache llama.cpp allocates for a context and a measured allowance for the
-compute buffers; `supervisor.process.resident_mb` is what a running process really holds.
+a result is cached per file and version, so asking again is a stat. `estimate` sizes, part
+by part, what llama.cpp allocates for a llama-server started as the pool starts it (its
+context, its ubatch, whether it serves embeddings), at its peak: the pool charges it before a
+load, and bench/memory.py sets it against the measured peaks.
+`supervisor.process.resident_mb` is what a running process really holds.
 """
 
 from __future__ import annotations
@@ -25,26 +27,43 @@ if TYPE_CHECKING:
 
 MIB = 2**20
 
+# What follows is what this llama.cpp (LLAMA_NOTES.md) allocates for a llama-server as
+# supervisor/command.py starts it, checked against its own buffer sizes (-lv 4) and VmHWM
+# after filling its context and after the largest embeddings batch (bench/memory.py).
+
 # llama.cpp allocates the KV cache in cells padded to 256 (`-c 12192` serves n_ctx 12288).
+# The whole pool, whatever the model's training context: a smaller n_ctx_train only caps each
+# slot's share (SmolLM2 at -c 12192: 12288 cells, 270 MiB, resident from the start; slots of
+# 8192), so the estimate counts the configured context, not the trained one.
 CTX_PAD = 256
 
 # K and V are f16 by default (--cache-type-k/-v f16).
 KV_BYTES_PER_VALUE = 2
 
-# What a llama-server holds beyond its files, its KV cache and its embeddings outputs (below):
-# compute buffers, the binary and its libraries, the HTTP server and its 4 slots. Measured
-# (VmRSS after a short and a 1500-token completion, 4 such in parallel, 242- and 962-token
-# embeddings, 4 of those in parallel; -c 12192 -b 8192 -ub 1024): 97 MiB for gemma-3-270m
-# without embeddings, 152 with them (and the synthetic projector), 210 for SmolLM2-135M with
-# them. 256 leaves ~20% over the largest. Compute buffers grow with n_embd and ubatch:
-# a much wider model needs more than this.
-COMPUTE_ALLOWANCE_MB = 256
+# Logits, embeddings and activations are f32.
+FLOAT_BYTES = 4
 
-# With --embeddings, every token of a ubatch is an output: llama.cpp computes its logits
-# (ubatch x n_vocab f32) in the compute buffer and keeps a copy in its output buffer. Measured:
-# one 962-token embedding grew gemma-3-270m's RSS by 1921 MiB (962 x 262144 x 8 B = 1924),
-# SmolLM2-135M's by 376 (961 x 49152 x 8 B = 360). The largest buffer of them all.
-EMBEDDINGS_OUTPUT_BYTES_PER_LOGIT = 2 * 4
+# llama-server's --parallel default ("auto"): 4 slots sharing one (unified) KV cache.
+SERVER_SLOTS = 4
+
+# Sliding-window attention: the layers in each group of N but the last keep only
+# `sliding_window` cells per slot (+ a ubatch), the last the whole context. N comes from the
+# file's `{arch}.attention.sliding_window_pattern`, else from llama.cpp's code for these
+# architectures (src/models/*.cpp); any other architecture is sized as if every layer were
+# full, an upper bound.
+SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "gemma-embedding": 6, "cohere2": 4}
+
+# What a llama-server holds besides its files, KV cache, output and compute buffers: the
+# binary's libraries and heap, the HTTP server, and the vocabulary (tables per token).
+# Measured idle at -c 2048 (RssAnon less KV and output buffer, RssFile less the model):
+# 35 MiB for SmolLM2 (49152 tokens), 70 for gemma-3-270m (262144 tokens).
+RUNTIME_BASE_BYTES = 32 * MIB
+RUNTIME_BYTES_PER_TOKEN = 192
+
+# A margin over the sum of the parts: each is sized to what llama.cpp reports, and the sum
+# lies 0-5% above the peaks bench/memory.py measures on the built-in models (1.05-1.10 with
+# the margin), which leaves a little for a model of another shape.
+MARGIN = 0.05
 
 # llama.cpp's defaults, and the config's (LlmParams.ubatch_size, ModelConfig.embeddings).
 DEFAULT_UBATCH = 1024
@@ -73,6 +92,9 @@ class GgufMeta(msgspec.Struct, frozen=True, kw_only=True):
     # (None: the file does not say; llama.cpp then goes by the tokenizer type).
     add_bos_token: bool | None = None
     add_eos_token: bool | None = None
+    feed_forward_length: int | None = None  # the largest, for per-layer values
+    sliding_window: int | None = None  # cells a sliding-window layer attends to
+    sliding_window_pattern: int | None = None  # N: each group of N layers ends with a full one
 
 
 class NotGguf(ValueError):
@@ -194,6 +216,9 @@ def _meta(reader: GGUFReader) -> GgufMeta:
         vocab_size=_int(get(f"{arch}.vocab_size")) or _vocab_size(reader),
         add_bos_token=_bool(get("tokenizer.ggml.add_bos_token")),
         add_eos_token=_bool(get("tokenizer.ggml.add_eos_token")),
+        feed_forward_length=_int(get(f"{arch}.feed_forward_length")),
+        sliding_window=_int(get(f"{arch}.attention.sliding_window")),
+        sliding_window_pattern=_int(get(f"{arch}.attention.sliding_window_pattern")),
     )
 
 
@@ -262,27 +287,119 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+class Estimate(msgspec.Struct, frozen=True, kw_only=True):
+    """What a llama-server is expected to hold at most, by part, in bytes."""
+
+    files: int  # the model and projector files, memory-mapped and all read
+    kv_cache: int
+    outputs: int  # llama.cpp's output buffer: logits (and embeddings) of a batch's outputs
+    compute: int  # the compute buffer: a ubatch's activations, attention masks, logits
+    runtime: int  # RUNTIME_BASE_BYTES and the vocabulary
+    prompt_cache: int = 0  # --cache-ram: slots' states saved in RAM
+
+    @property
+    def mb(self) -> int:
+        """The sum with MARGIN, in MiB rounded up: what the pool charges."""
+        total = self.files + self.kv_cache + self.outputs + self.compute + self.runtime
+        return math.ceil((total + self.prompt_cache) * (1 + MARGIN) / MIB)
+
+
 def padded_ctx(ctx_size: int) -> int:
     """The context llama.cpp really allocates: `ctx_size` rounded up to a multiple of 256."""
     return -(-ctx_size // CTX_PAD) * CTX_PAD
 
 
-def kv_cache_bytes(meta: GgufMeta, ctx_size: int) -> int:
-    """Bytes of an f16 K and V cache of `ctx_size` (padded) cells; 0 if a dimension is unknown.
+def kv_cells(meta: GgufMeta, ctx_size: int, ubatch_size: int) -> tuple[int, int]:
+    """(full layers' cells, sliding-window layers' cells) of the KV cache: the padded
+    context; a sliding-window layer keeps a window per slot and a ubatch, if that is less."""
+    full = padded_ctx(ctx_size)
+    if not meta.sliding_window:
+        return full, full
+    return full, min(full, padded_ctx(meta.sliding_window * SERVER_SLOTS + ubatch_size))
 
-    An upper bound for models with sliding-window layers (Gemma 3), whose SWA layers llama.cpp
-    gives a smaller cache."""
+
+def full_layers(meta: GgufMeta) -> int:
+    """Layers that keep the whole context: all of them, but for a known sliding-window
+    pattern N, one in N (rounded up)."""
+    layers = meta.block_count or 0
+    pattern = meta.sliding_window_pattern or SWA_PATTERNS.get(meta.architecture)
+    if not meta.sliding_window or not pattern:
+        return layers
+    return -(-layers // pattern)
+
+
+def kv_cache_bytes(meta: GgufMeta, ctx_size: int, ubatch_size: int = DEFAULT_UBATCH) -> int:
+    """Bytes of the f16 K and V cache for `ctx_size` (padded); 0 if a dimension is unknown."""
     dims = (meta.block_count, meta.head_count_kv, meta.key_length, meta.value_length)
     if any(d is None for d in dims):
         return 0
     layers, kv_heads, k, v = (d or 0 for d in dims)
-    return KV_BYTES_PER_VALUE * padded_ctx(ctx_size) * layers * kv_heads * (k + v)
+    full, window = kv_cells(meta, ctx_size, ubatch_size)
+    cells = full * full_layers(meta) + window * (layers - full_layers(meta))
+    return KV_BYTES_PER_VALUE * cells * kv_heads * (k + v)
 
 
-def embeddings_output_bytes(meta: GgufMeta, ubatch_size: int) -> int:
-    """Bytes of the logits a llama-server with --embeddings keeps for a full ubatch (every
-    token is an output); 0 if the vocabulary size is unknown."""
-    return EMBEDDINGS_OUTPUT_BYTES_PER_LOGIT * ubatch_size * (meta.vocab_size or 0)
+def output_bytes(meta: GgufMeta, ubatch_size: int, embeddings: bool) -> int:
+    """llama.cpp's output buffer. Chat asks for one output per slot (its next token's
+    logits). With --embeddings llama-server decodes an embeddings input in one ubatch
+    (it sets n_batch to ubatch_size) and every token of it is an output: logits and
+    embedding per token, 1026 MiB for gemma-3-270m's 262144-token vocabulary at 1024."""
+    vocab, embd = meta.vocab_size or 0, meta.embedding_length or 0
+    if embeddings:
+        return FLOAT_BYTES * ubatch_size * (vocab + embd)
+    return FLOAT_BYTES * SERVER_SLOTS * vocab
+
+
+def compute_bytes(meta: GgufMeta, ctx_size: int, ubatch_size: int, embeddings: bool) -> int:
+    """llama.cpp's compute buffer, as its graph reserves it for a full ubatch: per token the
+    feed-forward (3 x n_ff) and attention (4 x the wider of n_embd and the query heads)
+    activations, f32; an f16 attention mask over the cells each kind of layer sees; and, with
+    --embeddings, the logits of every token (without, only the slots' last tokens have any).
+    Reported by llama.cpp (-lv 4), MiB: SmolLM2 31/35/51 at 2048/4096/12288 cells (the
+    formula 31/35/51), 200/202/218 with embeddings (223/227/243)."""
+    embd = meta.embedding_length or 0
+    query = (meta.head_count or 0) * (meta.key_length or 0)
+    ff = meta.feed_forward_length or 4 * embd
+    activations = FLOAT_BYTES * (3 * ff + 4 * max(embd, query))
+    full, window = kv_cells(meta, ctx_size, ubatch_size)
+    mask = KV_BYTES_PER_VALUE * (full + (window if meta.sliding_window else 0))
+    logits = FLOAT_BYTES * (meta.vocab_size or 0) if embeddings else 0
+    return ubatch_size * (activations + mask + logits)
+
+
+def runtime_bytes(meta: GgufMeta) -> int:
+    return RUNTIME_BASE_BYTES + RUNTIME_BYTES_PER_TOKEN * (meta.vocab_size or 0)
+
+
+def estimate(
+    model: str | Path,
+    mmproj: str | Path | None,
+    ctx_size: int,
+    *,
+    ubatch_size: int = DEFAULT_UBATCH,
+    embeddings: bool = True,
+    cache_ram_mb: int = 0,
+) -> Estimate:
+    """What a llama-server on `model` (and `mmproj`) started with `ctx_size`, `ubatch_size`,
+    (if `embeddings`) --embeddings and --cache-ram `cache_ram_mb` holds at most, by part: at
+    its peak after a full context and, with embeddings, after an input of ubatch_size tokens.
+    Raises NotGguf for a file that is not a GGUF.
+
+    A projector counts twice its file: its weights, and as much again for the compute buffer
+    of its image encoder (measured only with the synthetic projector, a few MiB)."""
+    meta = read_meta(model)
+    files = _file_size(model)
+    if mmproj is not None:
+        read_meta(mmproj)  # a projector that is no GGUF is an error here, not at load time
+        files += 2 * _file_size(mmproj)
+    return Estimate(
+        files=files,
+        kv_cache=kv_cache_bytes(meta, ctx_size, ubatch_size),
+        outputs=output_bytes(meta, ubatch_size, embeddings),
+        compute=compute_bytes(meta, ctx_size, ubatch_size, embeddings),
+        runtime=runtime_bytes(meta),
+        prompt_cache=cache_ram_mb * MIB,
+    )
 
 
 def estimate_mb(
@@ -292,21 +409,14 @@ def estimate_mb(
     *,
     ubatch_size: int = DEFAULT_UBATCH,
     embeddings: bool = True,
+    cache_ram_mb: int = 0,
 ) -> int:
-    """MiB a llama-server on `model` (and `mmproj`) with `ctx_size` is expected to hold at
-    most: model file + KV cache + projector file + (with `embeddings`) the logits of a full
-    ubatch + COMPUTE_ALLOWANCE_MB, rounded up. Raises NotGguf for a file that is not a GGUF.
-
-    Embeddings cost the most: gemma-3-270m's 262144-token vocabulary makes them 2 GiB at
-    ubatch 1024 — an upper bound reached by one long /v1/embeddings request, not by chat."""
-    meta = read_meta(model)
-    total = _file_size(model) + kv_cache_bytes(meta, ctx_size)
-    if embeddings:
-        total += embeddings_output_bytes(meta, ubatch_size)
-    if mmproj is not None:
-        read_meta(mmproj)  # a projector that is no GGUF is an error here, not at load time
-        total += _file_size(mmproj)
-    return math.ceil(total / MIB) + COMPUTE_ALLOWANCE_MB
+    """`estimate(...).mb`: the MiB the pool charges before loading the model."""
+    parts = estimate(
+        model, mmproj, ctx_size,
+        ubatch_size=ubatch_size, embeddings=embeddings, cache_ram_mb=cache_ram_mb,
+    )  # fmt: skip
+    return parts.mb
 
 
 def _file_size(path: str | Path) -> int:

@@ -54,6 +54,7 @@ def estimate_mb(spec: ServerSpec) -> int:
             spec.ctx_size,
             ubatch_size=spec.ubatch_size,
             embeddings=spec.embeddings,
+            cache_ram_mb=spec.cache_ram_mb,
         )
     except (OSError, gguf_meta.NotGguf) as exc:
         log.warning("specs.no_estimate model=%s %s", spec.name, exc)

@@ -48,9 +48,10 @@ CONTROL = "control"
 CHAT: dict[str, Any] = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
 # Each model's request: (path, body without `model`).
 REQUESTS = {SMOLLM2: ("/v1/chat/completions", CHAT), GEMMA: ("/v1/embeddings", {"input": "Hi"})}
-# gemma's estimate counts the logits of a full ubatch for embeddings, 262144 x ubatch floats:
-# 1 GiB at the default 1024 makes its estimate larger than smollm2's estimate plus
-# gemma's measured memory, so no budget could hold one and not both. At 256 it can.
+# gemma's estimate counts the logits of a full ubatch for embeddings, 262144 x ubatch floats
+# in the output and the compute buffer: 2 GiB at the default 1024 makes its estimate larger
+# than smollm2's estimate plus gemma's measured memory, so no budget could hold one and not
+# both. At 256 it can.
 GEMMA_UBATCH = f"[models.{GEMMA}]\nubatch_size = 256\n"
 
 
@@ -209,7 +210,7 @@ def switch_figures() -> list[str]:
     n_switch = sum(len(v) for v in bench.switch.values())
     return [
         f"**Model switch** (both built-in models on llama-server, gemma at ubatch_size 256: "
-        "at 1024 its embeddings logits (1 GiB) put its estimate above smollm2's estimate "
+        "at 1024 its embeddings logits (2 GiB) put its estimate above smollm2's estimate "
         "plus gemma's measured memory, and no budget held one and not both; budget "
         f"{budget} MB = the larger estimate + 16 MB, estimates "
         f"{estimate[SMOLLM2]} MB smollm2, {estimate[GEMMA]} MB gemma; {SWITCH_ROUNDS} rounds "

@@ -21,6 +21,10 @@ class ServerSpec(msgspec.Struct, frozen=True, kw_only=True):
     ctx_size: int
     batch_size: int
     ubatch_size: int
+    # llama-server's prompt cache (--cache-ram): the KV state of a slot a new task takes,
+    # saved in RAM. Its default is 8192 MiB, which no memory estimate could bound; 0 turns
+    # it off (a slot's own prompt is still reused), anything else is counted in the estimate.
+    cache_ram_mb: int = 0
     embeddings: bool = False
     pooling: str = "mean"
     # None: the GGUF's own Jinja template; a BUILTIN_TEMPLATES name; else Jinja source.
@@ -65,6 +69,7 @@ def build_server_argv(binary: str, spec: ServerSpec, *, host: str, port: int) ->
         "--ctx-size", str(spec.ctx_size),
         "--batch-size", str(spec.batch_size),
         "--ubatch-size", str(spec.ubatch_size),
+        "--cache-ram", str(spec.cache_ram_mb),
         *template_argv(spec.chat_template),
         *threads,
     ]  # fmt: skip

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from supervisor.command import ServerSpec, build_server_argv
@@ -19,6 +20,7 @@ def test_build_server_argv_golden() -> None:
         "--ctx-size", "12192",
         "--batch-size", "8192",
         "--ubatch-size", "1024",
+        "--cache-ram", "0",
         "--no-jinja", "--chat-template", "gemma",
         "--alias", "gemma-3-270m",
     ]  # fmt: skip
@@ -36,7 +38,17 @@ def test_build_server_argv_chat_template_rule(template: str | None, flags: list[
     spec = ServerSpec(model="/m/a.gguf", ctx_size=512, batch_size=64, ubatch_size=32,
                       chat_template=template)  # fmt: skip
     argv = build_server_argv("llama-server", spec, host="127.0.0.1", port=8081)
-    assert argv[argv.index("--ubatch-size") + 2 :] == flags
+    assert argv[argv.index("--cache-ram") + 2 :] == flags
+
+
+def test_build_server_argv_bounds_the_prompt_cache() -> None:
+    """llama-server's prompt cache would otherwise grow to 8 GiB beside the estimate: a
+    filled slot saved when an embeddings input took it made SmolLM2 peak at 889 MiB, not 817."""
+    argv = build_server_argv("llama-server", SPEC, host="127.0.0.1", port=8081)
+    assert argv[argv.index("--cache-ram") + 1] == "0"
+    spec = msgspec.structs.replace(SPEC, cache_ram_mb=512)
+    argv = build_server_argv("llama-server", spec, host="127.0.0.1", port=8081)
+    assert argv[argv.index("--cache-ram") + 1] == "512"
 
 
 def test_build_server_argv_embeddings_and_mmproj() -> None:

@@ -10,13 +10,17 @@ from typing import Any
 
 import gguf
 import msgspec
+import numpy as np
 import pytest
 
 from backends import gguf_meta
 from backends.gguf_meta import (
-    COMPUTE_ALLOWANCE_MB,
+    MARGIN,
+    RUNTIME_BASE_BYTES,
+    RUNTIME_BYTES_PER_TOKEN,
     GgufMeta,
     NotGguf,
+    estimate,
     estimate_mb,
     kv_cache_bytes,
     read_meta,
@@ -163,53 +167,122 @@ def test_read_meta_caches_until_the_file_changes(
         ({"head_count_kv": None}, 4096, 0),
         ({"key_length": None}, 4096, 0),
         ({"value_length": None}, 4096, 0),
+        # Gemma 3's sliding window (512): 3 of 18 layers full, 15 with 512 x 4 slots + a
+        # ubatch (1024) cells, when that is less than the context (llama.cpp's log: 36 + 45 MiB)
+        ({"sliding_window": 512}, 12192, 2 * (3 * 12288 + 15 * 3072) * 1 * 512),
+        ({"sliding_window": 512}, 4096, 2 * (3 * 4096 + 15 * 3072) * 1 * 512),
+        ({"sliding_window": 512}, 2048, 2 * 18 * 2048 * 1 * 512),
+        # the file's own pattern: 1 full layer in 4 (18 / 4 rounded up: 5)
+        ({"sliding_window": 512, "sliding_window_pattern": 4}, 12192,
+         2 * (5 * 12288 + 13 * 3072) * 1 * 512),
+        # a window on an architecture whose pattern llama.cpp keeps in code not known here:
+        # every layer full, an upper bound
+        ({"sliding_window": 512, "architecture": "newarch"}, 12192, 2 * 18 * 12288 * 1 * 512),
     ],
-)
+)  # fmt: skip
 def test_kv_cache_bytes(changes: dict[str, Any], ctx_size: int, expected: int) -> None:
     meta = msgspec.structs.replace(GEMMA_270M, **changes)
     assert kv_cache_bytes(meta, ctx_size) == expected
 
 
-GQA: dict[str, Any] = {"block_count": 4, "head_count": 8, "head_count_kv": 2}  # heads of 80
+def model_gguf(tmp_path: Path, arch: str = "llama", **keys: Any) -> Path:
+    """A stub model with the header keys the estimate reads, written by gguf.GGUFWriter:
+    SmolLM2-135M's by default (llama: 30 layers, n_embd 576, 9 heads of 64, 3 KV heads,
+    n_ff 1536, 49152 tokens, trained at 8192), `keys` overriding them."""
+    header: dict[str, Any] = {
+        "block_count": 30, "embedding_length": 576, "head_count": 9, "head_count_kv": 3,
+        "feed_forward_length": 1536, "context_length": 8192, "vocab_size": 49152,
+    } | keys  # fmt: skip
+    path = tmp_path / f"{arch}.gguf"
+    writer = gguf.GGUFWriter(str(path), arch=arch)
+    for key, value in header.items():
+        getattr(writer, f"add_{key}")(value)
+    writer.add_tensor("stub.weight", np.zeros(1, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
 
 
-@pytest.mark.parametrize(
-    ("options", "ctx_size", "mmproj", "ubatch", "embeddings", "kv", "logits"),
-    [
-        ({}, 4096, False, 1024, False, 0, 0),
-        ({}, 4096, False, 1024, True, 0, 8 * 1024 * 2),  # the stub's 2 tokens
-        (GQA, 12192, False, 1024, False, 2 * 12288 * 4 * 2 * (80 + 80), 0),
-        (GQA, 12192, True, 1024, False, 2 * 12288 * 4 * 2 * (80 + 80), 0),
-        # gemma-3-270m's vocabulary: 2 GiB of embeddings logits at ubatch 1024
-        (GQA | {"vocab_size": 262144}, 12192, True, 1024, True,
-         2 * 12288 * 4 * 2 * (80 + 80), 8 * 1024 * 262144),
-        ({"block_count": 30, "head_count": 9, "head_count_kv": 3, "embedding_length": 576,
-          "vocab_size": 49152}, 8192, True, 512, True,
-         2 * 8192 * 30 * 3 * (64 + 64), 8 * 512 * 49152),
-    ],
-)  # fmt: skip
-def test_estimate_mb_adds_files_kv_logits_and_the_allowance(
-    tmp_path: Path,
-    options: dict[str, Any],
-    ctx_size: int,
-    mmproj: bool,
-    ubatch: int,
-    embeddings: bool,
-    kv: int,
-    logits: int,
-) -> None:
-    model = write(tmp_path, gguf_bytes(**options))
-    projector = write(tmp_path, gguf_bytes(arch="clip", tensors=40), "mmproj.gguf")
-    files = model.stat().st_size + (projector.stat().st_size if mmproj else 0)
-    expected = math.ceil((files + kv + logits) / 2**20) + COMPUTE_ALLOWANCE_MB
-    estimate = estimate_mb(
-        model, projector if mmproj else None, ctx_size, ubatch_size=ubatch, embeddings=embeddings
+def mib(total: int) -> int:
+    return math.ceil(total * (1 + MARGIN) / 2**20)
+
+
+SMOLLM2_RUNTIME = RUNTIME_BASE_BYTES + RUNTIME_BYTES_PER_TOKEN * 49152
+
+
+def test_estimate_of_a_chat_model_has_no_embeddings_outputs(tmp_path: Path) -> None:
+    """Without --embeddings only each slot's last token has logits: 4 x 49152 f32, and the
+    compute buffer holds a ubatch's activations and attention mask, no logits (llama.cpp
+    reports 51 MiB at 12288 cells and ubatch 1024). Before: 256 MiB for all of that."""
+    model = model_gguf(tmp_path)
+    parts = estimate(model, None, 12192, ubatch_size=1024, embeddings=False)
+    assert parts.outputs == 4 * 4 * 49152
+    assert parts.compute == 1024 * (4 * (3 * 1536 + 4 * 576) + 2 * 12288) == 51 * 2**20
+    kv = 2 * 12288 * 30 * 3 * (64 + 64)
+    assert parts.kv_cache == kv
+    files = model.stat().st_size
+    assert estimate_mb(model, None, 12192, embeddings=False) == mib(
+        files + kv + 4 * 4 * 49152 + 51 * 2**20 + SMOLLM2_RUNTIME
     )
-    assert estimate == expected
+
+
+def test_estimate_of_an_embeddings_model_adds_a_ubatch_of_logits(tmp_path: Path) -> None:
+    """With --embeddings every token of a ubatch is an output: its logits and embedding in
+    the output buffer, its logits in the compute buffer too."""
+    model = model_gguf(tmp_path)
+    chat = estimate(model, None, 4096, ubatch_size=512, embeddings=False)
+    both = estimate(model, None, 4096, ubatch_size=512, embeddings=True)
+    assert both.outputs == 4 * 512 * (49152 + 576)
+    assert both.compute - chat.compute == 4 * 512 * 49152
+    assert (both.files, both.kv_cache, both.runtime) == (chat.files, chat.kv_cache, chat.runtime)
+
+
+def test_estimate_counts_the_configured_context_above_the_trained_one(tmp_path: Path) -> None:
+    """A model trained at 8192 started with -c 12192: llama-server caps each slot at 8192,
+    but allocates (and clears, so it is resident) the whole 12288-cell KV pool, measured:
+    RssAnon 300 MB at -c 12192 against 208 at -c 8192."""
+    model = model_gguf(tmp_path)
+    assert read_meta(model).context_length == 8192
+    parts = estimate(model, None, 12192, embeddings=False)
+    assert parts.kv_cache == 2 * 12288 * 30 * 3 * 128
+    assert parts.kv_cache > estimate(model, None, 8192, embeddings=False).kv_cache
+
+
+def test_estimate_of_a_sliding_window_model(tmp_path: Path) -> None:
+    """gemma-3-270m's shape: 3 of 18 layers keep the context, 15 a window (36 + 45 MiB at
+    -c 12192, llama.cpp's own figures); its masks cover both kinds of cells."""
+    model = model_gguf(
+        tmp_path, "gemma3", block_count=18, embedding_length=640, head_count=4,
+        head_count_kv=1, key_length=256, value_length=256, feed_forward_length=2048,
+        context_length=32768, vocab_size=262144, sliding_window=512,
+    )  # fmt: skip
+    assert read_meta(model).sliding_window == 512
+    parts = estimate(model, None, 12192, ubatch_size=1024, embeddings=False)
+    assert parts.kv_cache == (36 + 45) * 2**20
+    assert parts.compute == 1024 * (4 * (3 * 2048 + 4 * 1024) + 2 * (12288 + 3072))
+
+
+def test_estimate_counts_a_projector_twice(tmp_path: Path) -> None:
+    model = model_gguf(tmp_path)
+    projector = write(tmp_path, gguf_bytes(arch="clip", tensors=40), "mmproj.gguf")
+    alone = estimate(model, None, 4096)
+    assert estimate(model, projector, 4096).files == alone.files + 2 * projector.stat().st_size
+
+
+def test_estimate_counts_the_prompt_cache_it_is_given(tmp_path: Path) -> None:
+    model = model_gguf(tmp_path)
+    without = estimate(model, None, 4096)
+    assert without.prompt_cache == 0
+    assert estimate(model, None, 4096, cache_ram_mb=100).mb == mib(
+        without.files + without.kv_cache + without.outputs + without.compute
+        + without.runtime + 100 * 2**20
+    )  # fmt: skip
 
 
 def test_estimate_mb_defaults_to_the_configs_ubatch_with_embeddings(tmp_path: Path) -> None:
-    model = write(tmp_path, gguf_bytes(**GQA, vocab_size=49152))
+    model = model_gguf(tmp_path)
     assert estimate_mb(model, None, 4096) == estimate_mb(
         model, None, 4096, ubatch_size=1024, embeddings=True
     )
