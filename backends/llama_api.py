@@ -22,6 +22,7 @@ from core.chat import (
     ImagePart,
     Message,
     TextDelta,
+    TextPart,
     Usage,
 )
 from core.config import LlmParams
@@ -43,6 +44,8 @@ def sampling(p: LlmParams) -> dict[str, Any]:
 def _content(message: Message) -> str | list[dict[str, Any]]:
     """A message's content as llama-server takes it: a string, or parts when it has an image
     (each as a data URL)."""
+    if len(message.content) == 1 and isinstance(message.content[0], TextPart):
+        return message.content[0].text  # the common case, without building lists
     if not message.images:
         return message.text
     parts: list[dict[str, Any]] = []
@@ -70,7 +73,7 @@ def chat_payload(task: ChatTask) -> dict[str, Any]:
         payload["stop"] = list(request.stop)
     if request.seed is not None:
         payload |= {"seed": request.seed, "cache_prompt": False}
-    elif request.images:
+    elif request.has_images:
         payload["cache_prompt"] = False
     if request.sampling.frequency_penalty is not None:
         payload["frequency_penalty"] = request.sampling.frequency_penalty

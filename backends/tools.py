@@ -241,8 +241,10 @@ class ToolCalling:
         return interpreted(answer, parsed)
 
     async def chat(self, task: ChatTask) -> Answer:
+        if not task.request.tools and not has_tool_turns(task.request):
+            return await self.inner.chat(task)  # the common case: one check, no copy
         if not uses_tools(task.request):
-            return await self.inner.chat(prepared(task) if has_tool_turns(task.request) else task)
+            return await self.inner.chat(prepared(task))
         return self._interpret(await self.inner.chat(prepared(task)), task)
 
     async def chat_stream(self, task: ChatTask) -> AsyncGenerator[Event, None]:

@@ -134,6 +134,10 @@ class ChatRequest(_Value, frozen=True):
     def images(self) -> list[ImagePart]:
         return [image for message in self.messages for image in message.images]
 
+    @property
+    def has_images(self) -> bool:
+        return any(isinstance(p, ImagePart) for m in self.messages for p in m.content)
+
 
 # The events of an answer, in the order a backend yields them: deltas, then one Finish, then
 # at most one Usage. A Failure ends a stream that had already started.

@@ -76,7 +76,7 @@ from supervisor.messages import (
 )
 from supervisor.pool import Policy
 from supervisor.records import Records
-from supervisor.states import Goal, State, StateEvent
+from supervisor.states import DRAINING, Goal, State, StateEvent
 
 __all__ = ["LeaseError", "ProcessInfo", "StateEvent", "Supervisor", "SupervisorConfig"]
 
@@ -184,7 +184,10 @@ class Supervisor:
     def load_of(self, spec: ServerSpec) -> tuple[State, int, bool]:
         """State, requests in flight and draining, for routing: cheaper than `instance`."""
         m = self._r.records.get(spec)
-        return (m.state, m.in_flight, m.draining) if m else (State.STOPPED, 0, False)
+        if m is None:
+            return State.STOPPED, 0, False
+        life = m.life  # read once: this runs several times per request (bench/refactor.py)
+        return life.state, m.in_flight, life.goal in DRAINING
 
     def instances_of(self, name: str) -> list[ProcessInfo]:
         """The local instances of model `name`, by replica."""

@@ -23,7 +23,7 @@ async def chat_completions(request: Request) -> Response:
     job = Job(request)
     body = await decode_json(request, ChatCompletionRequest, job.max_body)
     chat = body.decode()
-    if chat.images:
+    if chat.has_images:
         job.use(chat.model, "vision")
         return json_response(openai.completion(await job.vision(chat), job.model.name))
     job.use(chat.model, "chat")
