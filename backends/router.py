@@ -27,8 +27,12 @@ from supervisor.states import State
 
 Target = ServerSpec | Remote
 
-# A local instance in these states takes requests (a stopped one loads on its first).
-_SERVING = frozenset({State.READY, State.STARTING, State.STOPPED})
+# A local instance in these states takes requests: a stopped one loads on its first, and one
+# restarting within its budget (BACKOFF, UNHEALTHY) has them wait for its successor, as a
+# model with one instance does; only FAILED (and a draining one) takes none.
+_SERVING = frozenset({State.READY, State.STARTING, State.STOPPED, State.BACKOFF, State.UNHEALTHY})
+# Of those, the ones that cannot answer soon: chosen only when nothing else is free.
+_RESTARTING = frozenset({State.BACKOFF, State.UNHEALTHY})
 
 
 class Upstream(msgspec.Struct, frozen=True):
@@ -76,7 +80,7 @@ class Router:
                     available=state in _SERVING and not draining,
                     loaded=state is State.READY,
                     slots=self.local_slots,
-                    idle=max(self.local_slots - in_flight, 0),
+                    idle=0 if state in _RESTARTING else max(self.local_slots - in_flight, 0),
                     in_flight=in_flight,
                 )
                 found.append((candidate, spec))

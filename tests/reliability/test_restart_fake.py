@@ -17,9 +17,10 @@ import anyio
 import msgspec
 import pytest
 
-from core.config import Limits, LlamaServer
+from core.config import Limits, LlamaServer, ModelConfig, Roles
 from tests.conftest import free_port
 from tests.e2e.conftest import Client, fake_settings, serving
+from tests.helpers import gguf_bytes
 from tests.supervisor.conftest import behave
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
@@ -160,3 +161,37 @@ async def test_no_client_error_carries_a_llama_log_line(
             assert "failed to load model" in json.dumps(models)
         else:
             assert "fake failure" in caplog.text
+
+
+async def test_a_routed_model_whose_instances_all_restart_fails_no_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two local replicas, both killed: the requests that come while they restart wait for
+    them, as a single instance's do, instead of a 503 'no instance can take requests'."""
+    behave(monkeypatch, load_delay=0.3)
+    model = tmp_path / "m.gguf"
+    model.write_bytes(gguf_bytes())
+    settings = fake_settings(
+        tmp_path,
+        models={"m": ModelConfig(path=str(model), replicas=2)},
+        roles=Roles(chat="m", embedding="m", vision="m"),
+        limits=Limits(request_timeout_s=10, per_client_queue=16),
+    )
+    async with serving(settings) as client:
+        assert (await send(client, "/api/chat", CHAT)).status == 200
+        _, ready = await client.get("/ready")
+        pids = [p["pid"] for p in ready["processes"]]
+        assert len(pids) == 2 and all(pids)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+
+        await until_process(client, lambda p: p["state"] in ("backoff", "starting"))
+        got: list[Got] = []
+
+        async def one() -> None:
+            got.append(await send(client, "/api/chat", CHAT))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(one)
+        assert [g.status for g in got] == [200] * 6, messages(got)
