@@ -369,9 +369,10 @@ def exit_error(name: str, code: int, tail: LogTail) -> AiServerError:
             lines.append(line)
     for line in lines:
         if match := _SCHEMA_ERROR.search(line):
-            error = BadRequest(f"response_format: llama.cpp cannot use this schema: {match[0]}")
-            error.param = "response_format.json_schema.schema"
-            return error
+            return BadRequest(
+                f"response_format: llama.cpp cannot use this schema: {match[0]}",
+                param="response_format.json_schema.schema",
+            )
         if match := _TOO_LONG.search(line):
             tokens, limit = (group for group in match.groups() if group)
             return BadRequest(f"the input is too long: {tokens} tokens, the context takes {limit}")

@@ -125,21 +125,15 @@ SCHEMA_MAX_COUNT = 256
 _COUNTS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
 
 
-def _bad(message: str, param: str) -> BadRequest:
-    error = BadRequest(message)
-    error.param = param
-    return error
-
-
 def check_schema(schema: object, where: str = "#") -> None:
     """A 400 naming the place of a count over SCHEMA_MAX_COUNT."""
     if isinstance(schema, dict):
         for key, value in schema.items():
             if key in _COUNTS and isinstance(value, int) and value > SCHEMA_MAX_COUNT:
-                raise _bad(
+                raise BadRequest(
                     f"response_format: {key} {value} at {where} is over the limit of "
                     f"{SCHEMA_MAX_COUNT} this server turns into a grammar",
-                    "response_format.json_schema.schema",
+                    param="response_format.json_schema.schema",
                 )
             check_schema(value, f"{where}/{key}")
     elif isinstance(schema, list):
@@ -199,12 +193,14 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
         if fmt.type == "json_object":
             return {"type": "object"}
         if fmt.json_schema is None:
-            raise _bad("response_format json_schema needs its json_schema", "response_format")
+            raise BadRequest(
+                "response_format json_schema needs its json_schema", param="response_format"
+            )
         schema = fmt.json_schema.schema
         if len(msgspec.json.encode(schema)) > SCHEMA_MAX_BYTES:
-            raise _bad(
+            raise BadRequest(
                 f"response_format: the schema is over {SCHEMA_MAX_BYTES} bytes",
-                "response_format.json_schema.schema",
+                param="response_format.json_schema.schema",
             )
         check_schema(schema)
         return schema

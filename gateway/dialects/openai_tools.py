@@ -60,35 +60,35 @@ class ToolCallWire(msgspec.Struct, kw_only=True):
     function: CalledFunction
 
 
-def _bad(message: str, param: str) -> BadRequest:
-    return BadRequest(message, param=param)
-
-
 def tools_of(
     tools: Sequence[ToolDef] | None, functions: Sequence[Function] | None
 ) -> tuple[chat.Tool, ...]:
     """`tools`, or the legacy `functions` (not both): unique names, bounded schemas."""
     if tools and functions:
-        raise _bad("send `tools` or the legacy `functions`, not both", "functions")
+        raise BadRequest("send `tools` or the legacy `functions`, not both", param="functions")
     field = "tools" if tools else "functions"
     defs = [t.function for t in tools] if tools else list(functions or [])
     if len(defs) > MAX_TOOLS:
-        raise _bad(f"{field}: {len(defs)} tools is over the limit of {MAX_TOOLS}", field)
+        raise BadRequest(
+            f"{field}: {len(defs)} tools is over the limit of {MAX_TOOLS}", param=field
+        )
     seen: set[str] = set()
     total = 0
     for i, f in enumerate(defs):
         if f.name in seen:
-            raise _bad(f"{field}: the name {f.name!r} is used twice", f"{field}[{i}]")
+            raise BadRequest(f"{field}: the name {f.name!r} is used twice", param=f"{field}[{i}]")
         seen.add(f.name)
         size = len(msgspec.json.encode(f.parameters or {}))
         if size > PARAMETERS_MAX_BYTES:
-            raise _bad(
+            raise BadRequest(
                 f"{field}[{i}] ({f.name}): its parameters are over {PARAMETERS_MAX_BYTES} bytes",
-                f"{field}[{i}].parameters",
+                param=f"{field}[{i}].parameters",
             )
         total += size + len(f.description)
     if total > TOOLS_MAX_BYTES:
-        raise _bad(f"{field}: the tools are over {TOOLS_MAX_BYTES} bytes together", field)
+        raise BadRequest(
+            f"{field}: the tools are over {TOOLS_MAX_BYTES} bytes together", param=field
+        )
     return tuple(
         chat.Tool(name=f.name, description=f.description, parameters=f.parameters or {})
         for f in defs
@@ -111,10 +111,10 @@ def choice_of(
         name = wire.name
     else:
         if wire == "required" and not tools:
-            raise _bad("tool_choice is required, but no tools are offered", field)
+            raise BadRequest("tool_choice is required, but no tools are offered", param=field)
         return wire
     if name not in {t.name for t in tools}:
-        raise _bad(f"{field} names {name!r}, which is not one of the tools", field)
+        raise BadRequest(f"{field} names {name!r}, which is not one of the tools", param=field)
     return chat.NamedTool(name=name)
 
 
@@ -130,10 +130,10 @@ def check_results(messages: Sequence[chat.Message]) -> None:
     for i, message in enumerate(messages):
         made.update(call.id for call in message.tool_calls)
         if message.role == "tool" and message.tool_call_id not in made:
-            raise _bad(
+            raise BadRequest(
                 f"messages[{i}]: tool_call_id {message.tool_call_id!r} answers no earlier "
                 "tool call",
-                f"messages[{i}].tool_call_id",
+                param=f"messages[{i}].tool_call_id",
             )
 
 
