@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from gateway.bodies import json_response
 from gateway.dialects.openai import ChatCompletionRequest, EmbeddingRequest
+from gateway.dialects.responses import ResponsesRequest
 from gateway.dialects.seed import ChatRequest, ChatResponse
 from gateway.routes.vision import VisionRequest
 from gateway.schemas import ConfigUpdate, EmbeddingsRequest, EmbeddingsResponse
@@ -25,8 +26,9 @@ OPERATIONS: dict[str, tuple[str, type | None, type | None]] = {
     "/api/describe": ("post", VisionRequest, None),
     "/v1/chat/completions": ("post", ChatCompletionRequest, None),
     "/v1/embeddings": ("post", EmbeddingRequest, None),
+    "/v1/responses": ("post", ResponsesRequest, None),
 }
-STREAMING = {"/api/chat", "/v1/chat/completions"}
+STREAMING = {"/api/chat", "/v1/chat/completions", "/v1/responses"}
 SSE_EVENT = {  # one event; its data is a JSON chunk or the closing "[DONE]"
     "type": "object",
     "required": ["data"],
