@@ -134,9 +134,11 @@ _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 
 
 def events_of(sse: bytes) -> list[Event]:
-    """Our events in one of llama-server's SSE events (`data: {...}`; `[DONE]` has none)."""
+    """Our events in one of llama-server's SSE events (`data: {...}`; `[DONE]` has none,
+    nor a comment: llama-server sends `:` to keep the connection alive while it evaluates a
+    long prompt, e.g. Codex's 17 KB of instructions)."""
     data = sse.strip().removeprefix(b"data:").strip()
-    if not data or data == b"[DONE]":
+    if not data or data == b"[DONE]" or data.startswith(b":"):
         return []
     try:
         chunk = _decode_chunk(data)

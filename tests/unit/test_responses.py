@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from backends import llama_api
 from core import chat
 from core.errors import BadRequest
 from gateway.dialects.responses import Head, ResponsesRequest, response_of
@@ -225,3 +226,12 @@ async def test_a_cut_stream_is_incomplete_and_a_failure_ends_it() -> None:
     assert failed[-2]["message"] == "gone" and failed[-1]["response"]["status"] == "failed"
     empty = await streamed(chat.Finish(reason="stop"))
     assert empty[-1]["response"]["output"][0]["content"][0]["text"] == ""
+
+
+def test_llama_servers_keep_alive_comments_are_no_events() -> None:
+    """llama-server writes `:` lines while it evaluates a long prompt (a Codex request's
+    17 KB developer message): they are SSE comments, not invalid JSON."""
+    assert llama_api.events_of(b":\n\n") == [] == llama_api.events_of(b": ping")
+    assert llama_api.events_of(b'data: {"choices": [{"delta": {"content": "a"}}]}') == [
+        chat.TextDelta(text="a")
+    ]
