@@ -41,6 +41,7 @@ log = logging.getLogger("ai_server.backend")
 _PROMPT_TOKENS = re.compile(r"prompt eval time =.*?/\s*(\d+) tokens")
 _SAMPLED_TOKENS = re.compile(r"samplers time =.*?/\s*(\d+) tokens")
 _EMBED_TOKENS = re.compile(r"number of tokens in prompt = (\d+)")
+_N_CTX = re.compile(r"generate: n_ctx = (\d+)")
 _SPEED = re.compile(r"(?<!prompt )eval time =[^\n]*?([\d.]+) tokens per second")
 
 
@@ -80,7 +81,11 @@ def completion_result(content: str, log: str, max_tokens: int) -> Answer:
         completion_tokens=completion_tokens,
         tokens_per_second=float(speed[-1]) if speed else None,
     )
-    finish: FinishReason = "length" if completion_tokens >= max_tokens else "stop"
+    # A run also ends where the context does: cut short as by max_tokens (server mode says
+    # "length" there too), not a "stop".
+    n_ctx = _N_CTX.findall(log)
+    full = bool(n_ctx) and prompt_tokens + completion_tokens >= int(n_ctx[-1])
+    finish: FinishReason = "length" if completion_tokens >= max_tokens or full else "stop"
     return Answer(text=content, finish_reason=finish, usage=usage)
 
 

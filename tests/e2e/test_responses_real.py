@@ -20,7 +20,7 @@ from openai.types.responses import (
 from PIL import Image
 
 from backends.catalog import GEMMA, SMOLLM2
-from core.config import Limits
+from core.config import Limits, ModelConfig
 from tests.codex import codex_body
 from tests.e2e.conftest import real_settings, serving
 from tests.e2e.test_responses_fake import sse_events
@@ -158,3 +158,22 @@ async def test_a_codex_request_gets_the_whole_event_sequence(tmp_path: Path, bac
                 "search_docs"
             }
             msgspec.json.decode(item["arguments"])
+
+
+@pytest.mark.parametrize("backend", MODES)
+async def test_max_output_tokens_over_the_context_is_a_ceiling(
+    tmp_path: Path, backend: str
+) -> None:
+    """A budget far beyond what the context leaves is no error: the answer stops where the
+    context ends, and says it was cut (a 512-token context keeps the run short)."""
+    models = {SMOLLM2: ModelConfig(ctx_size=512)}
+    settings = real_settings(tmp_path, backend=backend, models=models)
+    numbers = ", ".join(str(i) for i in range(1, 100))
+    async with serving(settings), sdk(settings) as client:
+        response = await client.responses.create(
+            model=SMOLLM2, input=f"Continue this list without stopping: {numbers}",
+            max_output_tokens=10**6, temperature=0,
+        )  # fmt: skip
+    assert response.status == "incomplete", response
+    assert response.incomplete_details and response.incomplete_details.reason == "max_output_tokens"
+    assert response.usage and response.usage.total_tokens == 512

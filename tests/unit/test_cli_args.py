@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.cli import RunTail, exit_error, token_counts
+from backends.cli import RunTail, completion_result, exit_error, token_counts
 from backends.cli_args import completion_argv, embedding_argv, padded_ctx
 from core.config import LlmParams
 from supervisor.logtail import LogTail
@@ -95,3 +95,16 @@ def test_a_runs_lines_go_to_its_models_log_labelled_without_the_inputs_echo() ->
         "llama-embedding#7: \tsampler = greedy",
     ]  # and the run's own tail keeps everything, for its error and its counts
     assert run.lines()[0] == "0.02.861.566 I main: prompt 0: 'my secret" and run.count == 4
+
+
+def test_a_run_that_fills_the_context_is_cut_short() -> None:
+    """llama-completion stops where the context ends, below max_tokens: "length", as
+    llama-server says, so a dialect reports the answer as cut (issue 27)."""
+    counts = (
+        "generate: n_ctx = 512, n_batch = 2048, n_predict = 512, n_keep = 0\n"
+        "common_perf_print:    samplers time =      12.66 ms /   512 tokens\n"
+        "common_perf_print: prompt eval time =      57.23 ms /   422 tokens\n"
+    )
+    assert completion_result("1, 2", counts, max_tokens=512).finish_reason == "length"
+    ended = counts.replace("/   512 tokens", "/   500 tokens")
+    assert completion_result("1, 2", ended, max_tokens=512).finish_reason == "stop"
