@@ -1,6 +1,5 @@
 """OpenAI's Responses dialect (/v1/responses), stateless: its body decoded into
-`core.chat.ChatRequest`, and an answer encoded as a `response` object (the stream is in
-`responses_stream`).
+`core.chat.ChatRequest` (the answer, whole or streamed, is `responses_answer`).
 
 A table of what each field becomes: `input` (a string, or items: messages, `function_call`
 and `function_call_output`) the messages, with `instructions` and `developer` messages as
@@ -13,14 +12,12 @@ are accepted and ignored. The server keeps no response: `previous_response_id`,
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-from backends.ids import unique_id
 from backends.vision import decode_base64_image
 from core import chat
 from core.config import Temp, TopP
@@ -316,121 +313,3 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
             stream=self.stream,
         )
         return request, namespaces
-
-
-# The response object.
-
-
-Status = Literal["in_progress", "completed", "incomplete", "failed"]
-
-
-class Head(msgspec.Struct, kw_only=True):
-    """What every state of one response repeats: its id and the request's settings."""
-
-    id: str
-    created_at: int
-    model: str
-    namespaces: dict[str, str]
-    echo: dict[str, Any]
-
-    @classmethod
-    def of(cls, body: ResponsesRequest, model: str, namespaces: dict[str, str]) -> Head:
-        text = msgspec.to_builtins(body.text.format) if body.text and body.text.format else None
-        choice = body.tool_choice
-        echo = {
-            "instructions": body.instructions,
-            "max_output_tokens": body.max_output_tokens,
-            "metadata": body.metadata or {},
-            "parallel_tool_calls": body.parallel_tool_calls is not False,
-            "previous_response_id": None,
-            "reasoning": {"effort": None, "summary": None},
-            "store": False,
-            "temperature": body.temperature,
-            "text": {"format": text or {"type": "text"}},
-            "tool_choice": msgspec.to_builtins(choice) if choice is not None else "auto",
-            "tools": body.tools or [],
-            "top_p": body.top_p,
-            "truncation": "disabled",
-            "user": body.user,
-        }
-        return cls(
-            id=f"resp_{unique_id()}",
-            created_at=int(time.time()),
-            model=model,
-            namespaces=namespaces,
-            echo=echo,
-        )
-
-    def response(
-        self,
-        status: Status,
-        output: list[dict[str, Any]],
-        usage: chat.Usage | None = None,
-        error: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
-        done = {"completed_at": int(time.time())} if status == "completed" else {}
-        return {
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": status,
-            "error": error,
-            "incomplete_details": incomplete,
-            "model": self.model,
-            "output": output,
-            "usage": usage_of(usage) if usage is not None else None,
-            **done,
-            **self.echo,
-        }
-
-    def call(self, call: chat.ToolCall, status: str = "completed") -> dict[str, Any]:
-        """A `function_call` output item; with its `namespace` where the function came from one."""
-        item: dict[str, Any] = {
-            "id": f"fc_{unique_id()}",
-            "type": "function_call",
-            "status": status,
-            "call_id": call.id,
-            "name": call.name,
-            "arguments": call.arguments,
-        }
-        if (space := self.namespaces.get(call.name)) is not None:
-            item["namespace"] = space
-        return item
-
-
-def text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-
-def message(text: str | None, status: str = "completed") -> dict[str, Any]:
-    """A `message` output item; without content while it is only announced."""
-    content = [text_part(text)] if text is not None else []
-    return {
-        "id": f"msg_{unique_id()}",
-        "type": "message",
-        "status": status,
-        "role": "assistant",
-        "content": content,
-    }
-
-
-def usage_of(usage: chat.Usage) -> dict[str, Any]:
-    """The counts; the prompt tokens llama-server found in its cache as `cached_tokens`."""
-    cached = int((usage.timings or {}).get("cache_n", 0))
-    return {
-        "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
-        "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-    }
-
-
-def response_of(answer: chat.Answer, head: Head) -> dict[str, Any]:
-    """A finished response: its text as one message (also when empty and no call was made),
-    then its calls; `incomplete` when it stopped at its token budget."""
-    status: Status = "incomplete" if answer.finish_reason == "length" else "completed"
-    output = [message(answer.text, status)] if answer.text or not answer.tool_calls else []
-    output += [head.call(call, status) for call in answer.tool_calls]
-    return head.response(status, output, answer.usage)

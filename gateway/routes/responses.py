@@ -12,8 +12,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.bodies import decode_json, json_response
-from gateway.dialects.responses import Head, ResponsesRequest, response_of
-from gateway.dialects.responses_stream import stream
+from gateway.dialects.responses import ResponsesRequest
+from gateway.dialects.responses_answer import Head, response_of, stream
 from gateway.routes.job import Job
 
 

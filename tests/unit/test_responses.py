@@ -12,8 +12,8 @@ import pytest
 from backends import llama_api
 from core import chat
 from core.errors import BadRequest
-from gateway.dialects.responses import Head, ResponsesRequest, response_of
-from gateway.dialects.responses_stream import stream
+from gateway.dialects.responses import ResponsesRequest
+from gateway.dialects.responses_answer import Head, response_of, stream
 from tests.codex import DEVELOPER_TEXT, codex_body
 
 PNG_URL = "data:image/png;base64,iVBORw0KGgo="

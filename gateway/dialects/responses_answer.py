@@ -1,5 +1,5 @@
-"""A Responses answer streamed: the events a backend yields as the Responses event
-sequence, each with its `type` and a `sequence_number` counting from 0.
+"""A Responses answer: the `response` object a request gets whole, and the events of one
+streamed, each with its `type` and a `sequence_number` counting from 0:
 
     response.created, response.in_progress
     per output item: response.output_item.added,
@@ -13,13 +13,132 @@ A failure after the start is an `error` event, then `response.failed`; nothing f
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
+from backends.ids import unique_id
 from core import chat
-from gateway.dialects.responses import Head, Status, message, text_part
+from gateway.dialects.responses import ResponsesRequest
+
+Status = Literal["in_progress", "completed", "incomplete", "failed"]
+
+
+class Head(msgspec.Struct, kw_only=True):
+    """What every state of one response repeats: its id and the request's settings."""
+
+    id: str
+    created_at: int
+    model: str
+    namespaces: dict[str, str]
+    echo: dict[str, Any]
+
+    @classmethod
+    def of(cls, body: ResponsesRequest, model: str, namespaces: dict[str, str]) -> Head:
+        text = msgspec.to_builtins(body.text.format) if body.text and body.text.format else None
+        choice = body.tool_choice
+        echo = {
+            "instructions": body.instructions,
+            "max_output_tokens": body.max_output_tokens,
+            "metadata": body.metadata or {},
+            "parallel_tool_calls": body.parallel_tool_calls is not False,
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "store": False,
+            "temperature": body.temperature,
+            "text": {"format": text or {"type": "text"}},
+            "tool_choice": msgspec.to_builtins(choice) if choice is not None else "auto",
+            "tools": body.tools or [],
+            "top_p": body.top_p,
+            "truncation": "disabled",
+            "user": body.user,
+        }
+        return cls(
+            id=f"resp_{unique_id()}",
+            created_at=int(time.time()),
+            model=model,
+            namespaces=namespaces,
+            echo=echo,
+        )
+
+    def response(
+        self,
+        status: Status,
+        output: list[dict[str, Any]],
+        usage: chat.Usage | None = None,
+        error: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
+        done = {"completed_at": int(time.time())} if status == "completed" else {}
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "error": error,
+            "incomplete_details": incomplete,
+            "model": self.model,
+            "output": output,
+            "usage": usage_of(usage) if usage is not None else None,
+            **done,
+            **self.echo,
+        }
+
+    def call(self, call: chat.ToolCall, status: str = "completed") -> dict[str, Any]:
+        """A `function_call` output item; with its `namespace` where the function came from one."""
+        item: dict[str, Any] = {
+            "id": f"fc_{unique_id()}",
+            "type": "function_call",
+            "status": status,
+            "call_id": call.id,
+            "name": call.name,
+            "arguments": call.arguments,
+        }
+        if (space := self.namespaces.get(call.name)) is not None:
+            item["namespace"] = space
+        return item
+
+
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def message(text: str | None, status: str = "completed") -> dict[str, Any]:
+    """A `message` output item; without content while it is only announced."""
+    content = [text_part(text)] if text is not None else []
+    return {
+        "id": f"msg_{unique_id()}",
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
+def usage_of(usage: chat.Usage) -> dict[str, Any]:
+    """The counts; the prompt tokens llama-server found in its cache as `cached_tokens`."""
+    cached = int((usage.timings or {}).get("cache_n", 0))
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+def response_of(answer: chat.Answer, head: Head) -> dict[str, Any]:
+    """A finished response: its text as one message (also when empty and no call was made),
+    then its calls; `incomplete` when it stopped at its token budget."""
+    status: Status = "incomplete" if answer.finish_reason == "length" else "completed"
+    output = [message(answer.text, status)] if answer.text or not answer.tool_calls else []
+    output += [head.call(call, status) for call in answer.tool_calls]
+    return head.response(status, output, answer.usage)
+
+
+# The stream.
 
 _encode = msgspec.json.Encoder().encode
 
