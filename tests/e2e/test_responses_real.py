@@ -138,6 +138,7 @@ async def test_an_image_goes_to_the_vision_model(tmp_path: Path, backend: str) -
 CODEX_SEQUENCE_ENDS = {"response.completed", "response.incomplete"}
 
 
+@pytest.mark.timeout(300)  # a 4,500-token prompt, evaluated afresh by each cli run
 @pytest.mark.parametrize("backend", MODES)
 async def test_a_codex_request_gets_the_whole_event_sequence(tmp_path: Path, backend: str) -> None:
     """Codex's request, as recorded (stream, store false, include, reasoning, 17 KB developer
