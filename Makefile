@@ -8,11 +8,12 @@ PY     := $(VENV)/bin/python
 ARGS   ?=
 
 .PHONY: run test check setup venv llama model browser screenshots bench soak clean install uninstall
+.PHONY: monitoring
 
 run: setup
 	$(VENV)/bin/ai-server serve $(ARGS)
 
-test: setup browser
+test: setup browser monitoring
 	$(PY) -m pytest $(ARGS)
 
 check: venv
@@ -45,6 +46,22 @@ browser:
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
 	  else \
 	    echo "no chromium/chromium-driver (and not root): the browser tests will skip"; \
+	  fi; \
+	fi
+
+# Debian's Prometheus (with promtool) and blackbox exporter, for the monitoring tests
+# (tests/monitoring): installed when missing and running as root, without starting their
+# services (policy-rc.d says no, a temporary one when the machine has none); otherwise those
+# tests skip and say how to get them.
+monitoring:
+	@if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/promtool ] || [ ! -x /usr/bin/prometheus-blackbox-exporter ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    policy=; if [ ! -e /usr/sbin/policy-rc.d ]; then policy=/usr/sbin/policy-rc.d; \
+	      printf '#!/bin/sh\nexit 101\n' >$$policy && chmod 755 $$policy; fi; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus prometheus-blackbox-exporter; \
+	    status=$$?; [ -z "$$policy" ] || rm -f $$policy; exit $$status; \
+	  else \
+	    echo "no prometheus/prometheus-blackbox-exporter (and not root): the monitoring tests will skip"; \
 	  fi; \
 	fi
 

@@ -242,4 +242,6 @@ def _pool(supervisor: Supervisor) -> Iterator[Metric]:
     swaps.add_metric([], supervisor.swaps)
     budget = GaugeMetricFamily("ai_server_memory_used_mb", "Memory the model pool holds")
     budget.add_metric([], supervisor.memory_used_mb())
-    yield from (state, *families.values(), swaps, budget)
+    limit = GaugeMetricFamily("ai_server_memory_budget_mb", "The pool's memory budget")
+    limit.add_metric([], supervisor.config.memory_budget_mb)
+    yield from (state, *families.values(), swaps, budget, limit)
