@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from core.config import LlamaServer, Pool
-from tests.e2e.conftest import real_settings, serving
+from tests.e2e.conftest import Client, real_settings, serving
 from tests.helpers import llama_servers_on
 from tests.monitoring.stack import MISSING, Prometheus, monitoring, stack_missing
 
@@ -36,7 +36,7 @@ def corrupt_gguf(folder: Path, default_model: Path) -> None:
         (folder / "broken.gguf").write_bytes(f.read(4 * 2**20))
 
 
-async def test_prometheus_scrapes_probes_and_alerts_on_a_failed_model(
+async def test_prometheus_scrapes_probes_and_alerts_on_a_failed_model_and_a_gone_gateway(
     tmp_path: Path, default_model: Path
 ) -> None:
     corrupt_gguf(tmp_path / "models", default_model)
@@ -48,42 +48,63 @@ async def test_prometheus_scrapes_probes_and_alerts_on_a_failed_model(
     )
     gateway = f"{settings.host}:{settings.port}"
     async with (
-        serving(settings) as client,
         monitoring(gateway, tmp_path / "monitoring") as web,
         aiohttp.ClientSession(web) as http,
     ):
         prometheus = Prometheus(http)
-        watched = time.monotonic()
-        # Healthy: scraped, probed live and ready, no alert. Nothing loads a model here.
-        await prometheus.until('up{job="ai-server"}', 1, within=30)
-        log.info("monitoring.scraped %.1f s after Prometheus was ready", time.monotonic() - watched)
-        await prometheus.until('probe_success{job="ai-server-ready"}', 1, within=30)
-        await prometheus.until('probe_success{job="ai-server-health"}', 1, within=30)
-        assert await prometheus.value("ai_server_memory_budget_mb") == BUDGET_MB
-        # Its own scrapes, counted from the second one on.
-        await prometheus.until('count(ai_server_requests_total{route="/metrics"})', 1, 30)
-        assert await prometheus.query('probe_http_status_code{job="ai-server-ready"} == 200')
-        assert await prometheus.alerts("firing") == []
+        async with serving(settings) as client:
+            await healthy(prometheus)
+            broken_port = await break_a_model(client, prometheus, gateway)
+        assert not any(llama_servers_on(p) for p in (port, port + 1, broken_port))
+        await gone(prometheus)
 
-        # Broken: the first request for the corrupt model starts its llama-server, which
-        # exits; one restart later the model is FAILED and the request gets its 503.
-        broke = time.monotonic()
-        status, body = await client.post("/v1/chat/completions", BROKEN)
-        assert status == 503, body
-        failed = 'ai_server_llama_server_state{model="broken", state="failed"}'
-        await prometheus.until(failed, 1, within=30)
-        [series] = await prometheus.query(failed)
-        broken_port = int(series["metric"]["port"])
-        fired = 'ALERTS{alertname="AiServerModelFailed", alertstate="firing"}'
-        await prometheus.until(fired, 1, within=30)
-        log.info("monitoring.alert_fired %.1f s after the request", time.monotonic() - broke)
-        [alert] = await prometheus.alerts("firing")
-        assert alert["labels"] == {
-            "alertname": "AiServerModelFailed", "severity": "critical", "model": "broken",
-            "instance": gateway,
-        }  # fmt: skip
-        assert alert["annotations"]["summary"] == f"Model broken has failed on {gateway}"
-        # The broken model is no role's: the gateway stays ready, and the probe says so.
-        assert await prometheus.value('probe_success{job="ai-server-ready"}') == 1
-        assert not llama_servers_on(broken_port)
-    assert not any(llama_servers_on(p) for p in (port, port + 1, broken_port))
+
+async def healthy(prometheus: Prometheus) -> None:
+    """Scraped, probed live and ready, no alert firing. Nothing has asked for a model yet."""
+    watched = time.monotonic()
+    await prometheus.until('up{job="ai-server"}', 1, within=30)
+    log.info("monitoring.scraped %.1f s after the gateway started", time.monotonic() - watched)
+    await prometheus.until('probe_success{job="ai-server-ready"}', 1, within=30)
+    await prometheus.until('probe_success{job="ai-server-health"}', 1, within=30)
+    assert await prometheus.value("ai_server_memory_budget_mb") == BUDGET_MB
+    # Its own scrapes, counted from the second one on.
+    await prometheus.until('count(ai_server_requests_total{route="/metrics"})', 1, within=30)
+    assert await prometheus.query('probe_http_status_code{job="ai-server-ready"} == 200')
+    assert await prometheus.alerts("firing") == []
+
+
+async def break_a_model(client: Client, prometheus: Prometheus, gateway: str) -> int:
+    """The first request for the corrupt model starts its llama-server, which exits; one
+    restart later the model is FAILED, the request gets its 503, and the alert fires.
+    Returns the broken model's llama-server port."""
+    broke = time.monotonic()
+    status, body = await client.post("/v1/chat/completions", BROKEN)
+    assert status == 503, body
+    failed = 'ai_server_llama_server_state{model="broken", state="failed"}'
+    await prometheus.until(failed, 1, within=30)
+    [series] = await prometheus.query(failed)
+    fired = 'ALERTS{alertname="AiServerModelFailed", alertstate="firing"}'
+    await prometheus.until(fired, 1, within=30)
+    log.info("monitoring.alert_fired %.1f s after the request", time.monotonic() - broke)
+    [alert] = await prometheus.alerts("firing")
+    assert alert["labels"] == {
+        "alertname": "AiServerModelFailed", "severity": "critical", "model": "broken",
+        "instance": gateway,
+    }  # fmt: skip
+    assert alert["annotations"]["summary"] == f"Model broken has failed on {gateway}"
+    # The broken model is no role's: the gateway stays ready, and the probe says so.
+    assert await prometheus.value('probe_success{job="ai-server-ready"}') == 1
+    port = int(series["metric"]["port"])
+    assert not llama_servers_on(port)
+    return port
+
+
+async def gone(prometheus: Prometheus) -> None:
+    """The gateway stopped: scrapes and probes fail, and the alerts for it are pending (they
+    fire after their `for:`, a minute, which the rules' unit tests check)."""
+    stopped = time.monotonic()
+    await prometheus.until('up{job="ai-server"}', 0, within=30)
+    await prometheus.until('probe_success{job="ai-server-health"}', 0, within=30)
+    for name in ("AiServerDown", "AiServerNotLive", "AiServerNotReady"):
+        await prometheus.until(f'ALERTS{{alertname="{name}", alertstate="pending"}}', 1, 30)
+    log.info("monitoring.down_pending %.1f s after the stop", time.monotonic() - stopped)
