@@ -5,6 +5,7 @@ alert has one and is documented."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tests.monitoring.stack import (
     PROMTOOL,
     RULES,
     RULES_TEST,
+    prometheus_config,
     stack_missing,
 )
 
@@ -39,6 +41,24 @@ def test_promtool_checks_the_config_with_its_rules() -> None:
     out = run(PROMTOOL, "check", "config", MONITORING / "prometheus.yml")
     assert "SUCCESS: 1 rule files found" in out
     assert f"SUCCESS: {len(alert_names(RULES.read_text(), 'alert'))} rules found" in out
+
+
+@pytest.mark.skipif(stack_missing(), reason=MISSING)
+def test_the_config_the_stack_test_runs_is_the_shipped_one_and_valid(tmp_path: Path) -> None:
+    config = tmp_path / "prometheus.yml"
+    config.write_text(prometheus_config("127.0.0.1:8001", "127.0.0.1:9116", "1s"))
+    shutil.copy(RULES, tmp_path / RULES.name)
+    run(PROMTOOL, "check", "config", config)
+    shipped = (MONITORING / "prometheus.yml").read_text().splitlines()
+    changed = [b for a, b in zip(shipped, config.read_text().splitlines(), strict=True) if a != b]
+    assert changed == [
+        "  scrape_interval: 1s",
+        "  evaluation_interval: 1s",
+        '      - targets: ["127.0.0.1:8001"]',
+        '      - targets: ["http://127.0.0.1:8001/health"]',
+        "        replacement: 127.0.0.1:9116",
+        '      - targets: ["http://127.0.0.1:8001/ready"]',
+    ]
 
 
 @pytest.mark.skipif(stack_missing(), reason=MISSING)
