@@ -121,9 +121,7 @@ def ensure_user(lay: Layout) -> bool:
     if lay.destdir is not None:
         return False
     created = False
-    try:
-        grp.getgrnam(lay.user)
-    except KeyError:
+    if not group_exists(lay.user):
         run(["groupadd", "--system", lay.user])
         created = True
     try:

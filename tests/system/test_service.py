@@ -390,6 +390,20 @@ def test_the_worker_unit_serves_restarts_and_stops_clean(installed: Installed) -
     assert not (pids(s, "rpc-server") | pids(s, "ggml-rpc-server"))
     assert not listening(port)
     assert active(s)  # the gateway's unit is another
+    # Wrong arguments exit 2, as a config error: failed, with the reason, not retried.
+    mark = cursor(s)
+    s.ct.run(
+        "echo 'AI_SERVER_WORKER_ARGS=--rpc --no-such-flag' > /etc/ai-server/worker.env && "
+        "systemctl reset-failed ai-server-worker; systemctl start ai-server-worker"
+    )
+
+    def failed() -> bool:
+        return s.show("SubState", "ai-server-worker") == "failed"
+
+    until("the worker failed", failed, 30)
+    assert s.show("NRestarts", "ai-server-worker") == "0"
+    said = "\n".join(message(e) for e in journal(s, "ai-server-worker", since=mark))
+    assert "--no-such-flag" in said, said
 
 
 def test_a_missing_libgomp_is_named_by_install_doctor_and_the_log(installed: Installed) -> None:
