@@ -135,8 +135,21 @@ def _own_cgroups() -> list[Path]:
     return found
 
 
-def _cgroup_tree() -> set[Path]:
-    return {Path(d) for top in _own_cgroups() for d, _, _ in os.walk(top)}
+def _join(cgroups: list[Path]) -> None:
+    """Move the calling process into `cgroups` (run in the child, before nspawn starts)."""
+    for cgroup in cgroups:
+        (cgroup / "cgroup.procs").write_text(f"{os.getpid()}\n")
+
+
+def _remove_tree(top: Path) -> list[str]:
+    """rmdir `top` and every cgroup under it, deepest first; what could not go."""
+    left = []
+    for path in sorted((Path(d) for d, _, _ in os.walk(top)), key=lambda p: -len(p.parts)):
+        try:
+            path.rmdir()
+        except OSError as exc:
+            left.append(f"cgroup {path}: {exc}")
+    return left
 
 
 @dataclass
@@ -149,10 +162,14 @@ class Container:
     binds: list[str] = field(default_factory=list)  # nspawn's --bind= / --bind-ro= options
     process: subprocess.Popen[bytes] | None = None
     init_pid: int = 0
-    _cgroups_before: set[Path] = field(default_factory=set)
+    # A cgroup of its own in each hierarchy, where nspawn (--keep-unit) makes its payload/
+    # and supervisor/: two containers never share them, and all of it goes at the end.
+    cgroups: list[Path] = field(default_factory=list)
 
     def boot(self, within: float = 60) -> None:
-        self._cgroups_before = _cgroup_tree()
+        self.cgroups = [top / f"nspawn-{self.name}" for top in _own_cgroups()]
+        for cgroup in self.cgroups:
+            cgroup.mkdir(exist_ok=True)
         argv = [
             # A bound on its life, should this process die without stopping it.
             "timeout", "1800", "systemd-nspawn", "-D", str(self.root), "-b", "--console=pipe",
@@ -165,7 +182,7 @@ class Container:
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
+                env=env, start_new_session=True, preexec_fn=lambda: _join(self.cgroups),
             )  # fmt: skip
         deadline = time.monotonic() + within
         while True:
@@ -200,7 +217,7 @@ class Container:
     def stop(self) -> list[str]:
         """Halt it (SIGTERM to nspawn: a clean shutdown in about 2 s; SIGKILL after 60),
         then undo what nspawn leaves behind without a host systemd: mounts under the root,
-        and its empty payload/ and supervisor/ cgroups. Returns what could not be undone."""
+        and its cgroups (empty payload/ and supervisor/). Returns what could not be undone."""
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -212,11 +229,8 @@ class Container:
         for mount in reversed(mounts_under(self.root)):
             subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
         left += [f"still mounted: {m}" for m in mounts_under(self.root)]
-        for path in sorted(_cgroup_tree() - self._cgroups_before, key=lambda p: -len(p.parts)):
-            try:
-                path.rmdir()
-            except OSError as exc:
-                left.append(f"cgroup {path}: {exc}")
+        for cgroup in self.cgroups:
+            left += _remove_tree(cgroup)
         return left
 
 
