@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -379,6 +380,16 @@ def wait_ready(port: int, within: float = 300) -> bool:
     return False
 
 
+def configured_port(lay: Layout) -> int:
+    """The gateway's port in the installed config (an operator may have changed it since
+    the install that wrote it), else --port."""
+    try:
+        port = tomllib.loads((lay.sysconfdir / "config.toml").read_text()).get("port")
+    except (OSError, tomllib.TOMLDecodeError):
+        return int(lay.port)
+    return port if isinstance(port, int) else int(lay.port)
+
+
 def start_command(lay: Layout) -> str:
     return (
         f"sudo -u {lay.user} env AI_SERVER_CACHE={lay.cache} {lay.prefix}/bin/ai-server serve "
@@ -412,15 +423,23 @@ def install(lay: Layout) -> int:
     if units_changed:
         run(["systemctl", "daemon-reload"])
     run(["systemctl", "enable", "ai-server.service"])
-    if not succeeds(["systemctl", "is-active", "--quiet", "ai-server"]):
-        run(["systemctl", "start", "ai-server"])
-    elif changed:
-        log("restarting the service: something changed")
-        run(["systemctl", "restart", "ai-server"])
-    if not wait_ready(lay.port):
+    action = "start"
+    if succeeds(["systemctl", "is-active", "--quiet", "ai-server"]):
+        action = "restart" if changed else ""
+        if changed:
+            log("restarting the service: something changed")
+    # Type=notify: start returns once the gateway is ready, or fails (a config error exits
+    # 2 and is not retried): then the journal's last lines say why.
+    if action and not succeeds(["systemctl", action, "ai-server"]):
+        print("install: the service did not start. The journal's last lines:", file=sys.stderr)
+        journal = ["journalctl", "-u", "ai-server", "-n", "10", "-o", "cat", "--no-pager"]
+        subprocess.run(journal, stdout=sys.stderr, check=False)  # noqa: S603 - as above
+        return 1
+    port = configured_port(lay)
+    if not wait_ready(port):
         log("the service did not become ready: journalctl -u ai-server")
         return 1
-    log(f"ready: http://127.0.0.1:{lay.port}/ (config: {lay.sysconfdir}/config.toml)")
+    log(f"ready: http://127.0.0.1:{port}/ (config: {lay.sysconfdir}/config.toml)")
     return 0
 
 

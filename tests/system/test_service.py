@@ -156,6 +156,9 @@ def test_make_install_starts_the_unit_which_is_ready_when_start_returns(
     status = s.ct.run("systemctl status --no-pager ai-server", check=False).stdout
     assert 'Status: "Serving on' in status, status
     assert chat(s)
+    # Again, without the ports: nothing to do, and ready on the port the config names.
+    again = s.ct.run(f"cd /src && AI_SERVER_CACHE={s.cache} make install 2>&1").stdout
+    assert "nothing changed" in again and f"ready: http://127.0.0.1:{s.port}/" in again
 
 
 def exposure(s: Installed, unit: str) -> float:
@@ -339,6 +342,10 @@ def test_a_broken_config_fails_start_with_the_reason_and_no_restart_loop(
         assert said, "the config error is not in the journal"
         assert said[0]["PRIORITY"] == "3"
         assert s.show("ExecMainStatus") == "2"
+        # `make install` says so too, with the reason, instead of waiting for /ready.
+        again = s.ct.run(f"cd /src && AI_SERVER_CACHE={s.cache} make install 2>&1", check=False)
+        assert again.returncode != 0
+        assert "the service did not start" in again.stdout and "no_such_key" in again.stdout
     finally:
         s.ct.run(f"cp /root/config.toml {config} && systemctl reset-failed ai-server; "
                  "systemctl start ai-server")  # fmt: skip
