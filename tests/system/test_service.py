@@ -195,21 +195,42 @@ def test_the_gpu_drop_in_keeps_the_unit_working_and_hardened(installed: Installe
         )
 
 
-def test_every_feature_works_under_the_hardened_unit(installed: Installed) -> None:
-    s = installed
-    assert chat(s)
-    vectors = post(s.url + "/v1/embeddings", {"input": ["a cat"]})
-    assert len(vectors["data"][0]["embedding"]) > 10
-    # Vision: the synthetic projector (llama-mtmd) under MemoryDenyWriteExecute and the filter.
+def vision_body() -> dict[str, Any]:
+    """A picture for gemma's synthetic projector (its answers mean nothing)."""
     png = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 30, 30)).save(png, format="PNG")
     data = base64.b64encode(png.getvalue()).decode()
     image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
     content = [{"type": "text", "text": "What is it?"}, image]
-    body = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": content}],
+    return {"model": "gemma-3-270m", "messages": [{"role": "user", "content": content}],
             "max_tokens": 4}  # fmt: skip
-    answer = post(s.url + "/v1/chat/completions", body)
+
+
+def every_task(s: Installed) -> None:
+    """Chat, embeddings and vision (llama-mtmd) answer."""
+    assert chat(s)
+    vectors = post(s.url + "/v1/embeddings", {"input": ["a cat"]})
+    assert len(vectors["data"][0]["embedding"]) > 10
+    answer = post(s.url + "/v1/chat/completions", vision_body())
     assert answer["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_every_feature_works_under_the_hardened_unit(installed: Installed) -> None:
+    s = installed
+    every_task(s)
+    # Cli mode: a llama.cpp process per request, spawned from inside the sandbox.
+    config = "/etc/ai-server/config.toml"
+    s.ct.run(
+        f"cp {config} /root/config.toml && "
+        f'sed -i \'s/^backend = "server"/backend = "cli"/\' {config} && '
+        "systemctl restart ai-server"
+    )
+    try:
+        assert get(s.url + "/ready")[1]["backend"] == "cli"
+        every_task(s)
+    finally:
+        s.ct.run(f"cp /root/config.toml {config} && systemctl restart ai-server")
+    assert chat(s)
     # Every llama.cpp process is in the unit's cgroup, run as its user.
     cgroup = s.show("ControlGroup")
     for pid in pids(s, "llama-server"):
