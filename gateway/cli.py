@@ -41,7 +41,7 @@ async def _on_signals(server: uvicorn.Server) -> None:
             if server.should_exit and signum == signal.SIGINT:
                 server.force_exit = True  # a second Ctrl-C: stop waiting
             log.info("gateway.stopping signal=%s", signal.Signals(signum).name)
-            systemd.notify("STOPPING=1")
+            systemd.notify("STOPPING=1\nSTATUS=Stopping: finishing the requests in flight")
             # Endless streams (a dashboard's log view) end on it, not at the grace's end.
             cast(Starlette, server.config.app).state.stopping = True
             server.should_exit = True
@@ -63,7 +63,8 @@ async def _announce(server: uvicorn.Server) -> None:
     """READY=1 once requests are accepted, then WATCHDOG=1 from this event loop."""
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
         await anyio.sleep(0.05)
-    systemd.notify("READY=1")
+    config = server.config
+    systemd.notify(f"READY=1\nSTATUS=Serving on http://{config.host}:{config.port}/")
     interval = systemd.watchdog_interval()
     while interval:
         systemd.notify("WATCHDOG=1")
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             return worker.run_worker(args, settings)
         return serve(settings)
     except ConfigError as exc:
-        print(f"ai-server: {exc}", file=sys.stderr)
+        error = "<3>" if logs.to_journal(sys.stderr) else ""  # its priority in the journal
+        print(f"{error}ai-server: {exc}", file=sys.stderr)
         return 2
 
 

@@ -42,6 +42,8 @@ def binary_version(path: Path) -> tuple[bool, str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"cannot run: {exc}"
     lines = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
+    if missing := toolchain.load_failure(done.stderr):
+        return False, f"does not load: {missing}"
     if done.returncode != 0:
         return False, f"`{flag}` exits {done.returncode}: {lines[-1]}"
     if flag == "--help":

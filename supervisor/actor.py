@@ -306,9 +306,10 @@ class Supervisor:
         if isinstance(message, ChildExited):
             tail = await self._r.effects.exited(m)
             if m.state is not State.STOPPING:
+                # Its last lines say why (a missing shared library exits 127 with one line).
                 log.warning(
-                    "supervisor.child_exited port=%d model=%s code=%d",
-                    m.port, m.spec.name, message.code,
+                    "supervisor.child_exited port=%d model=%s code=%d last_output=%s",
+                    m.port, m.spec.name, message.code, " | ".join(tail.splitlines()[-5:]) or "-",
                 )  # fmt: skip
         elif isinstance(message, WorkersChecked) and message.missing:
             log.warning("supervisor.rpc_worker_missing model=%s %s", m.spec.name, message.missing)
