@@ -184,3 +184,24 @@ async def test_ollama_and_main_port_share_the_pool(tmp_path: Path) -> None:
             url = f"http://{client.url.split('//')[1]}/"
             async with http.get(url) as resp:
                 assert resp.status == 404  # the root is the Ollama port's, not the main one's
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("options", {"temperature": 0}),
+        ("keep_alive", "5m"),
+        ("images", ["aGk="]),
+        ("think", True),
+        ("format", "json"),
+    ],
+)
+async def test_seed_chat_refuses_ollama_fields_pointing_at_the_ollama_port(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    body = {"messages": [{"role": "user", "content": "Hi"}], field: value}
+    async with settled(fake_settings(tmp_path)) as client:
+        status, answer = await client.post("/api/chat", body)
+    assert status == 400
+    assert answer["error"]["param"] == field
+    assert "[ollama] listen" in answer["error"]["message"]
