@@ -125,20 +125,22 @@ SCHEMA_MAX_COUNT = 256
 _COUNTS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
 
 
-def check_schema(schema: object, where: str = "#") -> None:
-    """A 400 naming the place of a count over SCHEMA_MAX_COUNT."""
+def check_schema(
+    schema: object, where: str = "#", *, field: str = "response_format.json_schema.schema"
+) -> None:
+    """A 400 naming the place of a count over SCHEMA_MAX_COUNT (in request field `field`)."""
     if isinstance(schema, dict):
         for key, value in schema.items():
             if key in _COUNTS and isinstance(value, int) and value > SCHEMA_MAX_COUNT:
                 raise BadRequest(
-                    f"response_format: {key} {value} at {where} is over the limit of "
+                    f"{field.split('.')[0]}: {key} {value} at {where} is over the limit of "
                     f"{SCHEMA_MAX_COUNT} this server turns into a grammar",
-                    param="response_format.json_schema.schema",
+                    param=field,
                 )
-            check_schema(value, f"{where}/{key}")
+            check_schema(value, f"{where}/{key}", field=field)
     elif isinstance(schema, list):
         for i, item in enumerate(schema):
-            check_schema(item, f"{where}/{i}")
+            check_schema(item, f"{where}/{i}", field=field)
 
 
 Stop = Annotated[str, Meta(max_length=256)]
