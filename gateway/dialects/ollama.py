@@ -161,7 +161,7 @@ class ToolCall(msgspec.Struct, kw_only=True):
 
 class Message(msgspec.Struct, kw_only=True):
     role: str  # Ollama lowercases it
-    content: str = ""
+    content: str | None = ""  # null is "", as Go decodes it
     thinking: str = ""  # an earlier answer's thinking: not sent to the model, as in Ollama
     images: list[str] | None = None  # base64
     tool_calls: list[ToolCall] | None = None
@@ -288,7 +288,7 @@ class GenerateBody(_Common, kw_only=True):
     """POST /api/generate: `prompt` (with `system` and `images`) as one user turn. No
     prompt: the model is loaded (or unloaded), nothing generated."""
 
-    prompt: str = ""
+    prompt: str | None = ""  # null is "", as Go decodes it
     suffix: str = ""
     system: str = ""
     template: str = ""
@@ -303,7 +303,7 @@ class GenerateBody(_Common, kw_only=True):
     def decode(self) -> chat.ChatRequest:
         self.check_supported()
         system = (chat.Message.of("system", self.system),) if self.system else ()
-        parts = (*images_of(self.images, "images"), chat.TextPart(text=self.prompt))
+        parts = (*images_of(self.images, "images"), chat.TextPart(text=self.prompt or ""))
         return self._request((*system, chat.Message(role="user", content=parts)))
 
     def check_supported(self) -> None:

@@ -163,7 +163,7 @@ def test_tool_calls_with_object_arguments_and_tool_messages_by_name() -> None:
         tools=tools,
         messages=[
             {"role": "user", "content": "1+2 and 3*4"},
-            {"role": "assistant", "content": "", "tool_calls": calls},
+            {"role": "assistant", "content": None, "tool_calls": calls},  # null, as Go reads it
             {"role": "tool", "content": "12", "tool_name": "mul"},
             {"role": "tool", "content": "3"},  # no name, no id: the oldest still open
         ],
