@@ -30,7 +30,7 @@ from backends.vision import decode_base64_image
 from core import chat
 from core.config import Mirostat, PresencePenalty, Temp, TopK, TopP
 from core.errors import BadRequest
-from gateway.dialects.openai import SCHEMA_MAX_BYTES, Seed, Stop, check_schema
+from gateway.dialects.openai import Seed, Stop, checked_schema
 from gateway.dialects.openai_tools import ToolDef, check_results, tools_of
 
 # Ollama's own options and the JSON type each takes (ollama's api.Options and api.Runner,
@@ -128,10 +128,7 @@ def schema_of(format: str | dict[str, Any] | None) -> dict[str, Any] | None:
         return {"type": "object"}
     if isinstance(format, str):
         raise BadRequest(f'format must be "json" or a JSON schema, not {format!r}', param="format")
-    if len(msgspec.json.encode(format)) > SCHEMA_MAX_BYTES:
-        raise BadRequest(f"format: the schema is over {SCHEMA_MAX_BYTES} bytes", param="format")
-    check_schema(format, field="format")
-    return format
+    return checked_schema(format, "format", "format")
 
 
 def model_name(name: str) -> str:
