@@ -131,17 +131,6 @@ def schema_of(format: str | dict[str, Any] | None) -> dict[str, Any] | None:
     return checked_schema(format, "format", "format")
 
 
-def model_name(name: str) -> str:
-    """The name we know a model by: Ollama's default tag `:latest` is the model itself."""
-    return name.removesuffix(":latest")
-
-
-def _required_model(name: str) -> str:
-    if not name:
-        raise BadRequest("model is required", param="model")
-    return model_name(name)
-
-
 # Messages.
 
 
@@ -255,7 +244,7 @@ class _Common(msgspec.Struct, kw_only=True):
         options = options_of(self.options)
         return chat.ChatRequest(
             messages=messages,
-            model=_required_model(self.model),
+            model=self.model or None,  # resolved by the route (x:latest is x)
             sampling=options.sampling(),
             max_tokens=options.max_tokens,
             stop=tuple(dict.fromkeys(s for s in options.stop or [] if s)),
@@ -316,8 +305,7 @@ class GenerateBody(_Common, kw_only=True):
             if getattr(self, field):
                 raise BadRequest(f"{field}: this server does not support {what}", param=field)
         if self.suffix:
-            model = model_name(self.model)
-            raise BadRequest(f'"{model}" does not support insert', param="suffix")
+            raise BadRequest(f'"{self.model}" does not support insert', param="suffix")
 
 
 class EmbedBody(msgspec.Struct, kw_only=True):
@@ -334,7 +322,6 @@ class EmbedBody(msgspec.Struct, kw_only=True):
         if self.dimensions:
             raise BadRequest("not supported by this server: dimensions", param="dimensions")
         options_of(self.options)
-        _required_model(self.model)
         return (
             [self.input] if isinstance(self.input, str) and self.input else list(self.input or [])
         )
@@ -350,5 +337,4 @@ class EmbeddingsBody(msgspec.Struct, kw_only=True):
 
     def inputs(self) -> list[str]:
         options_of(self.options)
-        _required_model(self.model)
         return [self.prompt] if self.prompt else []

@@ -1,6 +1,7 @@
 """Ollama's chat routes, for the Ollama port only (the main port's /api/chat is the seed's):
 POST /api/chat, /api/generate, /api/embed and the older /api/embeddings, in Ollama's shapes
-(`gateway.dialects.ollama`, `gateway.dialects.ollama_answers`)."""
+(`gateway.dialects.ollama`, `gateway.dialects.ollama_answers`). Each request's `keep_alive`
+goes to the pool (`Job.keep_alive`); one without a prompt loads or unloads its model."""
 
 from __future__ import annotations
 
@@ -13,32 +14,39 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from core.chat import ChatRequest
-from core.errors import ModelNotFound
 from gateway.bodies import decode_json, json_response
-from gateway.dialects.ollama import ChatBody, EmbedBody, EmbeddingsBody, GenerateBody
+from gateway.dialects.ollama import (
+    ChatBody,
+    EmbedBody,
+    EmbeddingsBody,
+    GenerateBody,
+    KeepAlive,
+)
 from gateway.dialects.ollama_answers import MEDIA_TYPE, Writer, embed_answer, lines, replayed
+from gateway.dialects.ollama_common import keep_alive_seconds, resolve
 from gateway.responses import event_stream
 from gateway.routes.job import Job
 
 
-def use(job: Job, given: str, role: str) -> None:
-    """The model named `given` (`x` or `x:latest`); Ollama's 404 for none."""
-    try:
-        job.use(given.removesuffix(":latest"), role)
-    except ModelNotFound:
-        raise ModelNotFound(f"model '{given}' not found") from None
+async def use(job: Job, given: str, role: str, keep_alive: KeepAlive) -> float | None:
+    """The model named `given` (`x` or `x:latest`; Ollama's 400 or 404 for none), kept
+    loaded as `keep_alive` says; its seconds."""
+    job.use(resolve(job.svc.dispatcher.catalog, given).name, role)
+    seconds = keep_alive_seconds(keep_alive)
+    await job.keep_alive(seconds)
+    return seconds
 
 
-async def answer(job: Job, request: ChatRequest, writer: Writer) -> Response:
+async def answer(job: Job, request: ChatRequest, writer: Writer, keep_alive: KeepAlive) -> Response:
     """A chat, or an image to the vision model (which backends answer whole, so a stream of
     it is replayed from the answer), as one object or NDJSON lines."""
     if request.has_images:
-        use(job, writer.model, "vision")
+        await use(job, writer.model, "vision", keep_alive)
         whole = await job.vision(msgspec.structs.replace(request, stream=False))
         if request.stream:
             return await event_stream(replayed(whole, writer), MEDIA_TYPE)
         return json_response(writer.whole(whole))
-    use(job, writer.model, "chat")
+    await use(job, writer.model, "chat", keep_alive)
     task = job.chat_task(request)
     if request.stream:
         return await job.chat_stream(task, partial(lines, writer=writer), MEDIA_TYPE)
@@ -46,16 +54,19 @@ async def answer(job: Job, request: ChatRequest, writer: Writer) -> Response:
 
 
 async def _answering(request: Request, kind: type[ChatBody | GenerateBody]) -> Response:
-    """A chat or a generate; without a prompt, the model's status (loaded or unloaded)."""
+    """A chat or a generate; without a prompt, its model loaded (or unloaded, with
+    `keep_alive` 0) and a status: Open WebUI's load and unload buttons send these."""
     started = time.monotonic_ns()
     job = Job(request)
     body = await decode_json(request, kind, job.max_body)
     decoded = body.decode()
     writer = Writer(body.model, started, generate=kind is GenerateBody)
     if body.no_prompt:
-        use(job, body.model, "chat")
-        return json_response(writer.status("unload" if body.keep_alive == 0 else "load"))
-    return await answer(job, decoded, writer)
+        job.use(resolve(job.svc.dispatcher.catalog, body.model).name, "chat")
+        seconds = keep_alive_seconds(body.keep_alive)
+        await job.warm(seconds)
+        return json_response(writer.status("unload" if seconds == 0 else "load"))
+    return await answer(job, decoded, writer, body.keep_alive)
 
 
 async def chat(request: Request) -> Response:
@@ -71,7 +82,7 @@ async def embed(request: Request) -> Response:
     job = Job(request)
     body = await decode_json(request, EmbedBody, job.max_body)
     inputs = body.inputs()
-    use(job, body.model, "embedding")
+    await use(job, body.model, "embedding", body.keep_alive)
     if not inputs:
         return json_response(embed_answer(body.model, [], None, started))
     embedded = await job.embed(inputs)
@@ -84,7 +95,7 @@ async def embeddings(request: Request) -> Response:
     job = Job(request)
     body = await decode_json(request, EmbeddingsBody, job.max_body)
     inputs = body.inputs()
-    use(job, body.model, "embedding")
+    await use(job, body.model, "embedding", body.keep_alive)
     vectors = (await job.embed(inputs)).vectors if inputs else [[]]
     return json_response({"embedding": vectors[0]})
 
