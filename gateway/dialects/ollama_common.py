@@ -35,8 +35,10 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 def render(exc: AiServerError) -> Response:
-    """`exc` in Ollama's shape, with the status and headers every dialect gives it."""
-    return error_response(status_of(exc), exc.message, headers_of(exc))
+    """`exc` in Ollama's shape, with the status and headers every dialect gives it, but 400
+    where ours is 415 (a bad image, a body that is not JSON): Ollama's status for both."""
+    status = status_of(exc)
+    return error_response(400 if status == 415 else status, exc.message, headers_of(exc))
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:

@@ -95,13 +95,16 @@ class Job:
         self._record(answer.usage)
         return answer
 
-    async def chat_stream(self, task: ChatTask, encode: Encoder) -> EventStream:
-        """The answer streamed in the dialect `encode` writes. Charged before it queues;
-        refunded if it fails before its first event, which is then an ordinary error."""
+    async def chat_stream(
+        self, task: ChatTask, encode: Encoder, media_type: str | None = None
+    ) -> EventStream:
+        """The answer streamed in the dialect `encode` writes (SSE unless `media_type` says
+        otherwise). Charged before it queues; refunded if it fails before its first event,
+        which is then an ordinary error."""
         with self.budgeted(task.max_tokens) as settle:
             counted = self._counted(self.backend.chat_stream(task), settle)
             events = _failing_late(admitted(self.lane, counted, self.client))
-            return await event_stream(encode(events))
+            return await event_stream(encode(events), media_type)
 
     async def _counted(
         self, events: AsyncGenerator[Event, None], settle: Callable[[Usage | None], None]
