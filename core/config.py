@@ -206,6 +206,9 @@ class Ollama(_Section, frozen=True):
 
     enabled: bool = True
     listen: str = "127.0.0.1:11434"  # HOST:PORT ([::1]:PORT for IPv6): Ollama's own default
+    # What GET /api/version says: clients compare it with the release that brought a
+    # feature (VS Code's Ollama provider wants 0.6.4 or later).
+    version: Annotated[str, Meta(pattern=r"^\d+\.\d+\.\d+$")] = "0.12.6"
 
     def __post_init__(self) -> None:
         self.address()
