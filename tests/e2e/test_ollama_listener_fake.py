@@ -18,6 +18,7 @@ import pytest
 
 from core.config import ConfigError, Ollama, Settings
 from gateway.cli import listen_sockets
+from gateway.doctor import run_doctor
 from tests.conftest import free_port
 from tests.e2e.conftest import Client, fake_settings, serving
 from tests.helpers import write_config
@@ -232,3 +233,14 @@ def test_ai_server_serve_stops_when_the_ollama_port_is_taken(tmp_path: Path) -> 
     assert f"cannot listen on 127.0.0.1:{taken} ([ollama] listen)" in done.stderr
     assert "[ollama] enabled = false" in done.stderr
     assert "supervisor.spawned" not in done.stderr
+
+
+def test_doctor_checks_the_ollama_port(tmp_path: Path) -> None:
+    taken = free_port()
+    settings = Settings(cache_dir=str(tmp_path), ollama=Ollama(listen=f"127.0.0.1:{taken}"))
+    lines: list[str] = []
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", taken))
+        held.listen()
+        run_doctor(settings, lines.append)
+    assert f"  in use   ollama listener   127.0.0.1:{taken}" in lines
