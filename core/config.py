@@ -198,6 +198,9 @@ class Auth(_Section, frozen=True):
     # Addresses or networks ("192.168.1.0/24") whose requests need no key, on either port:
     # each address is one client (fair shares, limits), never an admin. Keys still work.
     open_networks: list[str] = []
+    # Each such address's rate budgets, as a named key's (unset: none).
+    open_requests_per_minute: Annotated[int, Meta(ge=1)] | None = None
+    open_tokens_per_minute: Annotated[int, Meta(ge=1)] | None = None
 
 
 class Ollama(_Section, frozen=True):
