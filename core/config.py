@@ -198,6 +198,9 @@ class Auth(_Section, frozen=True):
     # Addresses or networks ("192.168.1.0/24") whose requests need no key, on either port:
     # each address is one client (fair shares, limits), never an admin. Keys still work.
     open_networks: list[str] = []
+    # Each such address's rate budgets, as a named key's (unset: none).
+    open_requests_per_minute: Annotated[int, Meta(ge=1)] | None = None
+    open_tokens_per_minute: Annotated[int, Meta(ge=1)] | None = None
 
 
 class Ollama(_Section, frozen=True):
@@ -206,6 +209,9 @@ class Ollama(_Section, frozen=True):
 
     enabled: bool = True
     listen: str = "127.0.0.1:11434"  # HOST:PORT ([::1]:PORT for IPv6): Ollama's own default
+    # What GET /api/version says: clients compare it with the release that brought a
+    # feature (VS Code's Ollama provider wants 0.6.4 or later).
+    version: Annotated[str, Meta(pattern=r"^\d+\.\d+\.\d+$")] = "0.12.6"
 
     def __post_init__(self) -> None:
         self.address()

@@ -10,7 +10,14 @@ from starlette.middleware import Middleware
 from backends.catalog import Catalog, build_catalog
 from backends.specs import server_plan
 from core.config import ConfigError, LlmParams, Settings
-from gateway.auth import RequireKeys, check_exposure, load_keys, open_networks, trusted_networks
+from gateway.auth import (
+    RequireKeys,
+    budget_of,
+    check_exposure,
+    load_keys,
+    open_networks,
+    trusted_networks,
+)
 from gateway.error_handlers import EXCEPTION_HANDLERS
 from gateway.history import History, with_history
 from gateway.lifespan import make_lifespan
@@ -89,6 +96,9 @@ def create_app(settings: Settings) -> Starlette:
                 open_networks=open_networks(settings),
                 ollama_port=port,
                 allow_unauthenticated=settings.auth.allow_unauthenticated,
+                open_budget=lambda: budget_of(
+                    settings.auth.open_requests_per_minute, settings.auth.open_tokens_per_minute
+                ),
             ),
             Middleware(CancelOnDisconnect),
             Middleware(OllamaPort, port=port, routes=ollama_routes),

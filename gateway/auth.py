@@ -23,7 +23,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -38,6 +38,7 @@ from gateway.ollama_port import on_port, speaks_ollama
 
 PROBES = ("/health", "/ready", "/metrics")
 OLLAMA_OPEN = ("/", "/api/version")  # the Ollama listener's probes: always open
+MAX_OPEN_CLIENTS = 4096  # open-network addresses whose rate budgets are remembered
 ADMIN_READS = ("/api/clients", "/api/logs/")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -104,7 +105,11 @@ def load_keys(settings: Settings, env: Mapping[str, str] = os.environ) -> Keys:
 
 
 def _budget(named: NamedKey) -> Budget | None:
-    rpm, tpm = named.requests_per_minute, named.tokens_per_minute
+    return budget_of(named.requests_per_minute, named.tokens_per_minute)
+
+
+def budget_of(rpm: int | None, tpm: int | None) -> Budget | None:
+    """A fresh rate budget of `rpm` requests and `tpm` tokens a minute; None for neither."""
     if rpm is None and tpm is None:
         return None
     return Budget(
@@ -203,6 +208,7 @@ class RequireKeys:
         open_networks: Sequence[Network] = (),
         ollama_port: int | None = None,
         allow_unauthenticated: bool = False,
+        open_budget: Callable[[], Budget | None] = lambda: None,
     ) -> None:
         self.app = app
         self.keys = keys
@@ -212,6 +218,9 @@ class RequireKeys:
         self.ollama_port = ollama_port
         # With open networks and no keys, only they and loopback come in, unless this.
         self.allow_unauthenticated = allow_unauthenticated
+        # Each open-network address's own rate budget, made on its first request.
+        self._open_budget = open_budget
+        self._budgets: dict[str, Budget | None] = {}
 
     def _guarded(self, scope: Scope) -> bool:
         path = scope["path"]
@@ -251,12 +260,19 @@ class RequireKeys:
         if _trusted(address, self.open_networks):
             if admin_route:
                 raise Forbidden("this needs an admin key ([auth] open_networks are never admin)")
-            return Client(address, admin=False, keyed=False)
+            return Client(address, admin=False, keyed=False, budget=self._budget_of(address))
         if self.keys.any:
             raise Unauthorized("an API key is required: Authorization: Bearer <key>")
         if self.open_networks and not self.allow_unauthenticated and not _loopback(address):
             raise Forbidden(f"{address} is not in [auth] open_networks, and there are no keys")
         return Client(address, admin=True, keyed=False)
+
+    def _budget_of(self, address: str) -> Budget | None:
+        if (budget := self._budgets.get(address)) is None and address not in self._budgets:
+            if len(self._budgets) >= MAX_OPEN_CLIENTS:  # a wide network: forget the oldest
+                self._budgets.pop(next(iter(self._budgets)))
+            budget = self._budgets[address] = self._open_budget()
+        return budget
 
 
 def _bearer(headers: Sequence[tuple[bytes, bytes]]) -> bytes:

@@ -26,10 +26,6 @@ from gateway.bodies import decode_json, json_response
 from gateway.dialects.ollama_common import capabilities, resolve, tagged
 from gateway.lifespan import Services, services
 
-# The Ollama version this listener says it is (GET /api/version): clients compare it with
-# the version that brought a feature (README, "Use it as Ollama").
-OLLAMA_VERSION = "0.12.6"
-
 NDJSON = "application/x-ndjson"
 
 
@@ -136,7 +132,8 @@ async def root(request: Request) -> Response:
 
 
 async def version(request: Request) -> Response:
-    return json_response({"version": OLLAMA_VERSION})
+    """The Ollama release this listener says it is (`[ollama] version`)."""
+    return json_response({"version": services(request).settings.ollama.version})
 
 
 def _servable(model: ModelDef) -> bool:

@@ -4,7 +4,10 @@ Ollama's shapes, its errors, and what it does not share with the main port."""
 from __future__ import annotations
 
 import json
+import re
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,8 +18,10 @@ import pytest
 
 from core.config import ConfigError, Ollama, Settings
 from gateway.cli import listen_sockets
+from gateway.doctor import run_doctor
 from tests.conftest import free_port
 from tests.e2e.conftest import Client, fake_settings, serving
+from tests.helpers import write_config
 
 STUB = "stub:latest"
 
@@ -184,3 +189,58 @@ async def test_ollama_and_main_port_share_the_pool(tmp_path: Path) -> None:
             url = f"http://{client.url.split('//')[1]}/"
             async with http.get(url) as resp:
                 assert resp.status == 404  # the root is the Ollama port's, not the main one's
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("options", {"temperature": 0}),
+        ("keep_alive", "5m"),
+        ("images", ["aGk="]),
+        ("think", True),
+        ("format", "json"),
+    ],
+)
+async def test_seed_chat_refuses_ollama_fields_pointing_at_the_ollama_port(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    body = {"messages": [{"role": "user", "content": "Hi"}], field: value}
+    async with settled(fake_settings(tmp_path)) as client:
+        status, answer = await client.post("/api/chat", body)
+    assert status == 400
+    assert answer["error"]["param"] == field
+    assert "[ollama] listen" in answer["error"]["message"]
+
+
+def test_ai_server_serve_stops_when_the_ollama_port_is_taken(tmp_path: Path) -> None:
+    """As a real Ollama on 11434 would: exit 2 at once, naming the setting, before any
+    llama-server starts."""
+    config = write_config(tmp_path, free_port(), free_port())
+    taken = free_port()
+    text = config.read_text()
+    config.write_text(re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{taken}"', text))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", taken))
+        held.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{taken} ([ollama] listen)" in done.stderr
+    assert "[ollama] enabled = false" in done.stderr
+    assert "supervisor.spawned" not in done.stderr
+
+
+def test_doctor_checks_the_ollama_port(tmp_path: Path) -> None:
+    taken = free_port()
+    settings = Settings(cache_dir=str(tmp_path), ollama=Ollama(listen=f"127.0.0.1:{taken}"))
+    lines: list[str] = []
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", taken))
+        held.listen()
+        run_doctor(settings, lines.append)
+    assert f"  in use   ollama listener   127.0.0.1:{taken}" in lines
