@@ -174,3 +174,27 @@ async def test_an_image_goes_to_the_vision_path(
     image, text = sent["messages"][0]["content"]
     assert image["image_url"]["url"].startswith("data:image/")
     assert text == {"type": "text", "text": "what is it?"}
+
+
+async def test_no_prompt_loads_and_keep_alive_0_unloads(tmp_path: Path) -> None:
+    """Open WebUI's load and unload buttons: an empty prompt loads the model, and with
+    `keep_alive: 0` unloads it (server mode; the main port's /api/models shows it)."""
+
+    async def status() -> str:
+        _, pool = await client.get("/api/models")
+        (stub,) = [m for m in pool["models"] if m["name"] == "stub"]
+        return str(stub["status"])
+
+    async with serving(fake_settings(tmp_path)) as client:
+        got, loaded = await ollama_of(client).post("/api/generate", {"model": "stub"})
+        assert (got, loaded["done_reason"]) == (200, "load")
+        assert await status() == "loaded"
+        got, unloaded = await ollama_of(client).post(
+            "/api/chat", {"model": "stub:latest", "messages": [], "keep_alive": 0}
+        )
+        assert (got, unloaded["done_reason"]) == (200, "unload"), unloaded
+        assert await status() == "unloaded"
+        got, error = await ollama_of(client).post(
+            "/api/generate", {"model": "stub", "prompt": "hi", "keep_alive": "soon"}
+        )
+        assert got == 400 and "keep_alive" in error["error"]

@@ -182,7 +182,7 @@ async def test_langchain_ollama_tool_loop_and_embeddings(tmp_path: Path, backend
 async def test_raw_ndjson_lines_and_their_content_type(tmp_path: Path) -> None:
     """What a client without a library reads: one JSON object per line, `stream` on unless
     the body turns it off."""
-    async with serving(real_settings(tmp_path)) as client, httpx.AsyncClient() as http:
+    async with serving(real_settings(tmp_path)) as client, httpx.AsyncClient(timeout=120) as http:
         body = {"model": SMOLLM2, "prompt": "Hello", "options": FEW}
         async with http.stream("POST", host(client) + "/api/generate", json=body) as resp:
             assert resp.headers["content-type"] == "application/x-ndjson"
