@@ -148,9 +148,11 @@ async def tags(request: Request) -> Response:
     return json_response({"models": listed})
 
 
-async def _named(request: Request, svc: Services) -> tuple[ModelBody, ModelDef]:
+async def _named(request: Request, svc: Services) -> ModelDef:
+    """The model a body of show, push or delete names (`verbose` changes nothing: long
+    arrays are always [])."""
     body = await decode_json(request, ModelBody, svc.settings.limits.max_body_bytes)
-    return body, resolve(svc.dispatcher.catalog, body.model or body.name)
+    return resolve(svc.dispatcher.catalog, body.model or body.name)
 
 
 def _parameters(svc: Services, model: ModelDef) -> str:
@@ -191,7 +193,7 @@ def _shown(svc: Services, model: ModelDef) -> dict[str, object]:
 
 async def show(request: Request) -> Response:
     svc = services(request)
-    _, model = await _named(request, svc)
+    model = await _named(request, svc)
     return json_response(await anyio.to_thread.run_sync(_shown, svc, model))
 
 
@@ -200,14 +202,13 @@ def _expires(ttl_s: float | None, last_used: float | None, in_flight: int) -> st
     (or from now while it serves); for ever when it has none."""
     now = datetime.now(UTC).astimezone()
     if ttl_s is None or math.isinf(ttl_s):
-        return _forever(now)
+        return (now + FOREVER).isoformat()
     since = now if in_flight or last_used is None else datetime.fromtimestamp(last_used, UTC)
     return (since + timedelta(seconds=ttl_s)).astimezone().isoformat()
 
 
-def _forever(now: datetime) -> str:
-    # datetime stops at year 9999; Go's now + MaxInt64 ns is ~292 years on: 2318.
-    return now.replace(year=now.year + 292).isoformat()
+# What Ollama says of a model kept for ever: now plus Go's longest duration (~292 years).
+FOREVER = timedelta(microseconds=(2**63 - 1) // 1000)
 
 
 def _running(svc: Services) -> list[dict[str, object]]:
