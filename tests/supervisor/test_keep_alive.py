@@ -36,8 +36,8 @@ async def test_keep_alive_for_ever_outlasts_the_ttl_and_none_restores_it(
     behave(monkeypatch)
     async with running(fast_config(tmp_path)) as sup:
         await sup.apply({SPEC: Policy(ttl_s=0.2), OTHER: Policy(ttl_s=0.2)})
+        await sup.keep_alive(SPEC, math.inf)  # before its load: 0.2 s is soon gone
         kept, other = await sup.ensure_ready(SPEC), await sup.ensure_ready(OTHER)
-        await sup.keep_alive(SPEC, math.inf)
         assert at_port(sup, kept.port).ttl_s is None  # shown as "never"
         # The same TTL unloads the other; the one kept for ever is still there after it.
         await wait_until(lambda: at_port(sup, other.port).state is State.STOPPED, within=5)
