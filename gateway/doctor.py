@@ -153,9 +153,12 @@ def run_doctor(settings: Settings, say: Print = print) -> int:
     say("remote instances and RPC workers:")
     instances_ok = check_instances(settings, say)
     say("ports:")
-    for what, host, port in (
+    ports = [
         ("gateway", settings.host, settings.port),
         ("llama-server", settings.llama_server.host, settings.llama_server.port),
-    ):
+    ]
+    if settings.ollama.enabled:
+        ports.append(("ollama listener", *settings.ollama.address()))
+    for what, host, port in ports:
         say(f"  {port_state(host, port):<8} {what:<17} {host}:{port}")
     return 0 if binaries_ok and models_ok and instances_ok else 1

@@ -125,20 +125,38 @@ SCHEMA_MAX_COUNT = 256
 _COUNTS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
 
 
-def check_schema(schema: object, where: str = "#") -> None:
+def check_schema(
+    schema: object,
+    where: str = "#",
+    field: str = "response_format",
+    param: str = "response_format.json_schema.schema",
+) -> None:
     """A 400 naming the place of a count over SCHEMA_MAX_COUNT."""
     if isinstance(schema, dict):
         for key, value in schema.items():
             if key in _COUNTS and isinstance(value, int) and value > SCHEMA_MAX_COUNT:
                 raise BadRequest(
-                    f"response_format: {key} {value} at {where} is over the limit of "
+                    f"{field}: {key} {value} at {where} is over the limit of "
                     f"{SCHEMA_MAX_COUNT} this server turns into a grammar",
-                    param="response_format.json_schema.schema",
+                    param=param,
                 )
-            check_schema(value, f"{where}/{key}")
+            check_schema(value, f"{where}/{key}", field, param)
     elif isinstance(schema, list):
         for i, item in enumerate(schema):
-            check_schema(item, f"{where}/{i}")
+            check_schema(item, f"{where}/{i}", field, param)
+
+
+def checked_schema(
+    schema: dict[str, Any],
+    field: str = "response_format",
+    param: str = "response_format.json_schema.schema",
+) -> dict[str, Any]:
+    """`schema`, bounded in size and counts (a 400 naming `field` and `param` otherwise):
+    what llama.cpp turns into a grammar. The Responses dialect's `text.format` shares it."""
+    if len(msgspec.json.encode(schema)) > SCHEMA_MAX_BYTES:
+        raise BadRequest(f"{field}: the schema is over {SCHEMA_MAX_BYTES} bytes", param=param)
+    check_schema(schema, "#", field, param)
+    return schema
 
 
 Stop = Annotated[str, Meta(max_length=256)]
@@ -196,14 +214,7 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
             raise BadRequest(
                 "response_format json_schema needs its json_schema", param="response_format"
             )
-        schema = fmt.json_schema.schema
-        if len(msgspec.json.encode(schema)) > SCHEMA_MAX_BYTES:
-            raise BadRequest(
-                f"response_format: the schema is over {SCHEMA_MAX_BYTES} bytes",
-                param="response_format.json_schema.schema",
-            )
-        check_schema(schema)
-        return schema
+        return checked_schema(fmt.json_schema.schema)
 
     def decode(self) -> chat.ChatRequest:
         """Ours, after the checks only this dialect has (unsupported fields, the schema)."""
