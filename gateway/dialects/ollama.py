@@ -5,7 +5,7 @@ its request bodies, field by field as ollama's `api/types.go` has them, decoded 
 Where Ollama and we differ, the table is:
 - `stream` is true unless the body says false.
 - `options` are Ollama's (`temperature`, `num_predict`, ...): a known option of the wrong type
-  is a 400 with Ollama's message; the ones we map go onto our parameters (`OPTIONS`), the
+  is a 400 with Ollama's message; the ones we map go onto our parameters (`Options`), the
   others (`num_ctx`, `num_gpu`, `min_p`, ...) are accepted and ignored, as Ollama ignores
   unknown ones. `num_ctx` sets a startup parameter of llama-server: the model runs at its
   configured context, whatever a request says.
@@ -15,7 +15,8 @@ Where Ollama and we differ, the table is:
   assistant's `tool_calls` have `arguments` as an object, and a `tool` message answers a call
   by `tool_call_id`, else by `tool_name`, else the oldest call not yet answered.
 - `think` is accepted: the models here don't reason, so they answer without thinking.
-- Errors are `{"error": "text"}` with our statuses (400 for a bad field, 404 for a model).
+- Errors are `{"error": "text"}` (`gateway.dialects.ollama_common.render`): 400 for a bad
+  field or image, 404 for an unknown model (the route resolves names: `x:latest` is `x`).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ official `ollama` package and `langchain-ollama`), on the real default models, i
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,14 @@ async def test_ollama_client_chat_generate_and_embed(tmp_path: Path, backend: st
                                      system="Answer in one word.", options=FEW)  # fmt: skip
         assert generated.response and generated.context is None
         assert_counted(generated)
+
+        # `format` a schema: llama.cpp's grammar holds the answer to it.
+        city = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                "required": ["city"]}  # fmt: skip
+        shaped = await c.chat(model=SMOLLM2, messages=ask, format=city,
+                              options=FEW | {"num_predict": 40})  # fmt: skip
+        assert shaped.done_reason == "stop", shaped
+        assert isinstance(json.loads(shaped.message.content or "")["city"], str), shaped
 
         embedded = await c.embed(model=GEMMA, input=["hello", "world"])
         assert [len(v) for v in embedded.embeddings] == [640, 640]

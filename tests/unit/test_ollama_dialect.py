@@ -99,6 +99,14 @@ def test_format(fmt: Any, schema: Any) -> None:
 @pytest.mark.parametrize(
     ("fields", "param", "message"),
     [
+        # /api/generate's fields whose meaning we can't give
+        ({"prompt": "x", "raw": True}, "raw", "without the model's chat template"),
+        ({"prompt": "x", "raw": True, "system": "x"}, "raw", "raw mode does not support template"),
+        ({"prompt": "x", "template": "{{ .Prompt }}"}, "template", "Go templates"),
+        ({"prompt": "x", "context": [1, 2, 3]}, "context", "never returns one"),
+        ({"prompt": "x", "suffix": "return x"}, "suffix", '"m" does not support insert'),
+        ({"prompt": "x", "images": ["not base64!"]}, "images[0]", "not base64"),
+        # /api/chat's
         ({"format": "yaml"}, "format", 'format must be "json" or a JSON schema'),
         ({"format": {"type": "array", "minItems": 100000}}, "format", "over the limit"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "unknown role"),
@@ -120,11 +128,10 @@ def test_format(fmt: Any, schema: Any) -> None:
         ),
     ],
 )
-def test_bad_chat_fields_are_400s_naming_them(
-    fields: dict[str, Any], param: str, message: str
-) -> None:
+def test_bad_fields_are_400s_naming_them(fields: dict[str, Any], param: str, message: str) -> None:
+    decode = generate_body if "prompt" in fields else chat_body
     with pytest.raises(BadRequest) as caught:
-        chat_body(**fields)
+        decode(**fields)
     assert caught.value.param == param
     assert message in caught.value.message
 
@@ -183,26 +190,6 @@ def test_generate_prompt_system_and_images() -> None:
     assert system == chat.Message.of("system", "be brief")
     assert [type(p) for p in user.content] == [chat.ImagePart, chat.TextPart]
     assert user.text == "hi" and request.max_tokens == 3
-
-
-@pytest.mark.parametrize(
-    ("fields", "param", "message"),
-    [
-        ({"raw": True}, "raw", "without the model's chat template"),
-        ({"raw": True, "system": "x"}, "raw", "raw mode does not support template"),
-        ({"template": "{{ .Prompt }}"}, "template", "Go templates"),
-        ({"context": [1, 2, 3]}, "context", "never returns one"),
-        ({"suffix": "return x"}, "suffix", '"m" does not support insert'),
-        ({"images": ["not base64!"]}, "images[0]", "not base64"),
-    ],
-)
-def test_generate_fields_we_cannot_give_are_400s(
-    fields: dict[str, Any], param: str, message: str
-) -> None:
-    with pytest.raises(BadRequest) as caught:
-        generate_body(**fields)
-    assert caught.value.param == param
-    assert message in caught.value.message
 
 
 def test_think_is_accepted() -> None:
