@@ -45,7 +45,12 @@ class OllamaPort:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and speaks_ollama(scope, self.port):
+        if scope["type"] != "http" or not on_port(scope, self.port):
+            await self.app(scope, receive, send)
+            return
+        # For the access log's and the metrics' dialect (gateway.middleware.RequestLog).
+        scope.setdefault("state", {})["listener"] = "ollama"
+        if not scope["path"].startswith(V1):
             await self.ollama(scope, receive, send)
         else:
             await self.app(scope, receive, send)

@@ -81,15 +81,9 @@ def resolve(catalog: Catalog, requested: str | None, field: str = "model") -> Mo
     `field` when it is missing, Ollama's 404 `model 'x' not found` when there is none."""
     if not requested:
         raise BadRequest(f"{field} is required", param=field)
-    name = requested.removesuffix(LATEST)
     try:
-        return catalog.resolve(name, "chat")
+        return catalog.resolve(requested, "chat")
     except ModelNotFound:
-        if name != requested:  # a model whose own name ends in :latest
-            try:
-                return catalog.resolve(requested, "chat")
-            except ModelNotFound:
-                pass
         raise ModelNotFound(f"model '{requested}' not found") from None
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import anyio
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.config import ConfigError, Ollama, Settings
 from gateway.cli import listen_sockets
@@ -244,3 +245,23 @@ def test_doctor_checks_the_ollama_port(tmp_path: Path) -> None:
         held.listen()
         run_doctor(settings, lines.append)
     assert f"  in use   ollama listener   127.0.0.1:{taken}" in lines
+
+
+async def test_requests_on_the_ollama_port_are_counted_in_their_dialect(tmp_path: Path) -> None:
+    """/api/chat on the Ollama port is Ollama's, on the main port the gateway's own; /v1 on
+    the Ollama port is OpenAI's: the `dialect` label of ai_server_requests_total says so."""
+    ask = {"model": STUB, "messages": [{"role": "user", "content": "Hi"}], "stream": False}
+    async with settled(fake_settings(tmp_path)) as client:
+        assert (await ollama(client).post("/api/chat", ask))[0] == 200
+        assert (await ollama(client).post("/v1/chat/completions", ask))[0] == 200
+        assert (await client.post("/api/chat", {"messages": ask["messages"]}))[0] == 200
+        async with client.http.get("/metrics") as resp:
+            text = await resp.text()
+    counted = {
+        (s.labels["route"], s.labels["dialect"])
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "ai_server_requests_total" and s.labels["status"] == "200"
+    }
+    assert {("/api/chat", "ollama"), ("/v1/chat/completions", "openai"),
+            ("/api/chat", "api")} <= counted  # fmt: skip
