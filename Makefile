@@ -8,11 +8,12 @@ PY     := $(VENV)/bin/python
 ARGS   ?=
 
 .PHONY: run test check setup venv llama model browser screenshots bench soak clean install uninstall
+.PHONY: monitoring systemd-deps
 
 run: setup
 	$(VENV)/bin/ai-server serve $(ARGS)
 
-test: setup browser
+test: setup browser monitoring systemd-deps
 	$(PY) -m pytest $(ARGS)
 
 check: venv
@@ -48,6 +49,34 @@ browser:
 	  fi; \
 	fi
 
+# Debian's Prometheus (with promtool) and blackbox exporter, for the monitoring tests
+# (tests/monitoring): installed when missing and running as root, without starting their
+# services (policy-rc.d says no, a temporary one when the machine has none); otherwise those
+# tests skip and say how to get them.
+monitoring:
+	@if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/promtool ] || [ ! -x /usr/bin/prometheus-blackbox-exporter ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    policy=; if [ ! -e /usr/sbin/policy-rc.d ]; then policy=/usr/sbin/policy-rc.d; \
+	      printf '#!/bin/sh\nexit 101\n' >$$policy && chmod 755 $$policy; fi; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus prometheus-blackbox-exporter; \
+	    status=$$?; [ -z "$$policy" ] || rm -f $$policy; exit $$status; \
+	  else \
+	    echo "no prometheus/prometheus-blackbox-exporter (and not root): the monitoring tests will skip"; \
+	  fi; \
+	fi
+
+# debootstrap and systemd-nspawn, for tests/system (the service under a real systemd, booted in
+# a Debian container): installed when missing and running as root; otherwise those tests skip.
+systemd-deps:
+	@if ! command -v debootstrap >/dev/null || ! command -v systemd-nspawn >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 debootstrap systemd-container \
+	    || (apt-get update -q -o DPkg::Lock::Timeout=300 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 debootstrap systemd-container); \
+	  else \
+	    echo "no debootstrap/systemd-nspawn (and not root): the tests under systemd will skip"; \
+	  fi; \
+	fi
+
 # docs/*.png: the dashboard's views in the same headless Chromium, against the real models.
 screenshots: setup browser
 	$(PY) -m tests.e2e.screenshots
@@ -62,11 +91,13 @@ PREFIX ?= /opt/ai-server
 DESTDIR ?=
 INSTALL_ARGS ?=
 
-install: venv
-	$(PY) deploy/install.py install --prefix $(PREFIX) --destdir "$(DESTDIR)" $(INSTALL_ARGS)
+# deploy/install.py needs only the standard library: no .venv (the service's own virtualenv in
+# PREFIX gets the project and its runtime dependencies, nothing else).
+install:
+	$(PYTHON) deploy/install.py install --prefix $(PREFIX) --destdir "$(DESTDIR)" $(INSTALL_ARGS)
 
-uninstall: venv
-	$(PY) deploy/install.py uninstall --prefix $(PREFIX) --destdir "$(DESTDIR)" $(INSTALL_ARGS)
+uninstall:
+	$(PYTHON) deploy/install.py uninstall --prefix $(PREFIX) --destdir "$(DESTDIR)" $(INSTALL_ARGS)
 
 # Minutes of mixed load with llama-server kills and mode switches; not part of `make test`.
 soak: setup

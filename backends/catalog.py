@@ -99,11 +99,12 @@ class Catalog:
                 self._names.setdefault(alias, m)
 
     def resolve(self, requested: str | None, role: str) -> ModelDef:
-        """The model a request asked for by name or alias, else its role's model."""
+        """The model a request asked for by name or alias, else its role's model. `x:latest`
+        is `x` when no model is named so: Ollama's clients add the tag, on /v1 too."""
         if requested is None:
             return self.models[self.roles[role]]
         try:
-            return self._names[requested]
+            return self._names.get(requested) or self._names[requested.removesuffix(":latest")]
         except KeyError:
             raise ModelNotFound(
                 f"model {requested!r} does not exist; the models are: "

@@ -16,8 +16,9 @@ import math
 import os
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -112,17 +113,27 @@ def read_meta(path: str | Path) -> GgufMeta:
     """The metadata of the GGUF file at `path` (through symlinks). Cached per file and
     version: a second call is a stat and a dict lookup. Raises NotGguf for a missing,
     unreadable or non-GGUF file."""
+    return _cached(_CACHE, path, _read_meta)
+
+
+T = TypeVar("T")
+
+
+def _cached(
+    cache: dict[tuple[int, int, int, int], T], path: str | Path, read: Callable[[Path], T]
+) -> T:
+    """`read(path)`, kept in `cache` by file version (see `_CACHE`)."""
     try:
         st = os.stat(path)
     except OSError as exc:
         raise NotGguf(f"{path}: {exc.strerror or exc}") from exc
     key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-    if (meta := _CACHE.get(key)) is None:
-        meta = _read_meta(Path(path))
-        if len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)), None)  # the oldest (None: another thread's race)
-        _CACHE[key] = meta
-    return meta
+    if (found := cache.get(key)) is None:
+        found = read(Path(path))
+        if len(cache) >= _CACHE_SIZE:
+            cache.pop(next(iter(cache)), None)  # the oldest (None: another thread's race)
+        cache[key] = found
+    return found
 
 
 def _read_meta(path: Path) -> GgufMeta:
@@ -168,7 +179,9 @@ def _reader_type() -> type[GGUFReader]:
             return end - orig_offs, [raw_itype, count], [], [gguf.GGUFValueType.ARRAY, itype]
 
         def _build_tensors(self, start_offs: int, fields: list[ReaderField]) -> None:
-            pass
+            # Each tensor's info is name length, name, n_dims, dims, type, offset: the
+            # parameter count is the sum of the dims' products (Ollama's parameter_size).
+            self.parameter_count = sum(int(np.prod(f.parts[3], dtype=np.uint64)) for f in fields)
 
     return MetaReader
 
@@ -220,6 +233,54 @@ def _meta(reader: GGUFReader) -> GgufMeta:
         sliding_window=_int(get(f"{arch}.attention.sliding_window")),
         sliding_window_pattern=_int(get(f"{arch}.attention.sliding_window_pattern")),
     )
+
+
+# Model info by file version, as `_CACHE` (for Ollama's /api/show and /api/tags).
+_INFO: dict[tuple[int, int, int, int], dict[str, object]] = {}
+
+# Numeric arrays up to this many items are shown whole; longer ones (and string arrays,
+# the vocabulary) as [], as Ollama's non-verbose /api/show does.
+_SHOWN_ITEMS = 1024
+
+
+def read_info(path: str | Path) -> dict[str, object]:
+    """Every metadata key of the GGUF file at `path` with its value, as Ollama's
+    `model_info`, plus `general.parameter_count` (counted from the tensors when the file
+    does not say). Cached per file version; NotGguf as `read_meta`."""
+    return _cached(_INFO, path, _read_info)
+
+
+def _read_info(path: Path) -> dict[str, object]:
+    try:
+        return _info(_reader_type()(path))
+    except (OSError, ValueError, IndexError, KeyError, struct.error) as exc:
+        raise NotGguf(f"{path} is not a readable GGUF file: {exc}") from exc
+
+
+def _info(reader: GGUFReader) -> dict[str, object]:
+    info = {
+        name: _shown(reader, field)
+        for name, field in reader.fields.items()
+        if not name.startswith("GGUF.")
+    }
+    info.setdefault("general.parameter_count", getattr(reader, "parameter_count", 0))
+    return info
+
+
+def _shown(reader: GGUFReader, field: ReaderField) -> object:
+    import numpy as np
+    from gguf import GGUFValueType
+
+    if field.types[0] != GGUFValueType.ARRAY:
+        return _value(reader, field)
+    if field.data or field.types[-1] == GGUFValueType.STRING:
+        return []
+    start, count = _array(field)
+    if count > _SHOWN_ITEMS:
+        return []
+    scalar = np.dtype(reader.gguf_scalar_to_np[field.types[-1]]).newbyteorder(reader.byte_order)
+    items: list[object] = np.frombuffer(reader.data, scalar, count, offset=start).tolist()
+    return items
 
 
 def _vocab_size(reader: GGUFReader) -> int | None:

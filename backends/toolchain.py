@@ -41,6 +41,14 @@ DEFAULT_MMPROJ_FILE = "mmproj-synthetic-gemma3-270m.gguf"
 SMOLLM2_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
+# Shared libraries the llama.cpp build links beyond libc, and the Debian package of each: a
+# minimal system may lack them, and then every binary exits 127 before it says anything.
+LIBRARY_PACKAGES = {
+    "libgomp.so.1": "libgomp1",
+    "libstdc++.so.6": "libstdc++6",
+    "libgcc_s.so.1": "libgcc-s1",
+}
+
 FIX_LLAMA = "make llama"
 FIX_MODEL = "make model"
 
@@ -59,6 +67,19 @@ def default_mmproj_path(cache: Path) -> Path:
 
 def smollm2_model_path(cache: Path) -> Path:
     return cache / "models" / SMOLLM2_MODEL_FILE
+
+
+def load_failure(output: str) -> str | None:
+    """Why a binary could not even start, when the dynamic loader said so (it exits 127):
+    the missing shared library, and the package that has it."""
+    marker = "error while loading shared libraries: "
+    for line in output.splitlines():
+        if marker in line:
+            library = line.split(marker, 1)[1].split(":", 1)[0]
+            package = LIBRARY_PACKAGES.get(library)
+            fix = f" (Debian, Ubuntu: apt-get install {package})" if package else ""
+            return f"the shared library {library} is missing{fix}"
+    return None
 
 
 def _is_executable(path: Path) -> bool:

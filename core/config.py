@@ -195,6 +195,34 @@ class Auth(_Section, frozen=True):
     protect_probes: bool = False  # /health, /ready, /metrics need a key too
     # A non-loopback host with no keys is refused at startup unless this is set.
     allow_unauthenticated: bool = False
+    # Addresses or networks ("192.168.1.0/24") whose requests need no key, on either port:
+    # each address is one client (fair shares, limits), never an admin. Keys still work.
+    open_networks: list[str] = []
+    # Each such address's rate budgets, as a named key's (unset: none).
+    open_requests_per_minute: Annotated[int, Meta(ge=1)] | None = None
+    open_tokens_per_minute: Annotated[int, Meta(ge=1)] | None = None
+
+
+class Ollama(_Section, frozen=True):
+    """`[ollama]`: a second listener that speaks Ollama's API (and serves /v1 too), in the
+    same process, with the same models, keys and limits."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:11434"  # HOST:PORT ([::1]:PORT for IPv6): Ollama's own default
+    # What GET /api/version says: clients compare it with the release that brought a
+    # feature (VS Code's Ollama provider wants 0.6.4 or later).
+    version: Annotated[str, Meta(pattern=r"^\d+\.\d+\.\d+$")] = "0.12.6"
+
+    def __post_init__(self) -> None:
+        self.address()
+
+    def address(self) -> tuple[str, int]:
+        """`listen` as (host, port); ValueError naming the setting if it is not HOST:PORT."""
+        host, sep, port = self.listen.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"`listen` must be HOST:PORT, not {self.listen!r}")
+        return host, int(port)
 
 
 class Vision(_Section, frozen=True):
@@ -224,6 +252,7 @@ class Settings(_Section, frozen=True):
     binaries: Binaries = Binaries()
     limits: Limits = Limits()
     auth: Auth = Auth()
+    ollama: Ollama = Ollama()
     vision: Vision = Vision()
     logging: Logging = Logging()
 

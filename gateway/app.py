@@ -10,14 +10,34 @@ from starlette.middleware import Middleware
 from backends.catalog import Catalog, build_catalog
 from backends.specs import server_plan
 from core.config import ConfigError, LlmParams, Settings
-from gateway.auth import RequireKeys, check_exposure, load_keys, trusted_networks
+from gateway.auth import (
+    RequireKeys,
+    budget_of,
+    check_exposure,
+    load_keys,
+    open_networks,
+    trusted_networks,
+)
 from gateway.error_handlers import EXCEPTION_HANDLERS
 from gateway.history import History, with_history
 from gateway.lifespan import make_lifespan
 from gateway.metrics import Metrics
 from gateway.middleware import CancelOnDisconnect, RequestLog
-from gateway.routes import api, clients, dashboard, models, openai, openapi, probes, ui, vision
-from gateway.routes import responses as responses_api
+from gateway.ollama_port import OllamaPort
+from gateway.routes import (
+    api,
+    clients,
+    dashboard,
+    models,
+    ollama_chat,
+    ollama_models,
+    openai,
+    openapi,
+    probes,
+    responses,
+    ui,
+    vision,
+)
 from gateway.runtime_config import ConfigStore
 from supervisor.pool import memory_budget_mb
 
@@ -35,10 +55,22 @@ def check_budget(catalog: Catalog, params: LlmParams, budget_mb: int) -> None:
             )
 
 
+def ollama_port(settings: Settings) -> int | None:
+    """The Ollama listener's port; None when it is off. A ConfigError if it would share the
+    main port (a request's port says which of the two it is for)."""
+    if not settings.ollama.enabled:
+        return None
+    port = settings.ollama.address()[1]
+    if port == settings.port:
+        raise ConfigError(f"[ollama] listen ({settings.ollama.listen}) needs a port of its own")
+    return port
+
+
 def create_app(settings: Settings) -> Starlette:
     """The gateway for `settings`; ConfigError if it must not start as configured."""
     keys = load_keys(settings)
     check_exposure(settings, keys)
+    port = ollama_port(settings)
     store = ConfigStore.open(settings)
     catalog = build_catalog(settings)
     meminfo = "" if settings.pool.memory_budget_mb else Path("/proc/meminfo").read_text()
@@ -49,9 +81,11 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         *probes.routes, *api.routes, *vision.routes, *openai.routes, *models.routes,
         *openapi.routes, *clients.routes, *dashboard.routes, *ui.routes,
-        *responses_api.routes,
+        *responses.routes,
     ]  # fmt: skip
-    paths = frozenset(route.path for route in routes)
+    # The Ollama listener's own (gateway.ollama_port), and the /v1 ones, as on the main port.
+    ollama_routes = [*ollama_models.routes, *ollama_chat.routes]
+    paths = frozenset(getattr(route, "path", "") for route in [*routes, *ollama_routes])
     app = Starlette(
         routes=routes,
         middleware=[
@@ -61,8 +95,15 @@ def create_app(settings: Settings) -> Starlette:
                 keys=keys,
                 protect_probes=settings.auth.protect_probes,
                 proxies=trusted_networks(settings),
+                open_networks=open_networks(settings),
+                ollama_port=port,
+                allow_unauthenticated=settings.auth.allow_unauthenticated,
+                open_budget=lambda: budget_of(
+                    settings.auth.open_requests_per_minute, settings.auth.open_tokens_per_minute
+                ),
             ),
             Middleware(CancelOnDisconnect),
+            Middleware(OllamaPort, port=port, routes=ollama_routes),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=with_history(

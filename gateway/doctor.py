@@ -42,6 +42,8 @@ def binary_version(path: Path) -> tuple[bool, str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"cannot run: {exc}"
     lines = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
+    if missing := toolchain.load_failure(done.stderr):
+        return False, f"does not load: {missing}"
     if done.returncode != 0:
         return False, f"`{flag}` exits {done.returncode}: {lines[-1]}"
     if flag == "--help":
@@ -151,9 +153,12 @@ def run_doctor(settings: Settings, say: Print = print) -> int:
     say("remote instances and RPC workers:")
     instances_ok = check_instances(settings, say)
     say("ports:")
-    for what, host, port in (
+    ports = [
         ("gateway", settings.host, settings.port),
         ("llama-server", settings.llama_server.host, settings.llama_server.port),
-    ):
+    ]
+    if settings.ollama.enabled:
+        ports.append(("ollama listener", *settings.ollama.address()))
+    for what, host, port in ports:
         say(f"  {port_state(host, port):<8} {what:<17} {host}:{port}")
     return 0 if binaries_ok and models_ok and instances_ok else 1

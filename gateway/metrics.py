@@ -8,6 +8,7 @@ instance's requests, and each remote's state, slots and cooldown (supervisor, fl
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -26,11 +27,14 @@ ADDRESS_LABELS = 20
 class Metrics:
     def __init__(self, key_names: frozenset[str] = frozenset()) -> None:
         self.key_names = key_names  # clients named by their key: every one gets its label
+        self.client_label = ClientLabels(key_names)
+        # Requests by client (as labelled) and dialect, for /api/clients and the dashboard.
+        self.dialects: Tally[tuple[str, str]] = Tally()
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "ai_server_requests", "HTTP requests", ["route", "method", "status", "backend"],
-            registry=r,
+            "ai_server_requests", "HTTP requests",
+            ["route", "method", "status", "backend", "dialect"], registry=r,
         )  # fmt: skip
         self.latency = Histogram(
             "ai_server_request_duration_seconds", "Time to the end of the response",
@@ -69,13 +73,29 @@ class Metrics:
         if per_second:
             self.tokens_per_second.labels(backend).observe(per_second)
 
+    def count_dialect(self, client: str, dialect: str) -> None:
+        self.dialects[self.client_label(client), dialect] += 1
+
     def watch(
         self, supervisor: Supervisor, admission: Admission, fleet: Fleet
     ) -> Callable[[], None]:
         """Expose live state read at scrape time; returns the function that stops it."""
-        collector = _Live(supervisor, admission, fleet, ClientLabels(self.key_names))
+        collector = _Live(supervisor, admission, fleet, self.client_label)
         self.registry.register(collector)
         return lambda: self.registry.unregister(collector)
+
+
+def dialect_of(path: str, listener: str) -> str:
+    """The API a request spoke, by its path and the listener it came in on (the Ollama port
+    serves `/api/...` in Ollama's dialect): "openai", "anthropic", "responses", "ollama", "api"
+    (the gateway's own), or "-" for the dashboard, probes and /metrics."""
+    if path.startswith("/v1/"):
+        if path.startswith("/v1/messages"):
+            return "anthropic"
+        return "responses" if path.startswith("/v1/responses") else "openai"
+    if listener == "ollama":
+        return "ollama"
+    return "api" if path.startswith("/api/") else "-"
 
 
 class ClientLabels:
@@ -222,4 +242,6 @@ def _pool(supervisor: Supervisor) -> Iterator[Metric]:
     swaps.add_metric([], supervisor.swaps)
     budget = GaugeMetricFamily("ai_server_memory_used_mb", "Memory the model pool holds")
     budget.add_metric([], supervisor.memory_used_mb())
-    yield from (state, *families.values(), swaps, budget)
+    limit = GaugeMetricFamily("ai_server_memory_budget_mb", "The pool's memory budget")
+    limit.add_metric([], supervisor.config.memory_budget_mb)
+    yield from (state, *families.values(), swaps, budget, limit)

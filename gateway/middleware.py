@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.ids import unique_id
 from gateway.logs import request_id
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, dialect_of
 
 access_log = logging.getLogger("ai_server.access")
 _GOOD_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -30,15 +30,16 @@ class RequestLog:
         self.routes = routes
         # Label children, bound once each, not looked up per request (BENCHMARKS.md, per-call
         # costs). As many as the registry's own children: the same labels key both.
-        self._bound: dict[tuple[str, str, int, str], tuple[Counter, Histogram]] = {}
+        self._bound: dict[tuple[str, str, int, str, str], tuple[Counter, Histogram]] = {}
 
     def _children(
-        self, route: str, method: str, status: int, backend: str
+        self, route: str, method: str, status: int, backend: str, listener: str
     ) -> tuple[Counter, Histogram]:
-        key = (route, method, status, backend)
+        key = (route, method, status, backend, listener)
         if (children := self._bound.get(key)) is None:
+            dialect = dialect_of(route, listener)
             children = self._bound[key] = (
-                self.metrics.requests.labels(route, method, str(status), backend),
+                self.metrics.requests.labels(route, method, str(status), backend, dialect),
                 self.metrics.latency.labels(route, backend),
             )
         return children
@@ -76,9 +77,12 @@ class RequestLog:
             state = scope.get("state", {})
             backend = state.get("backend", "")
             client = state["client"].name if "client" in state else "-"
-            counted, timed = self._children(route, scope["method"], status, backend)
+            listener = state.get("listener", "main")  # set by the Ollama port's router
+            counted, timed = self._children(route, scope["method"], status, backend, listener)
             counted.inc()
             timed.observe(duration)
+            if backend:  # a model's request (chat, embeddings, vision), in its dialect
+                self.metrics.count_dialect(client, dialect_of(route, listener))
             if status in (429, 503):
                 self.metrics.rejected.labels(str(status)).inc()
             access_log.info(

@@ -17,8 +17,12 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, first: bytes, rest: AsyncGenerator[bytes, None]) -> None:
+    def __init__(
+        self, first: bytes, rest: AsyncGenerator[bytes, None], media_type: str | None = None
+    ) -> None:
         self.status_code = 200
+        if media_type is not None:
+            self.media_type = media_type  # a dialect's own stream (Ollama's NDJSON)
         self.background = None
         self._first = first
         self._rest = rest
@@ -33,7 +37,9 @@ class EventStream(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def event_stream(events: AsyncGenerator[bytes, None]) -> EventStream:
+async def event_stream(
+    events: AsyncGenerator[bytes, None], media_type: str | None = None
+) -> EventStream:
     """Wait for the first event (errors before it raise here), then stream the rest."""
     first = await anext(events, b"")
-    return EventStream(first, events)
+    return EventStream(first, events, media_type)

@@ -15,8 +15,9 @@ Callers never touch a process. They put a message in the inbox and await its `Re
 - `apply(plan)`: the models (spec -> `Policy`) that may run. Others drain (bounded) and
   stop; pinned models and role defaults (`autostart`) load when they fit; a FAILED one is
   re-armed. `apply({})` stops everything (cli mode).
-- `unload(spec)`: drain, then stop. `restart(spec)`, `stop_all()`, `report_failure(spec)`
-  (wedge suspicion), `snapshot()`.
+- `unload(spec)`: drain, then stop. `keep_alive(spec, seconds)`: how long it stays loaded
+  once idle (Ollama's `keep_alive`), instead of its policy's TTL. `restart(spec)`,
+  `stop_all()`, `report_failure(spec)` (wedge suspicion), `snapshot()`.
 
 The actor is thin: `supervisor.decide` decides every lifecycle step of an instance (a pure
 function); the actor turns messages into its events, and performs the actions it returns,
@@ -64,6 +65,7 @@ from supervisor.messages import (
     DrainExpired,
     Endpoint,
     HealthResult,
+    KeepAlive,
     ProbeResult,
     Reply,
     Restart,
@@ -158,6 +160,13 @@ class Supervisor:
     async def unload(self, spec: ServerSpec) -> None:
         """Drain `spec`'s requests in flight (bounded by drain_timeout), then stop it."""
         await self._ask(lambda r: Unload(spec, r))
+
+    async def keep_alive(self, spec: ServerSpec, seconds: float | None) -> None:
+        """How long `spec` stays loaded once idle, from now or its next use (Ollama's
+        `keep_alive`): `seconds`, `math.inf` for ever, 0 to unload it as soon as it is idle
+        (within a tick), None for its policy's TTL again. Nothing for a spec not in the
+        plan."""
+        await self._ask(lambda r: KeepAlive(spec, seconds, r))
 
     async def restart(self, spec: ServerSpec | None = None) -> None:
         await self._ask(lambda r: Restart(spec, r))
@@ -279,6 +288,11 @@ class Supervisor:
                 reply.set(None)
             case Unload(spec, reply):
                 await self._on_unload(spec, reply)
+            case KeepAlive(spec, seconds, reply):
+                if (kept := self._r.records.get(spec)) is not None:
+                    kept.keep_alive_s = seconds
+                    kept.last_used = time.monotonic()  # the time to stay counts from now
+                reply.set(None)
             case Restart(spec, reply):
                 for m in list(self._r.records.values()):
                     if spec is None or m.spec == spec:
@@ -306,9 +320,10 @@ class Supervisor:
         if isinstance(message, ChildExited):
             tail = await self._r.effects.exited(m)
             if m.state is not State.STOPPING:
+                # Its last lines say why (a missing shared library exits 127 with one line).
                 log.warning(
-                    "supervisor.child_exited port=%d model=%s code=%d",
-                    m.port, m.spec.name, message.code,
+                    "supervisor.child_exited port=%d model=%s code=%d last_output=%s",
+                    m.port, m.spec.name, message.code, " | ".join(tail.splitlines()[-5:]) or "-",
                 )  # fmt: skip
         elif isinstance(message, WorkersChecked) and message.missing:
             log.warning("supervisor.rpc_worker_missing model=%s %s", m.spec.name, message.missing)

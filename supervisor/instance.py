@@ -8,6 +8,7 @@ and memory. Only the actor mutates an `Instance`.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Literal
 
@@ -66,6 +67,9 @@ class Instance:
         # shortcut lease and release) run in the caller's task: see `supervisor.actor`.
         self.in_flight = 0
         self.last_used = 0.0
+        # How long it stays loaded once idle, as the last request that said so asked
+        # (Ollama's keep_alive; math.inf: for ever); None: its policy's ttl_s.
+        self.keep_alive_s: float | None = None
         self.measured_mb: int | None = None
         self.loads = 0
         self.evictions = 0
@@ -76,6 +80,12 @@ class Instance:
     @property
     def state(self) -> State:
         return self.life.state
+
+    @property
+    def ttl_s(self) -> float | None:
+        """Unload after this long idle: a request's keep_alive, else the policy's; None or
+        math.inf: never."""
+        return self.keep_alive_s if self.keep_alive_s is not None else self.policy.ttl_s
 
     @property
     def draining(self) -> bool:
@@ -119,7 +129,7 @@ class Instance:
             memory_source="measured" if measured else "estimate",
             in_flight=self.in_flight,
             last_used=time.time() - idle_for if self.last_used else None,
-            ttl_s=self.policy.ttl_s,
+            ttl_s=self.ttl_s if self.ttl_s != math.inf else None,
             pinned=self.policy.pinned,
             loads=self.loads,
             evictions=self.evictions,

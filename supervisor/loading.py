@@ -67,8 +67,8 @@ class Loads:
 
     def tick_interval(self) -> float:
         """At most a second; a quarter of the shortest TTL, so an idle unload is on time."""
-        ttls = (m.policy.ttl_s for m in self._records.values() if m.policy.ttl_s)
-        return min([1.0, *(ttl / 4 for ttl in ttls)])
+        ttls = (m.ttl_s for m in self._records.values() if m.ttl_s)
+        return min([1.0, *(max(ttl / 4, 0.05) for ttl in ttls)])
 
     def held(self, m: Instance) -> Held:
         return m.held(self._queued(m.spec.name))
@@ -76,7 +76,7 @@ class Loads:
     async def tick(self) -> None:
         now = time.monotonic()
         for m in list(self._records.values()):
-            if m.state is State.READY and idle_expired(self.held(m), m.policy.ttl_s, now):
+            if m.state is State.READY and idle_expired(self.held(m), m.ttl_s, now):
                 log.info(
                     "supervisor.idle_unload model=%s idle_s=%.0f", m.spec.name, now - m.last_used
                 )

@@ -82,6 +82,12 @@ class Unload(_Msg, frozen=True):
     reply: Reply[None]
 
 
+class KeepAlive(_Msg, frozen=True):
+    spec: ServerSpec
+    seconds: float | None  # how long it stays once idle; None: its policy's TTL again
+    reply: Reply[None]
+
+
 class Restart(_Msg, frozen=True):
     spec: ServerSpec | None
     reply: Reply[None]

@@ -22,6 +22,7 @@ import anyio.abc
 
 from core.config import Settings
 from supervisor.pidfile import cmdline
+from tests.conftest import free_port
 
 if TYPE_CHECKING:
     import openai
@@ -136,6 +137,7 @@ def write_config(tmp_path: Path, port: int, llama_port: int, backend: str = "ser
         f'[models]\nchat = "{model}"\nembedding = "{model}"\n'
         f'vision = "{model}"\nmmproj = "{model}"\n'
         f"[llama_server]\nport = {llama_port}\n"
+        f'[ollama]\nlisten = "127.0.0.1:{free_port()}"\n'  # never a real Ollama's 11434
         f'[binaries]\nllama_server = "{FAKES / "fake_llama_server.py"}"\n'
         f'llama_completion = "{completion}"\n'
     )

@@ -171,6 +171,7 @@ async def run(minutes: float, workers: int, seed: int, budget: int) -> int:
     config.write_text(
         f'port = {port}\nstate_dir = "{work / "state"}"\n[llama_server]\nport = {llama_port}\n'
         f"restart_limit = {budget}\n"
+        f'[ollama]\nlisten = "127.0.0.1:{free_port()}"\n'  # never a real Ollama's 11434
     )
     temp_before = private_files()
     log = (work / "gateway.log").open("wb")

@@ -12,6 +12,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from core import chat
 from core.config import Backend
+from core.errors import BadRequest
 from gateway.dialects.openai_tools import (
     ToolCallWire,
     ToolChoiceWire,
@@ -49,6 +50,20 @@ class ChatRequest(SamplingOverrides, kw_only=True):
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoiceWire | None = None
     parallel_tool_calls: bool | None = None
+    # Ollama's /api/chat has the same path and means these: refused here with a 400 that
+    # says where Ollama's is (`ollama_only`), never ignored.
+    options: Any | UnsetType = UNSET
+    keep_alive: Any | UnsetType = UNSET
+    images: Any | UnsetType = UNSET
+    think: Any | UnsetType = UNSET
+    format: Any | UnsetType = UNSET
+
+    def ollama_only(self) -> str | None:
+        """The first Ollama-only field the body has."""
+        return next((f for f in OLLAMA_ONLY if getattr(self, f) is not UNSET), None)
+
+
+OLLAMA_ONLY = ("options", "keep_alive", "images", "think", "format")
 
 
 class Usage(Body):
@@ -71,6 +86,13 @@ class ChatResponse(Body):
 
 
 def decode(body: ChatRequest) -> chat.ChatRequest:
+    if (field := body.ollama_only()) is not None:
+        raise BadRequest(
+            f"`{field}` is a field of Ollama's /api/chat, which is served on the Ollama "
+            "port ([ollama] listen, 127.0.0.1:11434 by default); this is AI Server's own "
+            "/api/chat (docs/api.md), which has no such field",
+            param=field,
+        )
     messages = tuple(m.decode() for m in body.messages)
     check_results(messages)
     tools = tools_of(body.tools, None)

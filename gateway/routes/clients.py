@@ -42,7 +42,10 @@ async def clients(request: Request) -> Response:
                 for name in names
             },
         })  # fmt: skip
-    return json_response({"lanes": lanes})
+    requests: dict[str, dict[str, int]] = {}
+    for (client, dialect), n in sorted(request.app.state.metrics.dialects.items()):
+        requests.setdefault(client, {})[dialect] = n
+    return json_response({"lanes": lanes, "requests": requests})
 
 
 routes = [

@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from backends.base import ChatTask, Embedded
 from backends.catalog import ModelDef
+from backends.specs import local_specs
 from backends.vision import prepare_image
 from core.chat import Answer, ChatRequest, Event, Failure, ImagePart, Usage
 from core.errors import AiServerError, BadRequest, PayloadTooLarge
@@ -94,13 +95,16 @@ class Job:
         self._record(answer.usage)
         return answer
 
-    async def chat_stream(self, task: ChatTask, encode: Encoder) -> EventStream:
-        """The answer streamed in the dialect `encode` writes. Charged before it queues;
-        refunded if it fails before its first event, which is then an ordinary error."""
+    async def chat_stream(
+        self, task: ChatTask, encode: Encoder, media_type: str | None = None
+    ) -> EventStream:
+        """The answer streamed in the dialect `encode` writes (SSE unless `media_type` says
+        otherwise). Charged before it queues; refunded if it fails before its first event,
+        which is then an ordinary error."""
         with self.budgeted(task.max_tokens) as settle:
             counted = self._counted(self.backend.chat_stream(task), settle)
             events = _failing_late(admitted(self.lane, counted, self.client))
-            return await event_stream(encode(events))
+            return await event_stream(encode(events), media_type)
 
     async def _counted(
         self, events: AsyncGenerator[Event, None], settle: Callable[[Usage | None], None]
@@ -158,6 +162,32 @@ class Job:
             if embedded.prompt_tokens is not None:
                 settle(Usage(prompt_tokens=embedded.prompt_tokens, completion_tokens=0))
         return embedded
+
+    async def keep_alive(self, seconds: float | None) -> None:
+        """Ollama's `keep_alive` for this request's model (after `use`): how long it stays
+        loaded once idle after this request, in seconds (`math.inf`: for ever; 0: unloaded
+        as soon as this request is done; None: the config's TTL again). Server mode only:
+        cli mode keeps nothing loaded, and a remote instance's pool is its own."""
+        if self.backend.name == "server":
+            for spec in local_specs(self.model, self.config.llm_params):
+                await self.svc.supervisor.keep_alive(spec, seconds)
+
+    async def warm(self, seconds: float | None) -> None:
+        """A request with nothing to answer (Ollama's empty prompt or messages): with
+        `keep_alive` 0 the model is unloaded now (drained first); otherwise it is loaded,
+        and stays `seconds` (as `keep_alive`). Returns once that is done."""
+        if self.backend.name != "server" or not self.model.replicas:
+            return
+        specs = local_specs(self.model, self.config.llm_params)
+        if seconds == 0:
+            for spec in specs:
+                await self.svc.supervisor.unload(spec)
+            return
+        self.model.file()
+        await self.keep_alive(seconds)
+        async with anyio.create_task_group() as tg:
+            for spec in specs:
+                tg.start_soon(self.svc.supervisor.ensure_ready, spec)
 
 
 async def _failing_late(events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:

@@ -91,6 +91,14 @@
     $("clients").hidden = false;
     $("client-table").tBodies[0].replaceChildren(...rows);
     $("clients-empty").hidden = rows.length > 0;
+    // Model requests since the gateway started, by client and the API they spoke.
+    const spoken = Object.entries(body.requests).flatMap(([name, dialects]) =>
+      Object.entries(dialects).map(([dialect, n]) => {
+        const row = el("tr");
+        row.append(cell(name), cell(dialect), cell(n, "num"));
+        return row;
+      }));
+    $("dialect-table").tBodies[0].replaceChildren(...spoken);
   }
 
   async function refresh() {

@@ -54,6 +54,7 @@ def real_config(directory: Path) -> Path:
     path.write_text(
         f'port = {free_port()}\nstate_dir = "{directory / "state"}"\n'
         f"[llama_server]\nport = {free_port()}\n"
+        f'[ollama]\nlisten = "127.0.0.1:{free_port()}"\n'  # never a real Ollama's 11434
         f'[auth.keys.operator]\nkey = "{ADMIN_KEY}"\nadmin = true\n'
         f'[auth.keys.guest]\nkey = "{GUEST_KEY}"\n'
     )
@@ -71,6 +72,7 @@ def fake_config(directory: Path) -> Path:
         f'[models]\nchat = "{model}"\nembedding = "{model}"\n'
         f'vision = "{model}"\nmmproj = "{model}"\n'
         f"[llama_server]\nport = {free_port()}\n"
+        f'[ollama]\nlisten = "127.0.0.1:{free_port()}"\n'  # never a real Ollama's 11434
         f'[binaries]\nllama_server = "{FAKES / "fake_llama_server.py"}"\n'
     )
     return path

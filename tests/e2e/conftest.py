@@ -15,9 +15,9 @@ import msgspec
 import pytest
 import uvloop
 
-from core.config import Binaries, Limits, LlamaServer, Settings
+from core.config import Binaries, Limits, LlamaServer, Ollama, Settings
 from gateway.app import create_app
-from gateway.cli import server_for
+from gateway.cli import listen_sockets, server_for
 from tests.conftest import free_port, wait_until
 from tests.helpers import FAKES, gguf_bytes
 
@@ -26,6 +26,8 @@ class Client:
     def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
         self.http = http
         self.url = url
+        # The Ollama listener's client, when it is on.
+        self.ollama: Client | None = None
 
     async def post(self, path: str, body: object, **kwargs: Any) -> tuple[int, Any]:
         async with self.http.post(path, json=body, **kwargs) as resp:
@@ -58,23 +60,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[Client]:
     """`create_app(settings)` served as `ai-server serve` serves it (`gateway.cli.server_for`:
-    its protocol, limits and signal handling; uvloop: `pytest_asyncio_loop_factories`);
+    its protocol, limits and signal handling, and its sockets: the main port and the Ollama
+    listener's, which `client.ollama` talks to; uvloop: `pytest_asyncio_loop_factories`);
     stopped (lifespan and all) on exit."""
     server = server_for(create_app(settings), settings)
+    sockets = listen_sockets(settings)
     base = f"http://{settings.host}:{settings.port}"
     stopped = anyio.Event()
 
     async def serve() -> None:
         try:
-            await server.serve()
+            await server.serve(sockets=sockets)
         finally:
             stopped.set()
 
-    async with anyio.create_task_group() as tg, aiohttp.ClientSession(base) as http:
+    ollama = f"http://{settings.ollama.listen}"
+    async with (
+        anyio.create_task_group() as tg,
+        aiohttp.ClientSession(base) as http,
+        aiohttp.ClientSession(ollama) as ollama_http,
+    ):
         tg.start_soon(serve)
         try:
             await wait_until(lambda: server.started, within=30)
-            yield Client(http, base)
+            client = Client(http, base)
+            if settings.ollama.enabled:
+                client.ollama = Client(ollama_http, ollama)
+            yield client
         finally:
             # A graceful stop (lifespan and all) before anything propagates: a failed
             # assertion would otherwise cancel serve() mid-way, leaving the lifespan's
@@ -90,6 +102,7 @@ def real_settings(tmp_path: Path, **changes: Any) -> Settings:
         port=free_port(),
         state_dir=str(tmp_path / "state"),
         llama_server=LlamaServer(port=free_port()),
+        ollama=Ollama(listen=f"127.0.0.1:{free_port()}"),  # never a real Ollama's 11434
     )
     return msgspec.structs.replace(settings, **changes)
 

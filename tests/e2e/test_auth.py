@@ -159,12 +159,19 @@ async def test_whoami_and_the_per_client_view_name_keys_never_show_them(
             "/api/chat", CHAT, headers={"Authorization": "Bearer kitchen-secret"}
         )
         assert status == 200
+        for key in ("kitchen-secret", "ops-secret"):
+            status, _ = await client.post(
+                "/v1/chat/completions", CHAT, headers={"Authorization": f"Bearer {key}"}
+            )
+            assert status == 200
         status, view = await get("/api/clients", "ops-secret")
         assert status == 200
         lanes = [lane for lane in view["lanes"] if lane["model"] == "stub"]
         assert lanes == [
             {"backend": "server", "model": "stub", "in_flight": 0, "queued": 0, "clients": {}}
         ]
+        # Model requests by client and dialect; the views (whoami, clients) are not counted.
+        assert view["requests"] == {"kitchen": {"api": 1, "openai": 1}, "ops": {"openai": 1}}
         async with client.http.get("/metrics") as resp:
             text = await resp.text()
         assert "secret" not in text

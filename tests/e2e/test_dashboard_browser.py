@@ -127,6 +127,14 @@ def test_dashboard_status_table_fills_with_models_and_instances(admin: WebDriver
     assert console_errors(admin) == []
 
 
+def test_dashboard_counts_each_clients_requests_by_dialect(admin: WebDriver, url: str) -> None:
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    assert post(url + "/v1/chat/completions", chat, ADMIN_KEY) == 200
+    admin.get(url + "/ui")
+    until(admin, lambda d: "operator openai" in text(d, "#dialect-table tbody"))
+    assert console_errors(admin) == []
+
+
 def test_dashboard_chat_streams_into_the_page_with_tokens_per_second(
     admin: WebDriver, url: str
 ) -> None:

@@ -132,7 +132,10 @@ async def test_sigterm_finishes_a_stream_notifies_systemd_and_exits_0(
     assert b"data: [DONE]" in events  # the in-flight stream was finished, not cut
     # It ran on uvloop's loop and httptools' parser, not asyncio's and h11's.
     assert "gateway.stack loop=uvloop.Loop http=httptools" in (tmp_path / "gateway.log").read_text()
-    assert messages[0] == b"READY=1" and b"WATCHDOG=1" in messages
+    # READY=1 with the status `systemctl status` shows, then the watchdog's pings.
+    assert messages[0] == f"READY=1\nSTATUS=Serving on http://127.0.0.1:{port}/".encode()
+    assert b"WATCHDOG=1" in messages
+    assert b"STOPPING=1\nSTATUS=Stopping: finishing the requests in flight" in messages
     assert messages[-1] == b"STOPPING=1"
     [run] = [json.loads(line) for line in log.read_text().splitlines()]
     assert not alive(run["pid"])

@@ -41,7 +41,8 @@ async def test_metrics_parse_and_count_requests_and_processes(
         [process] = (await client.get("/ready"))[1]["processes"]
         assert process["roles"] == ["chat", "embedding", "vision"] and process["state"] == "ready"
         port = str(process["port"])
-    chat = (("backend", "server"), ("method", "POST"), ("route", "/api/chat"), ("status", "200"))
+    chat = (("backend", "server"), ("dialect", "api"), ("method", "POST"), ("route", "/api/chat"),
+            ("status", "200"))  # fmt: skip
     assert samples[("ai_server_requests_total", chat)] == 1
     assert samples[("ai_server_tokens_generated_total", (("backend", "server"),))] == 2
     latency = (("backend", "server"), ("route", "/api/chat"))
@@ -64,7 +65,7 @@ async def test_a_request_whose_client_hung_up_counts_as_499_not_500(
             await client.post("/v1/chat/completions", CHAT)
 
         def count(status: str) -> float:
-            labels = (("backend", "server"), ("method", "POST"),
+            labels = (("backend", "server"), ("dialect", "openai"), ("method", "POST"),
                       ("route", "/v1/chat/completions"), ("status", status))  # fmt: skip
             return samples.get(("ai_server_requests_total", labels), 0)
 

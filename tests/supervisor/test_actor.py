@@ -430,3 +430,18 @@ async def test_a_lease_released_twice_is_an_error_not_a_clamped_count(
         with pytest.raises(LeaseError, match="released twice"):
             sup._release_now(lease)
         assert sup.load_of(SPEC)[1] == 0
+
+
+async def test_a_child_that_exits_leaves_its_last_output_lines_in_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Under systemd the journal shows the gateway's log only: a child's exit must say why
+    # there (a missing libgomp1 exits 127 with one loader line), not just its code.
+    behave(monkeypatch, say="error while loading shared libraries: libgomp.so.1")
+    async with running(fast_config(tmp_path)) as sup:
+        first = await sup.ensure_ready(SPEC)
+        os.kill(first.pid, signal.SIGKILL)
+        await wait_until(lambda: history(sup, first.port).count(S.READY) == 2, within=10)
+    [exited] = [r.getMessage() for r in caplog.records if "child_exited" in r.getMessage()]
+    assert "code=-9 last_output=" in exited
+    assert "error while loading shared libraries: libgomp.so.1" in exited
