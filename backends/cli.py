@@ -241,6 +241,11 @@ class CliBackend:
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         return Answer(text=content, finish_reason="stop", usage=usage)
 
+    async def count_tokens(self, task: ChatTask) -> int:
+        """The prompt rendered as for llama-completion, counted by llama-tokenize."""
+        prompt = await self._render(task)
+        return await self._count_tokens(str(task.model.file()), prompt, bos=True)
+
     async def _count_tokens(self, model: str, text: str, *, bos: bool) -> int:
         """Tokens of `text` by llama-tokenize, special tokens parsed as llama-completion
         does (a rendered prompt's template markers are one token each)."""

@@ -163,6 +163,8 @@ class Upstream(msgspec.Struct):
     usage: dict[str, Any] = {}
     data: list[dict[str, Any]] = []
     timings: dict[str, Any] = {}
+    prompt: str = ""  # POST /apply-template
+    tokens: list[Any] = []  # POST /tokenize
 
 
 def decode(body: bytes) -> Upstream:

@@ -16,7 +16,18 @@ from gateway.history import History, with_history
 from gateway.lifespan import make_lifespan
 from gateway.metrics import Metrics
 from gateway.middleware import CancelOnDisconnect, RequestLog
-from gateway.routes import api, clients, dashboard, models, openai, openapi, probes, ui, vision
+from gateway.routes import (
+    anthropic,
+    api,
+    clients,
+    dashboard,
+    models,
+    openai,
+    openapi,
+    probes,
+    ui,
+    vision,
+)
 from gateway.runtime_config import ConfigStore
 from supervisor.pool import memory_budget_mb
 
@@ -48,6 +59,7 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         *probes.routes, *api.routes, *vision.routes, *openai.routes, *models.routes,
         *openapi.routes, *clients.routes, *dashboard.routes, *ui.routes,
+        *anthropic.routes,
     ]  # fmt: skip
     paths = frozenset(route.path for route in routes)
     app = Starlette(

@@ -185,7 +185,7 @@ class RequireKeys:
         except (Unauthorized, Forbidden) as exc:
             # Rendered here: this middleware runs outside Starlette's ExceptionMiddleware, so
             # an exception raised through would reach only the catch-all 500 handler.
-            await render(exc)(scope, receive, send)
+            await render(exc, scope["path"])(scope, receive, send)
             return
         scope.setdefault("state", {})["client"] = client
         await self.app(scope, receive, send)
@@ -197,17 +197,20 @@ class RequireKeys:
             return Client(address_of(scope, self.proxies), admin=True, keyed=False)
         key = self.keys.match(_bearer(scope["headers"]))
         if key is None:
-            raise Unauthorized("an API key is required: Authorization: Bearer <key>")
+            raise Unauthorized("an API key is required: Authorization: Bearer <key> (or x-api-key)")
         if not key.admin and _for_admins(scope["method"], scope["path"]):
             raise Forbidden("this needs an admin key")
         return Client(key.name, key.admin, keyed=True, budget=key.budget)
 
 
 def _bearer(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """The token of the last Authorization header, if its scheme is Bearer."""
-    header = b""
+    """The token of the last Authorization header, if its scheme is Bearer; else the last
+    x-api-key header's (Anthropic's clients send their key there)."""
+    header = api_key = b""
     for name, value in headers:
         if name == b"authorization":
             header = value
+        elif name == b"x-api-key":
+            api_key = value
     scheme, _, token = header.partition(b" ")
-    return token.strip() if scheme.lower() == b"bearer" else b""
+    return token.strip() if scheme.lower() == b"bearer" else api_key.strip()
