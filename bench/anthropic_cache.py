@@ -1,0 +1,134 @@
+"""The cache trap of issue 27: time to first token of a Claude Code-shaped request (tests/
+claude_code.py, cut to fit SmolLM2's 8192-token context) in server mode, side by side in one
+run: cold (a system prompt llama-server has not seen), the same request again (its prompt
+cache hit), and the same request with only its `x-anthropic-billing-header:` line changed,
+once through /v1/messages (which leaves that line out of the prompt) and once with the line
+kept at the top of the prompt (the same conversation through /v1/chat/completions, which
+renders it as it is). Each request is streamed with max_tokens 1: the time is the prompt's
+evaluation, plus the tools' grammar and one token."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import time
+from typing import Any
+
+import aiohttp
+import anyio
+
+from backends.catalog import SMOLLM2
+from bench.common import Machine, gateway, write_section
+from tests.claude_code import request
+
+ROUNDS = 3
+TOOLS = 8  # of Claude Code's 24, with the system prompt below: what fits 8192 tokens
+SYSTEM_SIZE = 6000
+
+
+def anthropic_body(nonce: str, cch: str) -> dict[str, Any]:
+    body = request(SMOLLM2, tools=TOOLS, system_size=SYSTEM_SIZE, nonce=nonce, cch=cch)
+    return body | {"stream": True, "max_tokens": 1}
+
+
+def openai_body(anthropic: dict[str, Any]) -> dict[str, Any]:
+    """The same conversation as /v1/chat/completions takes it: the billing line stays."""
+    system = "\n".join(block["text"] for block in anthropic["system"])
+    user, inner = anthropic["messages"]
+    tools = [
+        {"type": "function", "function": {
+            "name": t["name"], "description": t["description"], "parameters": t["input_schema"]}}
+        for t in anthropic["tools"]
+    ]  # fmt: skip
+    return {
+        "model": SMOLLM2,
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": "\n".join(b["text"] for b in user["content"])},
+            {"role": "system", "content": inner["content"]},
+        ],
+        "tools": tools,
+        "tool_choice": "auto",
+        "temperature": 1,
+        "max_tokens": 1,
+        "stream": True,
+    }
+
+
+async def first_token(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> float:
+    """Seconds to the first piece of the answer (a content block or a delta)."""
+    started = time.monotonic()
+    async with http.post(url, json=body) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"{resp.status}: {await resp.text()}")
+        async for line in resp.content:
+            if line.startswith(b"data: ") and (
+                b'"content_block_start"' in line or b'"delta":{"content"' in line
+                or b'"tool_calls"' in line
+            ):  # fmt: skip
+                elapsed = time.monotonic() - started
+                await resp.read()
+                return elapsed
+    raise RuntimeError("the stream ended without an answer")
+
+
+async def run(rounds: int) -> tuple[dict[str, list[float]], int]:
+    times: dict[str, list[float]] = {"cold": [], "hit": [], "messages": [], "kept": []}
+    timeout = aiohttp.ClientTimeout(total=900)
+    with gateway("server") as gw:
+        async with aiohttp.ClientSession(gw.url, timeout=timeout) as http:
+            messages, chat = "/v1/messages", "/v1/chat/completions"
+            warm = anthropic_body("warm-up ", "0")
+            count = {k: v for k, v in warm.items() if k not in ("stream", "max_tokens")}
+            async with http.post(messages + "/count_tokens", json=count) as resp:
+                tokens = int((await resp.json())["input_tokens"])
+            await first_token(http, messages, warm)  # loads SmolLM2
+            for r in range(rounds):
+                nonce = f"Session {r}-{secrets.token_hex(4)}. "
+                body = anthropic_body(nonce, secrets.token_hex(4))
+                times["cold"].append(await first_token(http, messages, body))
+                times["hit"].append(await first_token(http, messages, body))
+                changed = anthropic_body(nonce, secrets.token_hex(4))
+                times["messages"].append(await first_token(http, messages, changed))
+                await first_token(http, chat, openai_body(body))  # this prompt, line kept
+                times["kept"].append(await first_token(http, chat, openai_body(changed)))
+    return times, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    args = parser.parse_args()
+    machine = Machine()
+    times, tokens = anyio.run(run, args.rounds)
+    cold = statistics.median(times["cold"])
+    rows = [
+        ("cold: a system prompt not seen before", "cold"),
+        ("the same request again: prompt cache hit", "hit"),
+        ("only the billing line changed, /v1/messages (line left out of the prompt)", "messages"),
+        ("only the billing line changed, line kept at the top of the prompt", "kept"),
+    ]
+    lines = [
+        f"Claude Code-shaped request ({TOOLS} of its 24 tools, its three system blocks, "
+        f"{tokens} prompt tokens by /v1/messages/count_tokens), SmolLM2, server mode, streamed "
+        f"with max_tokens 1; {args.rounds} rounds, each variant once per round, in turn.",
+        "",
+        "| request | time to first token (median) | vs cold |",
+        "|---|---|---|",
+        *(
+            f"| {label} | {statistics.median(times[key]):.2f} s "
+            f"| {statistics.median(times[key]) / cold:.2f} |"
+            for label, key in rows
+        ),
+        "",
+        f"Each time: {json.dumps({k: [round(t, 2) for t in v] for k, v in times.items()})}.",
+        "",
+        machine.line(),
+    ]
+    write_section("anthropic cache", lines)
+
+
+if __name__ == "__main__":
+    main()
