@@ -120,6 +120,7 @@ class _Run:
         self.text: list[str] = []
         self.tail = tail
         self.stopped = False  # ended by a stop string
+        self.hit: str | None = None  # that stop string
 
 
 class CliBackend:
@@ -189,7 +190,7 @@ class CliBackend:
         async for text in self._generate(task, run):
             yield TextDelta(text=text)
         answer = await self._result(task, run)
-        yield Finish(reason=answer.finish_reason)
+        yield Finish(reason=answer.finish_reason, stop_sequence=answer.stop_sequence)
         if answer.usage is not None:
             yield answer.usage
 
@@ -224,6 +225,7 @@ class CliBackend:
                 finally:
                     await child.stop(grace=1)
         run.stopped = watch.stopped and watch.hit != END_OF_TEXT
+        run.hit = watch.hit if run.stopped else None
         if failure is not None:
             raise failure
         if not run.stopped and code != 0:
@@ -239,7 +241,7 @@ class CliBackend:
         prompt_tokens = await self._count_tokens(model, run.prompt, bos=True)
         completion_tokens = await self._count_tokens(model, content, bos=False)
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-        return Answer(text=content, finish_reason="stop", usage=usage)
+        return Answer(text=content, finish_reason="stop", usage=usage, stop_sequence=run.hit)
 
     async def count_tokens(self, task: ChatTask) -> int:
         """The prompt rendered as for llama-completion, counted by llama-tokenize."""

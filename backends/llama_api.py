@@ -70,7 +70,8 @@ def chat_payload(task: ChatTask) -> dict[str, Any]:
         "stream": False,
     }
     if request.stop:
-        payload["stop"] = list(request.stop)
+        # `verbose`: llama-server says which stop string ended the answer only there.
+        payload |= {"stop": list(request.stop), "verbose": True}
     if request.seed is not None:
         payload |= {"seed": request.seed, "cache_prompt": False}
     elif request.has_images:
@@ -128,6 +129,16 @@ class _Chunk(msgspec.Struct):
     usage: dict[str, Any] | None = None
     timings: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    verbose: dict[str, Any] | None = msgspec.field(default=None, name="__verbose")
+
+
+def _stopped_by(verbose: dict[str, Any] | None) -> str | None:
+    """The stop string that ended an answer, from llama-server's `__verbose` (requests with
+    `stop` ask for it)."""
+    if not verbose or verbose.get("stop_type") != "word":
+        return None
+    word = verbose.get("stopping_word")
+    return word if isinstance(word, str) and word else None
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
@@ -150,7 +161,8 @@ def events_of(sse: bytes) -> list[Event]:
         if choice.delta is not None and choice.delta.content:
             found.append(TextDelta(text=choice.delta.content))
         if choice.finish_reason is not None:
-            found.append(Finish(reason=_finish(choice.finish_reason)))
+            stop = _stopped_by(chunk.verbose)
+            found.append(Finish(reason=_finish(choice.finish_reason), stop_sequence=stop))
     if (usage := _usage(chunk.usage, chunk.timings)) is not None:
         found.append(usage)
     return found
@@ -163,6 +175,7 @@ class Upstream(msgspec.Struct):
     usage: dict[str, Any] = {}
     data: list[dict[str, Any]] = []
     timings: dict[str, Any] = {}
+    verbose: dict[str, Any] | None = msgspec.field(default=None, name="__verbose")
     prompt: str = ""  # POST /apply-template
     tokens: list[Any] = []  # POST /tokenize
 
@@ -203,6 +216,7 @@ def answer_of(answer: Upstream) -> Answer:
             text=choice["message"]["content"] or "",
             finish_reason=_finish(choice.get("finish_reason")),
             usage=_usage(answer.usage, answer.timings),
+            stop_sequence=_stopped_by(answer.verbose),
         )
     except (IndexError, KeyError, TypeError) as exc:
         raise UpstreamError(f"llama-server answered an unexpected shape: {exc!r}") from None

@@ -286,8 +286,8 @@ class CountTokensRequest(msgspec.Struct, kw_only=True):
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
-def stop_reason(finish: chat.FinishReason) -> str:
-    return _STOP_REASONS[finish]
+def stop_reason(finish: chat.FinishReason, stop_sequence: str | None = None) -> str:
+    return "stop_sequence" if stop_sequence else _STOP_REASONS[finish]
 
 
 def usage_of(usage: chat.Usage | None) -> dict[str, int]:
@@ -318,8 +318,8 @@ def message(answer: chat.Answer, model: str) -> dict[str, Any]:
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": stop_reason(answer.finish_reason),
-        "stop_sequence": None,
+        "stop_reason": stop_reason(answer.finish_reason, answer.stop_sequence),
+        "stop_sequence": answer.stop_sequence,
         "usage": usage_of(answer.usage),
     }
 
@@ -409,7 +409,7 @@ class StreamWriter:
         self.model = model
         self.index = -1
         self.open: str | None = None  # the type of the block being written
-        self.finish: chat.FinishReason = "stop"
+        self.finish = chat.Finish(reason="stop")
         self.usage: chat.Usage | None = None
 
     def start(self) -> bytes:
@@ -449,7 +449,11 @@ class StreamWriter:
         return opened + self._delta({"type": "input_json_delta", "partial_json": d.arguments})
 
     def end(self) -> bytes:
-        delta = {"stop_reason": stop_reason(self.finish), "stop_sequence": None}
+        finish = self.finish
+        delta = {
+            "stop_reason": stop_reason(finish.reason, finish.stop_sequence),
+            "stop_sequence": finish.stop_sequence,
+        }
         end = {"type": "message_delta", "delta": delta, "usage": usage_of(self.usage)}
         return (
             self.close() + sse("message_delta", end) + sse("message_stop", {"type": "message_stop"})
@@ -484,8 +488,8 @@ async def events(
                 yield head + writer.text(text)
             case chat.ToolCallDelta():
                 yield head + writer.tool_call(item)
-            case chat.Finish(reason=reason):
-                writer.finish = reason
+            case chat.Finish():
+                writer.finish = item
                 if closed := head + writer.close():
                     yield closed
             case chat.Usage():

@@ -82,6 +82,20 @@ async def test_anthropic_sdk_create_stream_count(tmp_path: Path, backend: str) -
         assert final.usage.input_tokens == counted.input_tokens
         assert 1 <= final.usage.output_tokens <= 8
 
+        # Greedy, SmolLM2 says "Hello! How can I assist you today?": "e" ends it at "H".
+        cut: dict[str, Any] = {
+            "model": SMOLLM2,
+            "max_tokens": 16,
+            "temperature": 0,
+            "stop_sequences": ["e"],
+        }
+        stopped = await sdk.messages.create(messages=HI, **cut)
+        assert (stopped.stop_reason, stopped.stop_sequence) == ("stop_sequence", "e"), stopped
+        assert [(b.type, getattr(b, "text", "")) for b in stopped.content] == [("text", "H")]
+        async with sdk.messages.stream(messages=HI, **cut) as stream:
+            final = await stream.get_final_message()
+        assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "e"), final
+
 
 @pytest.mark.parametrize("backend", ["server", "cli"])
 async def test_anthropic_sdk_tool_use_loop(tmp_path: Path, backend: str) -> None:

@@ -195,3 +195,10 @@ async def test_ticks_while_nothing_comes() -> None:
         if len(seen) == 2:
             go.set()  # two ticks, then the event
     assert seen[:2] == [Ping(), Ping()] and seen[-1] == chat.TextDelta(text="x")
+
+
+def test_a_stop_sequence_is_its_stop_reason() -> None:
+    answer = chat.Answer(text="H", stop_sequence="e")
+    body = anthropic.message(answer, "m")
+    assert (body["stop_reason"], body["stop_sequence"]) == ("stop_sequence", "e")
+    assert anthropic.message(chat.Answer(text="H"), "m")["stop_reason"] == "end_turn"
