@@ -13,7 +13,9 @@ import pytest
 
 from core.config import Limits
 from tests.claude_code import HEADERS, request
+from tests.conftest import wait_until
 from tests.e2e.conftest import Client, fake_settings, recorded, serving
+from tests.helpers import alive
 
 
 async def sse(client: Client, body: dict[str, Any]) -> tuple[int, list[tuple[str, Any]]]:
@@ -96,3 +98,23 @@ async def test_queue_full_is_overloaded_529(
     assert statuses == [200, 529], results
     refused = next(b for s, b in results if s == 529)
     assert refused["error"]["type"] == "overloaded_error"
+
+
+async def test_a_quiet_stream_pings_and_a_disconnect_stops_the_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama-completion says nothing for a while (a long prompt): the stream starts with
+    `message_start` and a `ping`; the client leaves, and the process group is stopped."""
+    log = tmp_path / "cli.jsonl"
+    monkeypatch.setenv("FAKE_LLAMA", json.dumps({"sleep": 60, "record": str(log)}))
+    body = {"model": "stub", "max_tokens": 8, "stream": True, "messages": [
+        {"role": "user", "content": "Hi"}]}  # fmt: skip
+    # Its own silence timeout far off: only the disconnect can stop it within 20 s.
+    settings = fake_settings(tmp_path, backend="cli", limits=Limits(request_timeout_s=120))
+    async with serving(settings) as client:
+        async with client.http.post("/v1/messages", json=body) as resp:
+            assert resp.status == 200
+            first = await resp.content.readuntil(b"event: ping\n")
+            assert first.startswith(b"event: message_start\n")
+        [run] = recorded(log)
+        await wait_until(lambda: not alive(run["pid"]), within=20)
