@@ -197,7 +197,7 @@ class RequireKeys:
             return Client(address_of(scope, self.proxies), admin=True, keyed=False)
         key = self.keys.match(_bearer(scope["headers"]))
         if key is None:
-            raise Unauthorized("an API key is required: Authorization: Bearer <key> (or x-api-key)")
+            raise Unauthorized("an API key is required: Authorization: Bearer <key>")
         if not key.admin and _for_admins(scope["method"], scope["path"]):
             raise Forbidden("this needs an admin key")
         return Client(key.name, key.admin, keyed=True, budget=key.budget)
