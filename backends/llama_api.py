@@ -145,7 +145,11 @@ _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 
 
 def events_of(sse: bytes) -> list[Event]:
-    """Our events in one of llama-server's SSE events (`data: {...}`; `[DONE]` has none)."""
+    """Our events in one of llama-server's SSE events (`data: {...}`; `[DONE]` has none, nor
+    has a comment, `:`, which llama-server sends to keep the connection while it evaluates a
+    long prompt)."""
+    if sse.startswith(b":"):
+        sse = b"\n".join(line for line in sse.splitlines() if not line.startswith(b":"))
     data = sse.strip().removeprefix(b"data:").strip()
     if not data or data == b"[DONE]":
         return []

@@ -43,9 +43,9 @@ async def first_token(http: aiohttp.ClientSession, url: str, body: dict[str, Any
     answered at its end), the time to its first token."""
     started = time.monotonic()
     async with http.post(url, json=body) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"{resp.status}: {await resp.text()}")
-        await resp.read()
+        text = await resp.text()
+        if resp.status != 200 or "event: error" in text:
+            raise RuntimeError(f"{resp.status}: {text[-500:]}")
     return time.monotonic() - started
 
 

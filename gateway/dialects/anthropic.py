@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -465,11 +466,20 @@ def error_event(type_: str, message: str) -> bytes:
 
 
 async def events(
-    source: AsyncIterator[chat.Event | Ping | AiServerError], model: str
+    source: AsyncGenerator[chat.Event | Ping | AiServerError, None], model: str
 ) -> AsyncGenerator[bytes, None]:
     """Anthropic's event sequence. `source` (gateway.keepalive) may tick before the first
     event, which starts the stream with `message_start` and a `ping`; an error before any
-    event raises (an ordinary error response), one after is an `error` event."""
+    event raises (an ordinary error response), one after is an `error` event. `source` is
+    closed here, in this task, however this ends (its ticks run in a task group)."""
+    async with aclosing(source):
+        async for chunk in _encoded(source, model):
+            yield chunk
+
+
+async def _encoded(
+    source: AsyncIterator[chat.Event | Ping | AiServerError], model: str
+) -> AsyncGenerator[bytes, None]:
     writer = StreamWriter(model)
     started = False
     async for item in source:

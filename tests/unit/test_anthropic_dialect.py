@@ -11,6 +11,7 @@ import anyio
 import msgspec
 import pytest
 
+from backends.llama_api import events_of
 from core import chat
 from core.errors import (
     AiServerError,
@@ -202,3 +203,25 @@ def test_a_stop_sequence_is_its_stop_reason() -> None:
     body = anthropic.message(answer, "m")
     assert (body["stop_reason"], body["stop_sequence"]) == ("stop_sequence", "e")
     assert anthropic.message(chat.Answer(text="H"), "m")["stop_reason"] == "end_turn"
+
+
+def test_llama_servers_keep_alive_comment_is_no_event() -> None:
+    """llama-server writes `:` while it evaluates a long prompt (Claude Code's): not JSON."""
+    assert events_of(b":\n\n") == []
+    data = b': keep\ndata: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+    assert events_of(data) == [chat.TextDelta(text="a")]
+
+
+async def test_a_stream_that_ends_early_closes_its_source_in_its_own_task() -> None:
+    closed: list[bool] = []
+
+    async def source() -> AsyncGenerator[Any, None]:
+        try:
+            yield Ping()
+            yield Overloaded("full")
+            yield chat.TextDelta(text="never read")
+        finally:
+            closed.append(True)
+
+    out = [chunk async for chunk in anthropic.events(source(), "m")]
+    assert b"event: error" in out[-1] and closed == [True]
