@@ -51,6 +51,12 @@ async def with_ticks(
                     except anyio.EndOfStream:
                         return
                 wait = every
-                yield got[0] if got else tick
+                try:
+                    yield got[0] if got else tick
+                except GeneratorExit:
+                    # Closed by the consumer: end the reader and return (raised through
+                    # the task group, GeneratorExit would come out wrapped in a group).
+                    tg.cancel_scope.cancel()
+                    return
         finally:
             tg.cancel_scope.cancel()

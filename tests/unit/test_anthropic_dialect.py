@@ -225,3 +225,19 @@ async def test_a_stream_that_ends_early_closes_its_source_in_its_own_task() -> N
 
     out = [chunk async for chunk in anthropic.events(source(), "m")]
     assert b"event: error" in out[-1] and closed == [True]
+
+
+async def test_ticks_closed_early_close_their_stream_quietly() -> None:
+    closed: list[bool] = []
+
+    async def endless() -> AsyncGenerator[chat.Event, None]:
+        try:
+            while True:
+                yield chat.TextDelta(text="x")
+        finally:
+            closed.append(True)
+
+    ticking = with_ticks(endless(), Ping(), first=10, every=10)
+    assert await anext(ticking) == chat.TextDelta(text="x")
+    await ticking.aclose()  # no group of GeneratorExit: a plain, quiet close
+    assert closed == [True]
