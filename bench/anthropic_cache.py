@@ -3,8 +3,8 @@ claude_code.py, cut to fit SmolLM2's 8192-token context) in server mode, side by
 run: cold (a system prompt llama-server has not seen), the same request again (its prompt
 cache hit), and the same request with only its `x-anthropic-billing-header:` line changed,
 once as Claude Code sends it (/v1/messages leaves that line out of the prompt) and once with
-the line moved into the next system block, where it stays at the top of the prompt (the
-prompt as it was without that rule). Each request is streamed with max_tokens 1: the time
+the line moved after the one-line identity block, where it stays at the top of the prompt
+(the prompt as it was without that rule). Each request is streamed with max_tokens 1: the time
 is the prompt's evaluation, plus the tools' grammar and one token."""
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ SYSTEM_SIZE = 5000
 
 
 def anthropic_body(nonce: str, cch: str, *, keep_line: bool = False) -> dict[str, Any]:
-    """Claude Code's request; `keep_line`: its billing line moved into the next block, so
-    that it stays in the prompt (the prompt as it was before /v1/messages left it out)."""
+    """Claude Code's request; `keep_line`: its billing line moved into the next block, after
+    its one identity line, so that it stays at the top of the prompt (a block that starts
+    with the line is left out)."""
     body = request(SMOLLM2, tools=TOOLS, system_size=SYSTEM_SIZE, nonce=nonce, cch=cch)
     if keep_line:
         line, identity, rest = body["system"]
-        body["system"] = [identity | {"text": f"{line['text']}\n{identity['text']}"}, rest]
+        body["system"] = [identity | {"text": f"{identity['text']}\n{line['text']}"}, rest]
     return body | {"stream": True, "max_tokens": 1}
 
 
@@ -97,7 +98,7 @@ def main() -> None:
         ("cold: a system prompt not seen before", "cold"),
         ("the same request again: prompt cache hit", "hit"),
         ("only the billing line changed, /v1/messages (line left out of the prompt)", "messages"),
-        ("only the billing line changed, the line kept at the top of the prompt", "kept"),
+        ("only the billing line changed, the line kept (second line of the prompt)", "kept"),
     ]
     lines = [
         f"Claude Code-shaped request ({TOOLS} of its 24 tools, its three system blocks, "
