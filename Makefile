@@ -116,4 +116,5 @@ bench: setup
 	$(PY) -m bench.images
 	$(PY) -m bench.fairness
 	$(PY) -m bench.tools
+	$(PY) -m bench.anthropic_cache
 	$(PY) -m bench.memory

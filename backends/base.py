@@ -44,6 +44,11 @@ class Backend(Protocol):
 
     async def embed(self, model: ModelDef, texts: Sequence[str], params: LlmParams) -> Embedded: ...
 
+    async def count_tokens(self, task: ChatTask) -> int:
+        """The tokens of the prompt `task` would evaluate, by llama.cpp's tokenizer (its
+        text: an image's tokens are not counted)."""
+        ...
+
     async def vision(self, task: ChatTask) -> Answer:
         """A task of one user message holding one image, already through
         `backends.vision.prepare_image` (so a JPEG or a PNG)."""

@@ -125,6 +125,7 @@ class _Run:
         self.text: list[str] = []
         self.tail = tail
         self.stopped = False  # ended by a stop string
+        self.hit: str | None = None  # that stop string
 
 
 class CliBackend:
@@ -194,7 +195,7 @@ class CliBackend:
         async for text in self._generate(task, run):
             yield TextDelta(text=text)
         answer = await self._result(task, run)
-        yield Finish(reason=answer.finish_reason)
+        yield Finish(reason=answer.finish_reason, stop_sequence=answer.stop_sequence)
         if answer.usage is not None:
             yield answer.usage
 
@@ -229,6 +230,7 @@ class CliBackend:
                 finally:
                     await child.stop(grace=1)
         run.stopped = watch.stopped and watch.hit != END_OF_TEXT
+        run.hit = watch.hit if run.stopped else None
         if failure is not None:
             raise failure
         if not run.stopped and code != 0:
@@ -244,7 +246,12 @@ class CliBackend:
         prompt_tokens = await self._count_tokens(model, run.prompt, bos=True)
         completion_tokens = await self._count_tokens(model, content, bos=False)
         usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-        return Answer(text=content, finish_reason="stop", usage=usage)
+        return Answer(text=content, finish_reason="stop", usage=usage, stop_sequence=run.hit)
+
+    async def count_tokens(self, task: ChatTask) -> int:
+        """The prompt rendered as for llama-completion, counted by llama-tokenize."""
+        prompt = await self._render(task)
+        return await self._count_tokens(str(task.model.file()), prompt, bos=True)
 
     async def _count_tokens(self, model: str, text: str, *, bos: bool) -> int:
         """Tokens of `text` by llama-tokenize, special tokens parsed as llama-completion

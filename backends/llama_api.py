@@ -70,7 +70,8 @@ def chat_payload(task: ChatTask) -> dict[str, Any]:
         "stream": False,
     }
     if request.stop:
-        payload["stop"] = list(request.stop)
+        # `verbose`: llama-server says which stop string ended the answer only there.
+        payload |= {"stop": list(request.stop), "verbose": True}
     if request.seed is not None:
         payload |= {"seed": request.seed, "cache_prompt": False}
     elif request.has_images:
@@ -128,6 +129,16 @@ class _Chunk(msgspec.Struct):
     usage: dict[str, Any] | None = None
     timings: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    verbose: dict[str, Any] | None = msgspec.field(default=None, name="__verbose")
+
+
+def _stopped_by(verbose: dict[str, Any] | None) -> str | None:
+    """The stop string that ended an answer, from llama-server's `__verbose` (requests with
+    `stop` ask for it)."""
+    if not verbose or verbose.get("stop_type") != "word":
+        return None
+    word = verbose.get("stopping_word")
+    return word if isinstance(word, str) and word else None
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
@@ -137,8 +148,10 @@ def events_of(sse: bytes) -> list[Event]:
     """Our events in one of llama-server's SSE events (`data: {...}`; `[DONE]` has none,
     nor a comment: llama-server sends `:` to keep the connection alive while it evaluates a
     long prompt, e.g. Codex's 17 KB of instructions)."""
+    if sse.startswith(b":"):  # a comment, perhaps with the event's data after it
+        sse = b"\n".join(line for line in sse.splitlines() if not line.startswith(b":"))
     data = sse.strip().removeprefix(b"data:").strip()
-    if not data or data == b"[DONE]" or data.startswith(b":"):
+    if not data or data == b"[DONE]":
         return []
     try:
         chunk = _decode_chunk(data)
@@ -152,7 +165,8 @@ def events_of(sse: bytes) -> list[Event]:
         if choice.delta is not None and choice.delta.content:
             found.append(TextDelta(text=choice.delta.content))
         if choice.finish_reason is not None:
-            found.append(Finish(reason=_finish(choice.finish_reason)))
+            stop = _stopped_by(chunk.verbose)
+            found.append(Finish(reason=_finish(choice.finish_reason), stop_sequence=stop))
     if (usage := _usage(chunk.usage, chunk.timings)) is not None:
         found.append(usage)
     return found
@@ -165,6 +179,9 @@ class Upstream(msgspec.Struct):
     usage: dict[str, Any] = {}
     data: list[dict[str, Any]] = []
     timings: dict[str, Any] = {}
+    verbose: dict[str, Any] | None = msgspec.field(default=None, name="__verbose")
+    prompt: str = ""  # POST /apply-template
+    tokens: list[Any] = []  # POST /tokenize
 
 
 def decode(body: bytes) -> Upstream:
@@ -203,6 +220,7 @@ def answer_of(answer: Upstream) -> Answer:
             text=choice["message"]["content"] or "",
             finish_reason=_finish(choice.get("finish_reason")),
             usage=_usage(answer.usage, answer.timings),
+            stop_sequence=_stopped_by(answer.verbose),
         )
     except (IndexError, KeyError, TypeError) as exc:
         raise UpstreamError(f"llama-server answered an unexpected shape: {exc!r}") from None

@@ -101,7 +101,16 @@ class ServerBackend:
         return answer_of(answer)
 
     async def vision(self, task: ChatTask) -> Answer:
-        return await self.chat(task)  # its projector: checked by the Job
+        return await self.chat(task)
+
+    async def count_tokens(self, task: ChatTask) -> int:
+        """The prompt as the model's llama-server renders it (`/apply-template`), counted by
+        its tokenizer as a chat's prompt is (`/tokenize`, special tokens added and parsed)."""
+        payload = chat_payload(task)
+        rendered = await self._send(task.model, task.params, "/apply-template", payload)
+        tokenize = {"content": rendered.prompt, "add_special": True, "parse_special": True}
+        counted = await self._send(task.model, task.params, "/tokenize", tokenize)
+        return len(counted.tokens)  # its projector: checked by the Job
 
     async def embed(self, model: ModelDef, texts: Sequence[str], params: LlmParams) -> Embedded:
         answer = await self._resent(model, params, "/v1/embeddings", {"input": list(texts)})

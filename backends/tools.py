@@ -272,3 +272,8 @@ class ToolCalling:
 
     async def vision(self, task: ChatTask) -> Answer:
         return await self.inner.vision(task)
+
+    async def count_tokens(self, task: ChatTask) -> int:
+        """The prompt with its tools, as this scheme writes them into it."""
+        counted = prepared(task) if task.request.tools or has_tool_turns(task.request) else task
+        return await self.inner.count_tokens(counted)

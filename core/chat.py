@@ -165,6 +165,7 @@ class ToolCallDelta(_Event, frozen=True, tag="tool_call"):
 
 class Finish(_Event, frozen=True, tag="finish"):
     reason: FinishReason
+    stop_sequence: str | None = None  # the request's stop string that ended it, if one did
 
 
 class Usage(_Event, frozen=True, tag="usage"):
@@ -190,6 +191,7 @@ class Answer(_Value, frozen=True):
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: FinishReason = "stop"
     usage: Usage | None = None
+    stop_sequence: str | None = None  # the request's stop string that ended it, if one did
 
 
 def collect(events: Iterable[Event]) -> Answer:
@@ -199,6 +201,7 @@ def collect(events: Iterable[Event]) -> Answer:
     heads: dict[int, ToolCallDelta] = {}
     finish: FinishReason = "stop"
     usage = None
+    stop_sequence = None
     for event in events:
         match event:
             case TextDelta(text=piece):
@@ -207,11 +210,17 @@ def collect(events: Iterable[Event]) -> Answer:
                 heads.setdefault(index, event)
                 calls.setdefault(index, []).append(event.arguments)
             case Finish(reason=reason):
-                finish = reason
+                finish, stop_sequence = reason, event.stop_sequence
             case Usage():
                 usage = event
     tool_calls = tuple(
         ToolCall(id=heads[i].id or "", name=heads[i].name or "", arguments="".join(calls[i]))
         for i in sorted(calls)
     )
-    return Answer(text="".join(text), tool_calls=tool_calls, finish_reason=finish, usage=usage)
+    return Answer(
+        text="".join(text),
+        tool_calls=tool_calls,
+        finish_reason=finish,
+        usage=usage,
+        stop_sequence=stop_sequence,
+    )

@@ -25,6 +25,7 @@ from gateway.metrics import Metrics
 from gateway.middleware import CancelOnDisconnect, RequestLog
 from gateway.ollama_port import OllamaPort
 from gateway.routes import (
+    anthropic,
     api,
     clients,
     dashboard,
@@ -81,7 +82,7 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         *probes.routes, *api.routes, *vision.routes, *openai.routes, *models.routes,
         *openapi.routes, *clients.routes, *dashboard.routes, *ui.routes,
-        *responses.routes,
+        *responses.routes, *anthropic.routes,
     ]  # fmt: skip
     # The Ollama listener's own (gateway.ollama_port), and the /v1 ones, as on the main port.
     ollama_routes = [*ollama_models.routes, *ollama_chat.routes]

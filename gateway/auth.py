@@ -240,7 +240,8 @@ class RequireKeys:
             # Rendered here: this middleware runs outside Starlette's ExceptionMiddleware, so
             # an exception raised through would reach only the catch-all 500 handler.
             ollama = speaks_ollama(scope, self.ollama_port)
-            await (ollama_common.render(exc) if ollama else render(exc))(scope, receive, send)
+            rendered = ollama_common.render(exc) if ollama else render(exc, scope["path"])
+            await rendered(scope, receive, send)
             return
         scope.setdefault("state", {})["client"] = client
         await self.app(scope, receive, send)
@@ -276,10 +277,13 @@ class RequireKeys:
 
 
 def _bearer(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """The token of the last Authorization header, if its scheme is Bearer."""
-    header = b""
+    """The token of the last Authorization header, if its scheme is Bearer; else the last
+    x-api-key header's (Anthropic's clients send their key there)."""
+    header = api_key = b""
     for name, value in headers:
         if name == b"authorization":
             header = value
+        elif name == b"x-api-key":
+            api_key = value
     scheme, _, token = header.partition(b" ")
-    return token.strip() if scheme.lower() == b"bearer" else b""
+    return token.strip() if scheme.lower() == b"bearer" else api_key.strip()

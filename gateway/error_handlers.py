@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ExceptionHandler
 
 from core.errors import AiServerError
+from gateway.dialects import anthropic
 from gateway.errors import headers_of, status_of
 
 log = logging.getLogger("ai_server.gateway")
@@ -30,9 +31,15 @@ def error_response(
     return JSONResponse(body, status, headers)
 
 
-def render(exc: AiServerError) -> JSONResponse:
+# Routes whose clients read another dialect's errors (its own shape, from the same statuses).
+ANTHROPIC = "/v1/messages"
+
+
+def render(exc: AiServerError, path: str = "") -> Response:
     """`exc` as its status, headers and JSON envelope: for Starlette's handlers below, and for
     a pure ASGI middleware that runs outside them (auth)."""
+    if path.startswith(ANTHROPIC):
+        return anthropic.render(exc)
     return error_response(
         status_of(exc), exc.type, exc.message, headers_of(exc), code=exc.code, param=exc.param
     )
@@ -40,11 +47,13 @@ def render(exc: AiServerError) -> JSONResponse:
 
 async def gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AiServerError)
-    return render(exc)
+    return render(exc, request.url.path)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if request.url.path.startswith(ANTHROPIC):
+        return anthropic.error_response(exc.status_code, exc.detail, dict(exc.headers or {}))
     return error_response(exc.status_code, "http_error", exc.detail, dict(exc.headers or {}))
 
 
@@ -57,6 +66,8 @@ async def client_gone(request: Request, exc: Exception) -> Response:
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("gateway.unhandled_error path=%s", request.url.path, exc_info=exc)
+    if request.url.path.startswith(ANTHROPIC):
+        return anthropic.error_response(500, "internal error; see the server log")
     return error_response(500, "internal_error", "internal error; see the server log")
 
 
