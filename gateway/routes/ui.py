@@ -11,7 +11,7 @@ from pathlib import Path
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
@@ -56,7 +56,14 @@ async def asset(request: Request) -> Response:
     return FileResponse(STATIC / name, headers=HEADERS | {"Cache-Control": "no-cache"})
 
 
+async def root(request: Request) -> Response:
+    """`/` is the dashboard's; and an answer to the clients that probe it before they start
+    (Claude Code sends `HEAD /` first), where a 404 reads as no server."""
+    return RedirectResponse("/ui", status_code=307)
+
+
 routes = [
+    Route("/", root, methods=["GET"]),  # HEAD too: Starlette adds it to a GET route
     Route("/ui", page, methods=["GET"]),
     Route("/ui/static/{name}", asset, methods=["GET"]),
     Route("/ui/{view}", page, methods=["GET"]),

@@ -64,6 +64,13 @@ def test_ui_every_view_renders_with_its_script_and_the_host_in_the_title(
         assert client.get(sneaky).status_code == 404, sneaky
 
 
+def test_the_root_leads_to_the_dashboard_for_get_and_head(client: TestClient) -> None:
+    for method in ("GET", "HEAD"):  # Claude Code's first request is HEAD /
+        response = client.request(method, "/", follow_redirects=False)
+        assert (response.status_code, response.headers["location"]) == (307, "/ui"), method
+    assert client.get("/").status_code == 200  # followed: the status page
+
+
 def test_ui_sends_the_csp_on_every_page_and_asset(client: TestClient) -> None:
     assets = [f"/ui/static/{p.name}" for p in ui.STATIC.iterdir()]
     assert len(assets) >= 8

@@ -188,8 +188,8 @@ async def test_ollama_and_main_port_share_the_pool(tmp_path: Path) -> None:
         assert body["models"] == []
         async with aiohttp.ClientSession() as http:
             url = f"http://{client.url.split('//')[1]}/"
-            async with http.get(url) as resp:
-                assert resp.status == 404  # the root is the Ollama port's, not the main one's
+            async with http.get(url) as resp:  # the main port's root is the dashboard
+                assert resp.status == 200 and "Ollama is running" not in await resp.text()
 
 
 @pytest.mark.parametrize(
