@@ -73,6 +73,7 @@ async def calls_of(settings: Settings, **request: Any) -> tuple[Calls, int]:
         return calls, chat.usage.prompt_tokens
 
 
+@pytest.mark.timeout(300)  # two gateways, eight generations on a shared 2-core machine
 async def test_hermes_template_same_tool_call_in_both_modes(tmp_path: Path) -> None:
     request: dict[str, Any] = {
         "messages": HISTORY, "tools": TOOLS, "tool_choice": "required",
