@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -41,6 +42,7 @@ import msgspec
 from backends import hermes
 from backends.base import Backend, ChatTask, Embedded
 from backends.catalog import ModelDef
+from backends.gguf_meta import NotGguf
 from backends.ids import unique_id
 from backends.prompt import template_source
 from core.chat import (
@@ -221,7 +223,12 @@ def is_native(task: ChatTask) -> bool:
         return False
     if not hermes.supported(offered(request)):
         return False
-    return hermes.is_hermes(template_source(task.model.chat_template, task.model.file()))
+    try:  # a model without a readable file here (remote only, not yet fetched) has no say
+        path = Path(task.model.path) if task.model.path else None
+        source = template_source(task.model.chat_template, path)
+    except NotGguf:
+        return False
+    return hermes.is_hermes(source)
 
 
 def native(task: ChatTask) -> ChatTask:
