@@ -235,12 +235,13 @@ def native(task: ChatTask) -> ChatTask:
     """`task` for llama-server's own tool calling: the offered tools (a named one alone,
     required); a required call opened at once (backends.hermes says why)."""
     request = task.request
-    named = isinstance(request.tool_choice, NamedTool)
-    choice: Literal["auto", "none", "required"] = (
-        "required" if named else request.tool_choice  # type: ignore[assignment]
-    )
+    choice: Literal["auto", "none", "required"]
     if not request.tools:
         choice = "none"
+    elif isinstance(request.tool_choice, NamedTool):
+        choice = "required"
+    else:
+        choice = request.tool_choice
     messages = request.messages
     if choice == "required":
         messages = (*messages, Message.of("assistant", hermes.OPEN))
