@@ -8,19 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jsonschema
 import pytest
-from langchain_core.messages import HumanMessage, ToolMessage
-from langchain_core.tools import tool
-from langchain_openai import ChatOpenAI
 from openai.types.chat import ChatCompletionMessageParam
-from pydantic import SecretStr
 
 from backends import toolchain
 from core.config import ModelConfig, Settings
 from tests.e2e.conftest import real_settings, serving
-from tests.e2e.test_tools_real import SCHEMAS, TOOLS
+from tests.e2e.test_tools_real import SCHEMAS, TOOLS, langchain_loop
 from tests.helpers import sdk
 
 pytestmark = pytest.mark.llama
@@ -103,26 +98,6 @@ async def test_hermes_template_same_tool_call_in_both_modes(tmp_path: Path) -> N
 async def test_hermes_template_langchain_loop_ends_in_an_answer(
     tmp_path: Path, backend: str
 ) -> None:
-    """LangChain's loop on the native path: a call, its ToolMessage through the template's
-    own `<tool_response>` markup, then a text answer."""
-
-    @tool
-    def get_weather(city: str) -> str:
-        """The weather now in a city."""
-        return f"Sunny and 21 degrees in {city}."
-
-    settings = hermes_settings(tmp_path, backend)
-    async with serving(settings), httpx.AsyncClient() as http:
-        model = ChatOpenAI(
-            model=MODEL, temperature=0, max_completion_tokens=60, max_retries=0,
-            base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=SecretStr("unused"),
-            http_async_client=http,
-        )  # fmt: skip
-        messages: list[Any] = [HumanMessage("What is the weather in Paris?")]
-        called = await model.bind_tools([get_weather], tool_choice="get_weather").ainvoke(messages)
-        (call,) = called.tool_calls
-        assert call["name"] == "get_weather" and isinstance(call["args"]["city"], str)
-        messages += [called, ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])]
-        answer = await model.bind_tools([get_weather], tool_choice="none").ainvoke(messages)
-        assert not answer.tool_calls
-        assert isinstance(answer.content, str) and answer.content.strip()
+    """LangChain's loop on the native path: the ToolMessage goes through the template's own
+    `<tool_response>` markup."""
+    await langchain_loop(hermes_settings(tmp_path, backend), MODEL)

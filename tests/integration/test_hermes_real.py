@@ -11,8 +11,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import anyio
 import msgspec
 import pytest
 
@@ -20,11 +18,8 @@ from backends import hermes, toolchain
 from backends.prompt import render_chat
 from core.chat import Message, Tool
 from core.config import cache_dir
-from supervisor.command import ServerSpec, build_server_argv
 from supervisor.logtail import LogTail
-from supervisor.process import spawn
-from tests.conftest import free_port
-from tests.integration.conftest import RunningServer, wait_healthy
+from tests.integration.conftest import RunningServer, running_llama_server
 
 pytestmark = pytest.mark.llama
 
@@ -121,30 +116,21 @@ def as_tool(tool: dict[str, Any]) -> Tool:
 
 
 @asynccontextmanager
-async def verbose_server(tail: LogTail) -> AsyncIterator[RunningServer]:
+async def verbose_server(llama_bin: Path, tail: LogTail) -> AsyncIterator[RunningServer]:
     """The real llama-server with the Hermes template and `-v` (it then logs each
     request's grammar) into `tail`."""
     model = toolchain.smollm2_model_path(cache_dir())
-    spec = ServerSpec(
-        model=str(model), ctx_size=2048, batch_size=512, ubatch_size=512,
-        chat_template=TEMPLATE, embeddings=False,
-    )  # fmt: skip
-    port = free_port()
-    binary = str(toolchain.resolve_binary("llama-server", None, cache_dir()))
-    argv = [*build_server_argv(binary, spec, host="127.0.0.1", port=port), "-v"]
-    async with aiohttp.ClientSession() as http, anyio.create_task_group() as tg:
-        child = await spawn(argv, tg, tail)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            await wait_healthy(http, url, child)
-            yield RunningServer(child, url, http)
-        finally:
-            await child.stop()
+    async with running_llama_server(
+        llama_bin, model, embeddings=False, chat_template=TEMPLATE, extra=["-v"], tail=tail
+    ) as server:
+        yield server
 
 
-async def test_hermes_prompt_with_tools_and_results_renders_as_llama_server() -> None:
+async def test_hermes_prompt_with_tools_and_results_renders_as_llama_server(
+    llama_bin: Path,
+) -> None:
     model = toolchain.smollm2_model_path(cache_dir())
-    async with verbose_server(LogTail(max_lines=100)) as server:
+    async with verbose_server(llama_bin, LogTail(max_lines=100)) as server:
         for tools in ([WEATHER], [WEATHER, KINDS, EMPTY]):
             for turns in CONVERSATIONS:
                 body = {"messages": turns, "tools": tools}
@@ -180,12 +166,12 @@ def logged_grammar(log: str) -> list[str]:
 
 
 @pytest.mark.parametrize("parallel", [False, True])
-async def test_hermes_grammar_rules_are_llama_servers(parallel: bool) -> None:
+async def test_hermes_grammar_rules_are_llama_servers(llama_bin: Path, parallel: bool) -> None:
     """Every rule of cli mode's grammar but its root is one of llama-server's, the same;
     its root is what llama-server's root leaves after the `<tool_call>` prefill."""
     tail = LogTail(max_lines=20000)
     tools = [WEATHER, KINDS, EMPTY]
-    async with verbose_server(tail) as server:
+    async with verbose_server(llama_bin, tail) as server:
         body = {
             "messages": [{"role": "user", "content": "hi"}], "tools": tools,
             "tool_choice": "required", "parallel_tool_calls": parallel, "max_tokens": 1,
