@@ -193,7 +193,9 @@ class CliBackend:
             return answer
         last = task.request.messages[-1]
         prefill = last.text if last.role == "assistant" else ""  # the answer continues it
-        content, calls = hermes.parse(prefill + answer.text)
+        # A stop at the call's end cut it off the text (llama-server parses the call).
+        closed = hermes.CLOSE if run.stopped and hermes.CLOSE in task.request.stop else ""
+        content, calls = hermes.parse(prefill + answer.text + closed)
         if not calls:
             return answer
         return msgspec.structs.replace(

@@ -242,11 +242,15 @@ def native(task: ChatTask) -> ChatTask:
         choice = "required"
     else:
         choice = request.tool_choice
-    messages = request.messages
+    messages, stop = request.messages, request.stop
     if choice == "required":
         messages = (*messages, Message.of("assistant", hermes.OPEN))
+        if not request.parallel_tool_calls:
+            # One call is all that is returned: stop after it rather than let the grammar's
+            # further calls run to max_tokens (llama-server still parses the call).
+            stop = (*stop, hermes.CLOSE)
     request = msgspec.structs.replace(
-        request, messages=messages, tools=tuple(offered(request)), tool_choice=choice
+        request, messages=messages, stop=stop, tools=tuple(offered(request)), tool_choice=choice
     )
     return msgspec.structs.replace(task, request=request)
 

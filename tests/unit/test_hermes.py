@@ -116,6 +116,9 @@ def test_native_named_tool_is_a_required_call_of_it_opened_at_once() -> None:
     assert prepared.tools == (TIME,)
     assert prepared.tool_choice == "required"
     assert prepared.messages[-1] == Message.of("assistant", hermes.OPEN)
+    assert prepared.stop == (hermes.CLOSE,)  # one call: it ends the answer
+    parallel = native(task_of(msgspec.structs.replace(request, parallel_tool_calls=True)))
+    assert parallel.request.stop == ()
     auto = native(task_of(msgspec.structs.replace(request, tool_choice="auto"))).request
     assert auto.messages == request.messages and auto.tool_choice == "auto"
 
