@@ -221,14 +221,12 @@ def is_native(task: ChatTask) -> bool:
     request = task.request
     if not (request.tools or has_tool_turns(request)) or request.json_schema is not None:
         return False
-    if not hermes.supported(offered(request)):
-        return False
     try:  # a model without a readable file here (remote only, not yet fetched) has no say
         path = Path(task.model.path) if task.model.path else None
         source = template_source(task.model.chat_template, path)
     except NotGguf:
         return False
-    return hermes.is_hermes(source)
+    return hermes.is_hermes(source) and hermes.supported(offered(request))
 
 
 def native(task: ChatTask) -> ChatTask:
