@@ -210,6 +210,8 @@ def _named(name: str, entry: ModelConfig, base: ModelDef | None, ttl: float | No
     if entry.mmproj and not os.path.isfile(Path(entry.mmproj).expanduser()):
         raise ConfigError(f"[models.{name}] mmproj {entry.mmproj} does not exist")
     template = entry.chat_template
+    if entry.chat_template_file is not None:
+        template = _template_file(name, entry)
     if template is None and base is not None and entry.path is None:
         template = base.chat_template  # a redefined built-in keeps its template rule
     return ModelDef(
@@ -234,6 +236,18 @@ def _named(name: str, entry: ModelConfig, base: ModelDef | None, ttl: float | No
         if entry.gpu_layers is not None or not entry.rpc_workers
         else 999,
     )
+
+
+def _template_file(name: str, entry: ModelConfig) -> str:
+    """`chat_template_file`'s Jinja source (a file Hermes/Qwen-style tool calls can come in:
+    deploy/templates/hermes-tools.jinja)."""
+    if entry.chat_template is not None:
+        raise ConfigError(f"[models.{name}] chat_template and chat_template_file: set one")
+    path = Path(entry.chat_template_file or "").expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"[models.{name}] chat_template_file {path}: {exc}") from None
 
 
 def _check_names(models: Iterable[ModelDef]) -> None:

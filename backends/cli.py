@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from backends import toolchain
+from backends import hermes, toolchain
 from backends.base import ChatTask, Embedded
 from backends.catalog import ModelDef
 from backends.cli_args import completion_argv, embedding_argv, mtmd_argv
@@ -160,10 +160,14 @@ class CliBackend:
         with private_dir() as tmp:
             # llama.cpp's --file drops one trailing newline; the template's own must stay.
             prompt_file = write_private(tmp / "prompt.txt", data + b"\n")
-            schema_file = None
+            schema_file = grammar_file = None
             if task.request.json_schema is not None:
                 schema = msgspec.json.encode(task.request.json_schema)
                 schema_file = write_private(tmp / "schema.json", schema)
+            if task.request.tools and task.request.tool_choice == "required":
+                # llama-server's grammar for a required call (backends.hermes)
+                rules = hermes.grammar(task.request.tools, task.request.parallel_tool_calls)
+                grammar_file = write_private(tmp / "grammar.gbnf", rules.encode())
             yield completion_argv(
                 self._binary("llama-completion"),
                 str(model),
@@ -173,6 +177,7 @@ class CliBackend:
                 seed=task.request.seed,
                 frequency_penalty=task.request.sampling.frequency_penalty,
                 schema_file=schema_file,
+                grammar_file=grammar_file,
             )
 
     async def _render(self, task: ChatTask) -> str:
@@ -180,13 +185,28 @@ class CliBackend:
         model = task.model.file()
         template = task.model.chat_template
         messages = task.request.messages
-        return await anyio.to_thread.run_sync(render_chat, template, messages, model)
+        tools = hermes.tools_json(task.request.tools)
+        return await anyio.to_thread.run_sync(render_chat, template, messages, model, tools)
 
     async def chat(self, task: ChatTask) -> Answer:
+        """With `tools` (a template that calls them natively, backends.hermes), its calls
+        parsed out of the text as llama-server's parser does."""
         run = _Run(self._tail(task.model.name, "llama-completion"))
         async for _ in self._generate(task, run):
             pass
-        return await self._result(task, run)
+        answer = await self._result(task, run)
+        if not task.request.tools or task.request.tool_choice == "none":
+            return answer
+        last = task.request.messages[-1]
+        prefill = last.text if last.role == "assistant" else ""  # the answer continues it
+        # A stop at the call's end cut it off the text (llama-server parses the call).
+        closed = hermes.CLOSE if run.stopped and hermes.CLOSE in task.request.stop else ""
+        content, calls = hermes.parse(prefill + answer.text + closed)
+        if not calls:
+            return answer
+        return msgspec.structs.replace(
+            answer, text=content, tool_calls=tuple(calls), finish_reason="tool_calls"
+        )
 
     async def chat_stream(self, task: ChatTask) -> AsyncGenerator[Event, None]:
         """llama-completion's stdout as text deltas, as it writes it; then the finish and the

@@ -35,10 +35,11 @@ def completion_argv(
     seed: int | None = None,
     frequency_penalty: float | None = None,
     schema_file: str | None = None,
+    grammar_file: str | None = None,
 ) -> list[str]:
     """`llama-completion` on an already rendered prompt, printing only the generated text.
     (`llama-cli -p` turned interactive upstream and waits for input.) A JSON schema comes
-    in a file too: llama.cpp turns it into a grammar."""
+    in a file too: llama.cpp turns it into a grammar; or a GBNF grammar."""
     argv = [
         binary,
         "--model", model,
@@ -55,6 +56,8 @@ def completion_argv(
         argv += ["--frequency-penalty", str(frequency_penalty)]
     if schema_file is not None:
         argv += ["--json-schema-file", schema_file]
+    if grammar_file is not None:
+        argv += ["--grammar-file", grammar_file]
     return argv
 
 

@@ -15,6 +15,7 @@ import msgspec
 from backends.base import ChatTask
 from core.chat import (
     Answer,
+    ChatRequest,
     Event,
     Failure,
     Finish,
@@ -23,6 +24,7 @@ from core.chat import (
     Message,
     TextDelta,
     TextPart,
+    ToolCall,
     Usage,
 )
 from core.config import LlmParams
@@ -58,13 +60,49 @@ def _content(message: Message) -> str | list[dict[str, Any]]:
     return parts
 
 
+def _message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": _content(message)}
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    return out
+
+
+def _tools(request: ChatRequest) -> dict[str, Any]:
+    """A request's tools for llama-server's own tool calling (backends.hermes: only with a
+    template it calls tools in natively); a named tool has been made `required` of one."""
+    if not request.tools:
+        return {}
+    choice = request.tool_choice if isinstance(request.tool_choice, str) else "required"
+    return {
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.parameters,
+                },
+            }
+            for t in request.tools
+        ],
+        "tool_choice": choice,
+        "parallel_tool_calls": request.parallel_tool_calls,
+    }
+
+
 def chat_payload(task: ChatTask) -> dict[str, Any]:
     """The /v1/chat/completions body of a chat task. A seed keeps the prompt out of the
     cache (a cached prefix can change the result), and so does an image (no pinned slot:
     `id_slot` is left to llama-server)."""
     request = task.request
     payload: dict[str, Any] = {
-        "messages": [{"role": m.role, "content": _content(m)} for m in request.messages],
+        "messages": [_message(m) for m in request.messages],
+        **_tools(request),
         "max_tokens": task.max_tokens,
         **sampling(task.params),
         "stream": False,
@@ -216,14 +254,22 @@ def answer_of(answer: Upstream) -> Answer:
     """A non-streamed chat.completion of llama-server's as our answer."""
     try:
         choice = answer.choices[0]
+        calls = choice["message"].get("tool_calls") or []
         return Answer(
             text=choice["message"]["content"] or "",
+            tool_calls=tuple(_call(call) for call in calls),
             finish_reason=_finish(choice.get("finish_reason")),
             usage=_usage(answer.usage, answer.timings),
             stop_sequence=_stopped_by(answer.verbose),
         )
     except (IndexError, KeyError, TypeError) as exc:
         raise UpstreamError(f"llama-server answered an unexpected shape: {exc!r}") from None
+
+
+def _call(call: dict[str, Any]) -> ToolCall:
+    """One call llama-server's parser found (arguments as the model wrote them)."""
+    function = call["function"]
+    return ToolCall(id=call.get("id") or "", name=function["name"], arguments=function["arguments"])
 
 
 async def read_event(content: aiohttp.StreamReader) -> bytes | None:

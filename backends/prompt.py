@@ -88,13 +88,18 @@ JINJA_CHATML = (
 
 
 def render_chat(
-    template: str | None, messages: Sequence[Message], model: Path | None = None
+    template: str | None,
+    messages: Sequence[Message],
+    model: Path | None = None,
+    tools: Sequence[dict[str, Any]] = (),
 ) -> str:
     """The prompt for `messages` under the model's `template` (see the module docstring). A
     Jinja template sees the BOS/EOS tokens of the GGUF `model` (None: empty); a None template
     is read from it (once per file version: read_meta's cache). The model's turn is
     opened unless the last message is already the assistant's: llama-server then continues
-    that message. Raises BadRequest where llama-server answers 400."""
+    that message. `tools` (llama-server's shape, `{"type": "function", "function": {...}}`)
+    and the messages' tool calls and results reach a Jinja template as llama-server passes
+    them. Raises BadRequest where llama-server answers 400."""
     if len(messages) >= 2 and messages[-1].role == messages[-2].role == "assistant":
         raise BadRequest("Cannot have 2 or more assistant messages at the end of the list.")
     if template in TEMPLATES:
@@ -107,7 +112,16 @@ def render_chat(
             raise ValueError("the GGUF's own chat template needs the model file")
         # llama-server with no template: the GGUF's, or its Jinja ChatML when there is none.
         template = meta.chat_template or JINJA_CHATML
-    return _render_jinja(template, messages, _tokens(meta))
+    return _render_jinja(template, messages, _tokens(meta), tools)
+
+
+def template_source(template: str | None, model: Path | None) -> str | None:
+    """The Jinja source llama-server renders for `template` (None for a built-in one)."""
+    if template in TEMPLATES:
+        return None
+    if template is None and model is not None:
+        return read_meta(model).chat_template or JINJA_CHATML
+    return template
 
 
 def _tokens(meta: GgufMeta | None) -> _Tokens:
@@ -134,25 +148,54 @@ class _Tokens(NamedTuple):
     add_eos: bool = False
 
 
-def _render_jinja(source: str, messages: Sequence[Message], tokens: _Tokens) -> str:
+def _render_jinja(
+    source: str, messages: Sequence[Message], tokens: _Tokens, tools: Sequence[dict[str, Any]]
+) -> str:
     """common/chat.cpp's Jinja route. A trailing assistant message is "prefilled": the
     messages before it rendered without a generation prompt, then the text the generation
     prompt adds, then that message's content as is, its turn left open."""
     template = _template(source)
-    turns = [{"role": m.role, "content": m.text} for m in messages]
-    prefill = turns.pop()["content"] if turns and turns[-1]["role"] == "assistant" else None
+    turns = [_turn(m, template.object_arguments) for m in messages]
+    prefill: str | None = None
+    if turns and turns[-1]["role"] == "assistant":
+        prefill = turns.pop()["content"]
     _fix_roles(turns, source, template.supports_system_role)
+    extra = {"tools": list(tools)} if tools else {}
     try:
         if prefill is None:
-            return template.render(turns, tokens, generation_prompt=True)
-        closed = template.render(turns, tokens, generation_prompt=False)
-        opened = template.render(turns, tokens, generation_prompt=True)
+            return template.render(turns, tokens, generation_prompt=True, extra=extra)
+        closed = template.render(turns, tokens, generation_prompt=False, extra=extra)
+        opened = template.render(turns, tokens, generation_prompt=True, extra=extra)
         return closed + opened[_common_prefix(closed, opened) :] + prefill
     except (jinja2.TemplateError, TypeError, ValueError) as exc:
         raise BadRequest(f"the chat template failed: {exc}") from None
 
 
-def _fix_roles(turns: list[dict[str, str]], source: str, supports_system_role: bool) -> None:
+def _turn(message: Message, object_arguments: bool) -> dict[str, Any]:
+    """A message as common_chat_msg::to_json_oaicompat writes it: a result's `tool_call_id`,
+    an assistant's `tool_calls`, their arguments parsed into an object when the template
+    reads them as one (chat.cpp's func_args_not_string)."""
+    turn: dict[str, Any] = {"role": message.role, "content": message.text}
+    if call_id := getattr(message, "tool_call_id", None):
+        turn["tool_call_id"] = call_id
+    if calls := getattr(message, "tool_calls", ()):
+        turn["tool_calls"] = [_call(call, object_arguments) for call in calls]
+    return turn
+
+
+def _call(call: Any, object_arguments: bool) -> dict[str, Any]:
+    arguments: object = call.arguments
+    if object_arguments:
+        try:
+            arguments = json.loads(call.arguments)
+        except ValueError as exc:
+            message = f"Failed to parse tool call arguments as JSON: {exc}"
+            raise BadRequest(message, param="messages") from None
+    function = {"name": call.name, "arguments": arguments}
+    return {"type": "function", "function": function} | ({"id": call.id} if call.id else {})
+
+
+def _fix_roles(turns: list[dict[str, Any]], source: str, supports_system_role: bool) -> None:
     """chat.cpp's workarounds, in its order (after the prefill message is taken off)."""
     if "You have access to the following functions in JSONSchema format" in source:
         for turn in turns:  # StepFun: llama.cpp trims every message (its issue #24181)
@@ -302,17 +345,35 @@ class _Template:
         # common/jinja/caps.cpp: a template that ignores a system message does not support one.
         system = [{"role": "system", "content": _PROBE}, *probe]
         self.supports_system_role = _PROBE in self._probe(system, thinking=self.thinking)
+        # caps.cpp: arguments are passed as an object when the template reads into one
+        # (tojson reads all of it); here, when a value inside them reaches the prompt.
+        call = {"name": "tool1", "arguments": {"arg": _PROBE}}
+        called: list[dict[str, Any]] = [
+            *probe,
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"type": "function", "function": call}],
+            },
+        ]
+        self.object_arguments = _PROBE in self._probe(called, thinking=self.thinking)
 
-    def _probe(self, turns: list[dict[str, str]], *, thinking: bool) -> str:
+    def _probe(self, turns: list[dict[str, Any]], *, thinking: bool) -> str:
         try:
             return self._compiled.render(_context(turns, _Tokens(), True, thinking))
         except Exception:  # a probe that fails means "unsupported", as in llama.cpp
             return ""
 
     def render(
-        self, turns: list[dict[str, str]], tokens: _Tokens, *, generation_prompt: bool
+        self,
+        turns: list[dict[str, Any]],
+        tokens: _Tokens,
+        *,
+        generation_prompt: bool,
+        extra: dict[str, Any] | None = None,
     ) -> str:
-        prompt = self._compiled.render(_context(turns, tokens, generation_prompt, self.thinking))
+        context = _context(turns, tokens, generation_prompt, self.thinking) | (extra or {})
+        prompt = self._compiled.render(context)
         # The tokenizer adds these itself: common_chat_template_direct_apply cuts them off.
         if tokens.add_bos and prompt.startswith(tokens.bos):
             prompt = prompt[len(tokens.bos) :]
@@ -349,7 +410,7 @@ _TWO_MARKERS = re.compile(r"(<[^<>]*>|\[[^\[\]]*\])\s*(<[^<>]*>|\[[^\[\]]*\])")
 
 
 def _context(
-    turns: list[dict[str, str]], tokens: _Tokens, generation_prompt: bool, thinking: bool
+    turns: list[dict[str, Any]], tokens: _Tokens, generation_prompt: bool, thinking: bool
 ) -> dict[str, Any]:
     """What common_chat_template_direct_apply passes: no `tools` without tools, and
     `add_generation_prompt` only when true (undefined otherwise)."""

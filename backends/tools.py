@@ -19,6 +19,12 @@ what that generic format did, for both modes alike:
 none`) pass through untouched. A stream with tools is answered at its end: its text is JSON
 until then (a call's id, name and arguments go out as tool-call deltas, a text answer as one
 text delta).
+
+A model whose template calls tools natively in the Hermes 2 Pro / Qwen 2.5 style gets
+llama-server's own tool calling instead (backends.hermes): the backends receive the tools,
+server mode passes them to llama-server, cli mode renders, constrains and parses as it does.
+Its calls are checked here the same way. Not with `json_schema` (llama-server would then
+ignore the tools), nor for parameters outside what backends.hermes turns into a grammar.
 """
 
 from __future__ import annotations
@@ -26,14 +32,19 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 import jsonschema
 import msgspec
 
+from backends import hermes
 from backends.base import Backend, ChatTask, Embedded
 from backends.catalog import ModelDef
+from backends.gguf_meta import NotGguf
 from backends.ids import unique_id
+from backends.prompt import template_source
 from core.chat import (
     Answer,
     ChatRequest,
@@ -184,13 +195,13 @@ def parse(text: str, request: ChatRequest) -> Parsed:
         return Parsed(text=response if isinstance(response, str) else json.dumps(response))
     raw = value.get("tool_calls", [value.get("tool_call")]) if isinstance(value, dict) else None
     tools = {tool.name: tool for tool in offered(request)}
-    calls = [_checked(item, tools) for item in raw] if isinstance(raw, list) and raw else [None]
+    calls = [checked(item, tools) for item in raw] if isinstance(raw, list) and raw else [None]
     if any(call is None for call in calls):
         return Parsed(text=text, failed=True)
     return Parsed(calls=tuple(call for call in calls if call is not None))
 
 
-def _checked(item: object, tools: dict[str, Tool]) -> ToolCall | None:
+def checked(item: object, tools: dict[str, Tool]) -> ToolCall | None:
     """A call of an offered tool whose arguments validate against its parameters."""
     if not isinstance(item, dict) or (tool := tools.get(str(item.get("name")))) is None:
         return None
@@ -203,10 +214,73 @@ def _checked(item: object, tools: dict[str, Tool]) -> ToolCall | None:
     return ToolCall(id=f"call_{unique_id()}", name=tool.name, arguments=text)
 
 
+def is_native(task: ChatTask) -> bool:
+    """Whether `task` goes to llama-server's own tool calling (backends.hermes): a tool
+    request (or one with earlier calls) to a model whose template calls tools natively.
+    Reads the GGUF's template (cached): call in a worker thread."""
+    request = task.request
+    if not (request.tools or has_tool_turns(request)) or request.json_schema is not None:
+        return False
+    try:  # a model without a readable file here (remote only, not yet fetched) has no say
+        path = Path(task.model.path) if task.model.path else None
+        source = template_source(task.model.chat_template, path)
+    except NotGguf:
+        return False
+    return hermes.is_hermes(source) and hermes.supported(offered(request))
+
+
+def native(task: ChatTask) -> ChatTask:
+    """`task` for llama-server's own tool calling: the offered tools (a named one alone,
+    required); a required call opened at once (backends.hermes says why)."""
+    request = task.request
+    choice: Literal["auto", "none", "required"]
+    if not request.tools:
+        choice = "none"
+    elif isinstance(request.tool_choice, NamedTool):
+        choice = "required"
+    else:
+        choice = request.tool_choice
+    messages, stop = request.messages, request.stop
+    if choice == "required":
+        messages = (*messages, Message.of("assistant", hermes.OPEN))
+        if not request.parallel_tool_calls:
+            # One call is all that is returned: stop after it rather than let the grammar's
+            # further calls run to max_tokens (llama-server still parses the call).
+            stop = (*stop, hermes.CLOSE)
+    request = msgspec.structs.replace(
+        request, messages=messages, stop=stop, tools=tuple(offered(request)), tool_choice=choice
+    )
+    return msgspec.structs.replace(task, request=request)
+
+
+def parse_native(answer: Answer, request: ChatRequest) -> Parsed:
+    """The calls llama-server's parser (or cli mode's port of it) found, each checked; the
+    model's text, failed, if one does not validate or a required call is missing."""
+    tools = {tool.name: tool for tool in offered(request)}
+    found = answer.tool_calls if request.parallel_tool_calls else answer.tool_calls[:1]
+    calls = [checked({"name": c.name, "arguments": _loaded(c.arguments)}, tools) for c in found]
+    if calls and all(call is not None for call in calls):
+        return Parsed(calls=tuple(c for c in calls if c is not None), text=answer.text)
+    written = "".join(f"{hermes.OPEN}{_as_text(c)}\n{hermes.CLOSE}" for c in answer.tool_calls)
+    required = request.tool_choice != "auto"
+    return Parsed(text=answer.text + written, failed=bool(written) or required)
+
+
+def _loaded(arguments: str) -> object:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return None  # validates against no object schema
+
+
+def _as_text(call: ToolCall) -> str:
+    return json.dumps({"name": call.name, "arguments": _as_json(call)["arguments"]})
+
+
 def interpreted(answer: Answer, parsed: Parsed) -> Answer:
     if parsed.calls:
         return msgspec.structs.replace(
-            answer, text="", tool_calls=parsed.calls, finish_reason="tool_calls"
+            answer, text=parsed.text, tool_calls=parsed.calls, finish_reason="tool_calls"
         )
     finish: Literal["stop", "length"] = "length" if answer.finish_reason == "length" else "stop"
     return msgspec.structs.replace(answer, text=parsed.text, finish_reason=finish)
@@ -243,11 +317,30 @@ class ToolCalling:
     async def chat(self, task: ChatTask) -> Answer:
         if not task.request.tools and not has_tool_turns(task.request):
             return await self.inner.chat(task)  # the common case: one check, no copy
+        if await anyio.to_thread.run_sync(is_native, task):
+            return await self._chat_native(task)
         if not uses_tools(task.request):
             return await self.inner.chat(prepared(task))
         return self._interpret(await self.inner.chat(prepared(task)), task)
 
+    async def _chat_native(self, task: ChatTask) -> Answer:
+        answer = await self.inner.chat(native(task))
+        if not uses_tools(task.request):
+            return answer
+        parsed = parse_native(answer, task.request)
+        if parsed.failed:
+            self._failed(task.model.name)
+        return interpreted(answer, parsed)
+
     async def chat_stream(self, task: ChatTask) -> AsyncGenerator[Event, None]:
+        tooled = task.request.tools or has_tool_turns(task.request)
+        if tooled and await anyio.to_thread.run_sync(is_native, task):
+            answer = await self._chat_native(task)  # answered at its end, as below
+            for event in events_of(answer):
+                yield event
+            if answer.usage is not None:
+                yield answer.usage
+            return
         if not uses_tools(task.request):
             plain = prepared(task) if has_tool_turns(task.request) else task
             async with aclosing(self.inner.chat_stream(plain)) as events:

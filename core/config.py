@@ -67,6 +67,7 @@ class ModelConfig(_Section, frozen=True):
     # None: the GGUF's own (Jinja) template; a llama.cpp built-in name ("gemma", "chatml")
     # with --no-jinja; anything else is Jinja source.
     chat_template: str | None = None
+    chat_template_file: str | None = None  # Jinja source in a file (instead of chat_template)
     ctx_size: CtxSize | None = None  # overrides of the startup parameters, for this model
     batch_size: BatchSize | None = None
     ubatch_size: BatchSize | None = None

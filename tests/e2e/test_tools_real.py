@@ -17,6 +17,7 @@ from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolPara
 from pydantic import SecretStr
 
 from backends.catalog import SMOLLM2
+from core.config import Settings
 from tests.e2e.conftest import real_settings, serving
 from tests.helpers import sdk
 
@@ -100,8 +101,7 @@ async def test_openai_sdk_tool_calls_validate_streamed_or_not(tmp_path: Path, ba
         assert message.tool_calls or isinstance(message.content, str)
 
 
-@pytest.mark.parametrize("backend", ["server", "cli"])
-async def test_langchain_agent_loop_ends_in_an_answer(tmp_path: Path, backend: str) -> None:
+async def langchain_loop(settings: Settings, model_name: str) -> None:
     """The model calls the tool, its result goes back as a ToolMessage, the model answers."""
 
     @tool
@@ -109,10 +109,9 @@ async def test_langchain_agent_loop_ends_in_an_answer(tmp_path: Path, backend: s
         """The weather now in a city."""
         return f"Sunny and 21 degrees in {city}."
 
-    settings = real_settings(tmp_path, backend=backend)
     async with serving(settings), httpx.AsyncClient() as http:
         model = ChatOpenAI(
-            model=SMOLLM2, temperature=0, max_completion_tokens=120, max_retries=0,
+            model=model_name, temperature=0, max_completion_tokens=120, max_retries=0,
             base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=SecretStr("unused"),
             http_async_client=http,
         )  # fmt: skip
@@ -126,3 +125,8 @@ async def test_langchain_agent_loop_ends_in_an_answer(tmp_path: Path, backend: s
         answer = await model.bind_tools([get_weather], tool_choice="none").ainvoke(messages)
         assert not answer.tool_calls
         assert isinstance(answer.content, str) and answer.content.strip()
+
+
+@pytest.mark.parametrize("backend", ["server", "cli"])
+async def test_langchain_agent_loop_ends_in_an_answer(tmp_path: Path, backend: str) -> None:
+    await langchain_loop(real_settings(tmp_path, backend=backend), SMOLLM2)

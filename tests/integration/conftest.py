@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import anyio
 
 from core.config import LlmParams
 from supervisor.command import ServerSpec, build_server_argv
+from supervisor.logtail import LogTail
 from supervisor.process import ChildProcess, spawn
 from tests.conftest import free_port
 
@@ -51,9 +52,12 @@ async def running_llama_server(
     chat_template: str | None = "gemma",
     mmproj: Path | None = None,
     params: LlmParams | None = None,
+    extra: Sequence[str] = (),
+    tail: LogTail | None = None,
 ) -> AsyncIterator[RunningServer]:
     """The real llama-server on `model` on a free port, with server mode's flags for
-    `chat_template` (supervisor.command), stopped (group and all) on exit.
+    `chat_template` (supervisor.command) and `extra` ones, its log in `tail`, stopped
+    (group and all) on exit.
 
     A context manager rather than a fixture: its task group must open and close in the
     test's own task."""
@@ -69,7 +73,7 @@ async def running_llama_server(
     port = free_port()
     argv = build_server_argv(str(llama_bin / "llama-server"), spec, host="127.0.0.1", port=port)
     async with aiohttp.ClientSession() as http, anyio.create_task_group() as tg:
-        child = await spawn(argv, tg)
+        child = await spawn([*argv, *extra], tg, tail)
         try:
             url = f"http://127.0.0.1:{port}"
             await wait_healthy(http, url, child)
