@@ -73,9 +73,12 @@ class Effects:
         return None
 
     async def exited(self, m: Instance) -> str:
-        """The bookkeeping of an exit: its generation is over, its pidfile goes; returns the
-        last lines it wrote."""
+        """The bookkeeping of an exit: its generation is over, the rest of its group is
+        killed and its pipes closed (`ChildProcess.stop`, at once: it has exited), its
+        pidfile goes; returns the last lines it wrote."""
         m.gen.alive = False
+        if m.child is not None:
+            await m.child.stop(self.config.stop_grace)
         await anyio.to_thread.run_sync(
             pidfile.remove_pidfile, self.state_dir, self.config.host, m.port
         )

@@ -1,7 +1,14 @@
 """One child process in its own process group, with its output drained into a `LogTail`.
 
-Stopping is SIGTERM to the group → grace → SIGKILL to the group → reap, shielded from
-cancellation so a cancelled caller never leaves a child behind.
+Stopping is SIGTERM to the group → grace → SIGKILL to the group → reap → close our ends of
+its pipes, shielded from cancellation so a cancelled caller never leaves a child behind.
+
+We close the pipes ourselves instead of waiting for their end-of-file: the leader's exit
+does not mean its pipes are at EOF. Another process of its group may hold them a moment
+longer (the group's SIGKILL takes effect when the kernel next runs it), or one that left
+the group, for good. A pipe still open when the event loop ended broke that loop's close
+(uvloop: `OSError: [Errno 16] Device or resource busy`, then "Fatal error on transport
+ReadUnixTransport" when its EOF arrived on the closed loop).
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Literal
 
 import anyio
@@ -25,6 +33,10 @@ class ChildProcess:
         self.process = process
         self.tail = tail
         self.pid = process.pid
+        # Set when every drain task has ended (EOF, closed, or cancelled with its group).
+        self.drained = anyio.Event()
+        self._draining = 0
+        self._closed = False
 
     async def wait(self) -> int:
         return await self.process.wait()
@@ -52,7 +64,36 @@ class ChildProcess:
             code = await self.wait()
             # The leader may be gone while others in its group still run.
             self._signal_group(signal.SIGKILL)
+            await self.close()
         return code
+
+    async def close(self, within: float = 1.0) -> None:
+        """Close our ends of its pipes, once it has exited (idempotent, shielded). First
+        give the drains up to `within` seconds to read what is left (its last lines, for
+        errors): what a process still holding the pipes writes after that is dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(within):
+                await self.drained.wait()
+            await self.process.aclose()
+
+    def drain(self, task_group: anyio.abc.TaskGroup, read: Callable[[], Awaitable[None]]) -> None:
+        """Run `read` (which reads one of its pipes to the end) in `task_group`; `drained`
+        is set when every such task has ended."""
+        self._draining += 1
+        task_group.start_soon(self._drain_with, read)
+
+    async def _drain_with(self, read: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await read()
+        except anyio.ClosedResourceError:
+            pass  # `close` closed the pipe: what was left in it is dropped on purpose
+        finally:
+            self._draining -= 1
+            if self._draining == 0:
+                self.drained.set()
 
 
 def bind_error(host: str, port: int) -> OSError | None:
@@ -67,16 +108,12 @@ def bind_error(host: str, port: int) -> OSError | None:
     return None
 
 
-async def _drain(stream: anyio.abc.ByteReceiveStream | None, tail: LogTail) -> None:
-    if stream is None:
-        return
+async def _drain(stream: anyio.abc.ByteReceiveStream, tail: LogTail) -> None:
     async for text in TextReceiveStream(stream, errors="replace"):
         tail.feed(text)
 
 
-async def _collect(stream: anyio.abc.ByteReceiveStream | None, sink: bytearray) -> None:
-    if stream is None:
-        return
+async def _collect(stream: anyio.abc.ByteReceiveStream, sink: bytearray) -> None:
     async for chunk in stream:
         sink += chunk
 
@@ -100,12 +137,14 @@ async def spawn(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+    child = ChildProcess(process, tail)
+    assert process.stdout is not None and process.stderr is not None  # both are PIPEs
     if stdout == "tail":
-        task_group.start_soon(_drain, process.stdout, tail)
+        child.drain(task_group, partial(_drain, process.stdout, tail))
     elif isinstance(stdout, bytearray):
-        task_group.start_soon(_collect, process.stdout, stdout)
-    task_group.start_soon(_drain, process.stderr, tail)
-    return ChildProcess(process, tail)
+        child.drain(task_group, partial(_collect, process.stdout, stdout))
+    child.drain(task_group, partial(_drain, process.stderr, tail))
+    return child
 
 
 def resident_mb(pid: int) -> int | None:

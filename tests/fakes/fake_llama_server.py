@@ -19,6 +19,10 @@ JSON in $FAKE_LLAMA, e.g. {"load_delay": 1, "ignore_sigterm": true}:
   answer             the text of chat answers (default "fake answer"); streamed word by word
                      when the request asks for `stream`
   say                a line written to stderr at start (what its log shows)
+  linger             start a process outside its group that holds its stdout and stderr for
+                     up to this many seconds after it is gone, writing a dot to stderr every
+                     20 ms; it records {"linger": pid} at start and {"pipe_closed": pid} when
+                     a write fails because the reader closed its end (needs `record`)
   stream_fault       what a streamed answer does after its first word: "stall" (sends nothing
                      more and never ends: wedged mid-answer) or "cut" (closes the connection,
                      without the rest or [DONE])
@@ -33,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -165,8 +170,28 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
+def linger(seconds: float) -> None:
+    """The `linger` process: write until the reader's end is closed, or give up."""
+    record({"linger": os.getpid()})
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.write(2, b".")
+        except BrokenPipeError:
+            record({"pipe_closed": os.getpid()})
+            return
+        time.sleep(0.02)
+
+
 def main() -> None:
+    if "--linger" in sys.argv:
+        linger(BEHAVIOUR["linger"])
+        return
     record({"argv": sys.argv[1:]})
+    if "linger" in BEHAVIOUR:
+        # Inherits our stdout and stderr; a session of its own, so our group's SIGKILL
+        # does not reach it.
+        subprocess.Popen([sys.executable, __file__, "--linger"], start_new_session=True)
     if BEHAVIOUR.get("ignore_sigterm"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if "exit_at_start" in BEHAVIOUR:
