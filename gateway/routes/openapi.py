@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.bodies import json_response
+from gateway.dialects.anthropic import CountTokensRequest, MessagesRequest
 from gateway.dialects.openai import ChatCompletionRequest, EmbeddingRequest
 from gateway.dialects.responses import ResponsesRequest
 from gateway.dialects.seed import ChatRequest, ChatResponse
@@ -27,8 +28,10 @@ OPERATIONS: dict[str, tuple[str, type | None, type | None]] = {
     "/v1/chat/completions": ("post", ChatCompletionRequest, None),
     "/v1/embeddings": ("post", EmbeddingRequest, None),
     "/v1/responses": ("post", ResponsesRequest, None),
+    "/v1/messages": ("post", MessagesRequest, None),
+    "/v1/messages/count_tokens": ("post", CountTokensRequest, None),
 }
-STREAMING = {"/api/chat", "/v1/chat/completions", "/v1/responses"}
+STREAMING = {"/api/chat", "/v1/chat/completions", "/v1/responses", "/v1/messages"}
 SSE_EVENT = {  # one event; its data is a JSON chunk or the closing "[DONE]"
     "type": "object",
     "required": ["data"],
@@ -43,6 +46,20 @@ ERROR = {
             "required": ["type", "code", "message"],
             "properties": {k: {"type": "string"} for k in ("type", "code", "message", "param")},
         }
+    },
+}
+
+# Anthropic's routes answer errors in Anthropic's shape (gateway.error_handlers).
+ANTHROPIC_ERROR = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {k: {"type": "string"} for k in ("type", "message")},
+        },
     },
 }
 
@@ -118,9 +135,10 @@ def build_document() -> dict[str, Any]:
         ok = _json(by_type[response]) if response else _json({"type": "object"})
         if path in STREAMING:  # "stream": true answers with server-sent events
             ok["content"]["text/event-stream"] = {"schema": SSE_EVENT}
+        error = ANTHROPIC_ERROR if path.startswith("/v1/messages") else ERROR
         operation: dict[str, Any] = {
             "responses": {"200": {"description": "OK", **ok},
-                          "default": {"description": "an error", **_json(ERROR)}},
+                          "default": {"description": "an error", **_json(error)}},
         }  # fmt: skip
         if request is not None:
             operation["requestBody"] = {"required": True, **_json(by_type[request])}

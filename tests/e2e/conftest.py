@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,18 @@ from gateway.app import create_app
 from gateway.cli import listen_sockets, server_for
 from tests.conftest import free_port, wait_until
 from tests.helpers import FAKES, gguf_bytes
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp dir of the test's own for the gateway's private files (cli mode's images), so
+    that tests.helpers.private_dirs() sees only this test's: other runs on the machine make
+    and remove theirs in the shared /tmp meanwhile."""
+    own = tmp_path / "tmp"
+    own.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(own))
+    monkeypatch.setenv("TMPDIR", str(own))  # and for a gateway run as a process
+    return own
 
 
 class Client:

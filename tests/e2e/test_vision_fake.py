@@ -22,6 +22,8 @@ from tests.e2e.conftest import fake_settings, recorded, serving
 from tests.helpers import alive, png_header_bomb, private_dirs, upload
 from tests.supervisor.conftest import behave
 
+pytestmark = pytest.mark.usefixtures("private_tmp")  # private_dirs() counts this test's
+
 
 def jpeg(size: tuple[int, int] = (40, 30), fmt: str = "JPEG") -> bytes:
     out = io.BytesIO()

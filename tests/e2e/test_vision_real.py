@@ -13,7 +13,7 @@ from PIL import Image
 from tests.e2e.conftest import real_settings, serving
 from tests.helpers import private_dirs, upload
 
-pytestmark = pytest.mark.llama
+pytestmark = [pytest.mark.llama, pytest.mark.usefixtures("private_tmp")]
 
 
 FORMATS = ["PNG", "JPEG", "WEBP", "GIF"]
