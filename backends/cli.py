@@ -43,6 +43,8 @@ _SAMPLED_TOKENS = re.compile(r"samplers time =.*?/\s*(\d+) tokens")
 _EMBED_TOKENS = re.compile(r"number of tokens in prompt = (\d+)")
 _N_CTX = re.compile(r"generate: n_ctx = (\d+)")
 _SPEED = re.compile(r"(?<!prompt )eval time =[^\n]*?([\d.]+) tokens per second")
+_PROMPT_MS = re.compile(r"prompt eval time =\s*([\d.]+) ms")
+_EVAL_MS = re.compile(r"(?<!prompt )eval time =\s*([\d.]+) ms")
 
 
 @contextmanager
@@ -72,6 +74,15 @@ def token_counts(log: str) -> tuple[int, int]:
     return int(prompt[-1]), max(int(sampled[-1]) - int(prompt[-1]), 0)
 
 
+def timings_of(log: str) -> dict[str, float] | None:
+    """The prompt's and the generation's milliseconds from llama-completion's closing perf
+    lines, under llama-server's names for them (`prompt_ms`, `predicted_ms`)."""
+    prompt, generation = _PROMPT_MS.findall(log), _EVAL_MS.findall(log)
+    if not prompt or not generation:
+        return None
+    return {"prompt_ms": float(prompt[-1]), "predicted_ms": float(generation[-1])}
+
+
 def completion_result(content: str, log: str, max_tokens: int) -> Answer:
     """A finished llama-completion run as an answer: counts and speed from its stderr."""
     prompt_tokens, completion_tokens = token_counts(log)
@@ -80,6 +91,7 @@ def completion_result(content: str, log: str, max_tokens: int) -> Answer:
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         tokens_per_second=float(speed[-1]) if speed else None,
+        timings=timings_of(log),
     )
     # A run also ends where the context does: cut short as by max_tokens (server mode says
     # "length" there too), not a "stop".
@@ -181,7 +193,10 @@ class CliBackend:
             )
 
     async def _render(self, task: ChatTask) -> str:
-        """The prompt, in a worker thread: a model's first render reads its GGUF."""
+        """The prompt, in a worker thread: a model's first render reads its GGUF. A raw
+        request's is its own."""
+        if task.request.raw:
+            return task.request.prompt
         model = task.model.file()
         template = task.model.chat_template
         messages = task.request.messages

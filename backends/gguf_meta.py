@@ -96,6 +96,17 @@ class GgufMeta(msgspec.Struct, frozen=True, kw_only=True):
     feed_forward_length: int | None = None  # the largest, for per-layer values
     sliding_window: int | None = None  # cells a sliding-window layer attends to
     sliding_window_pattern: int | None = None  # N: each group of N layers ends with a full one
+    # The fill-in-the-middle tokens (prefix, suffix, middle) as text, where the file has them.
+    fim: tuple[str, str, str] | None = None
+
+
+# The GGUF keys of the fill-in-the-middle tokens' ids, llama.cpp's current names and the
+# older ones it still reads.
+FIM_KEYS = (
+    ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"),
+    ("tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"),
+    ("tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"),
+)
 
 
 class NotGguf(ValueError):
@@ -232,7 +243,14 @@ def _meta(reader: GGUFReader) -> GgufMeta:
         feed_forward_length=_int(get(f"{arch}.feed_forward_length")),
         sliding_window=_int(get(f"{arch}.attention.sliding_window")),
         sliding_window_pattern=_int(get(f"{arch}.attention.sliding_window_pattern")),
+        fim=_fim(reader),
     )
+
+
+def _fim(reader: GGUFReader) -> tuple[str, str, str] | None:
+    """The texts of the fill-in-the-middle tokens the file names, all three or none."""
+    pre, suf, mid = (_token(reader, new) or _token(reader, old) for new, old in FIM_KEYS)
+    return (pre, suf, mid) if pre and suf and mid else None
 
 
 # Model info by file version, as `_CACHE` (for Ollama's /api/show and /api/tags).

@@ -96,19 +96,36 @@ def _tools(request: ChatRequest) -> dict[str, Any]:
 
 
 def chat_payload(task: ChatTask) -> dict[str, Any]:
-    """The /v1/chat/completions body of a chat task. A seed keeps the prompt out of the
-    cache (a cached prefix can change the result), and so does an image (no pinned slot:
-    `id_slot` is left to llama-server)."""
+    """The /v1/chat/completions body of a chat task."""
+    request = task.request
+    return {"messages": [_message(m) for m in request.messages], **_tools(request)} | _common(task)
+
+
+def generation(task: ChatTask) -> tuple[str, dict[str, Any]]:
+    """Where a task goes, and its body: a chat to /v1/chat/completions; a raw prompt to the
+    native /completion (no chat template), or with a suffix to /infill, which formats the
+    fill-in-the-middle prompt with the model's own tokens (a 501 for a model without them)."""
+    request = task.request
+    if request.suffix is not None:
+        fill = {"input_prefix": request.prompt, "input_suffix": request.suffix, "prompt": ""}
+        return "/infill", fill | _common(task)
+    if request.raw:
+        return "/completion", {"prompt": request.prompt} | _common(task)
+    return "/v1/chat/completions", chat_payload(task)
+
+
+def _common(task: ChatTask) -> dict[str, Any]:
+    """What every generation's body has. A seed keeps the prompt out of the cache (a cached
+    prefix can change the result), and so does an image (no pinned slot: `id_slot` is left
+    to llama-server)."""
     request = task.request
     payload: dict[str, Any] = {
-        "messages": [_message(m) for m in request.messages],
-        **_tools(request),
         "max_tokens": task.max_tokens,
         **sampling(task.params),
         "stream": False,
     }
     if request.stop:
-        # `verbose`: llama-server says which stop string ended the answer only there.
+        # `verbose`: llama-server's OpenAI answers say which stop string ended them only there.
         payload |= {"stop": list(request.stop), "verbose": True}
     if request.seed is not None:
         payload |= {"seed": request.seed, "cache_prompt": False}
@@ -140,12 +157,13 @@ def _finish(reason: str | None) -> FinishReason:
 
 def _usage(usage: dict[str, Any] | None, timings: dict[str, Any] | None) -> Usage | None:
     """llama-server's counts (and its timings, and the generation speed in them)."""
-    if not usage or "prompt_tokens" not in usage or "completion_tokens" not in usage:
+    prompt, completion = (usage or {}).get("prompt_tokens"), (usage or {}).get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     timings = timings or None
     return Usage(
-        prompt_tokens=usage["prompt_tokens"],
-        completion_tokens=usage["completion_tokens"],
+        prompt_tokens=prompt,
+        completion_tokens=completion,
         tokens_per_second=timings.get("predicted_per_second") if timings else None,
         timings=timings,
     )
@@ -161,13 +179,42 @@ class _Choice(msgspec.Struct):
 
 
 class _Chunk(msgspec.Struct):
-    """The parts of a streamed chat.completion.chunk (or error) we read."""
+    """The parts of a streamed chat.completion.chunk (or error) we read, or of a native
+    /completion or /infill event (`content`, and `stop` true on the last one)."""
 
     choices: list[_Choice] = []
     usage: dict[str, Any] | None = None
     timings: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     verbose: dict[str, Any] | None = msgspec.field(default=None, name="__verbose")
+    content: str | None = None
+    stop: bool = False
+    stop_type: str = ""
+    stopping_word: str = ""
+    tokens_evaluated: int | None = None
+    tokens_predicted: int | None = None
+
+    def native(self) -> list[Event]:
+        """A native event's text, and on the last one its finish and counts."""
+        found: list[Event] = [TextDelta(text=self.content)] if self.content else []
+        if self.stop:
+            found.append(_native_finish(self.stop_type, self.stopping_word))
+            if (usage := _native_usage(self)) is not None:
+                found.append(usage)
+        return found
+
+
+def _native_usage(answer: _Chunk | Upstream) -> Usage | None:
+    counts = {"prompt_tokens": answer.tokens_evaluated}
+    return _usage(counts | {"completion_tokens": answer.tokens_predicted}, answer.timings)
+
+
+def _native_finish(stop_type: str, stopping_word: str) -> Finish:
+    """llama-server's native `stop_type` (eos, limit, word) as our finish."""
+    if stop_type == "limit":
+        return Finish(reason="length")
+    word = stopping_word if stop_type == "word" and stopping_word else None
+    return Finish(reason="stop", stop_sequence=word)
 
 
 def _stopped_by(verbose: dict[str, Any] | None) -> str | None:
@@ -198,6 +245,8 @@ def events_of(sse: bytes) -> list[Event]:
     if chunk.error is not None:
         message = str(chunk.error.get("message") or chunk.error)
         return [Failure(type="upstream_error", message=f"llama-server: {message}")]
+    if not chunk.choices and (chunk.content is not None or chunk.stop):
+        return chunk.native()
     found: list[Event] = []
     for choice in chunk.choices[:1]:
         if choice.delta is not None and choice.delta.content:
@@ -220,6 +269,11 @@ class Upstream(msgspec.Struct):
     verbose: dict[str, Any] | None = msgspec.field(default=None, name="__verbose")
     prompt: str = ""  # POST /apply-template
     tokens: list[Any] = []  # POST /tokenize
+    content: str | None = None  # POST /completion and /infill, with what follows
+    stop_type: str = ""
+    stopping_word: str = ""
+    tokens_evaluated: int | None = None
+    tokens_predicted: int | None = None
 
 
 def decode(body: bytes) -> Upstream:
@@ -251,7 +305,16 @@ def upstream_message(body: bytes) -> str:
 
 
 def answer_of(answer: Upstream) -> Answer:
-    """A non-streamed chat.completion of llama-server's as our answer."""
+    """A non-streamed chat.completion of llama-server's (or a native /completion or /infill
+    answer) as our answer."""
+    if answer.content is not None:
+        finish = _native_finish(answer.stop_type, answer.stopping_word)
+        return Answer(
+            text=answer.content,
+            finish_reason=finish.reason,
+            usage=_native_usage(answer),
+            stop_sequence=finish.stop_sequence,
+        )
     try:
         choice = answer.choices[0]
         calls = choice["message"].get("tool_calls") or []

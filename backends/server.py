@@ -20,6 +20,7 @@ from backends.llama_api import (
     chat_payload,
     decode,
     events_of,
+    generation,
     json_body,
     llama_error,
     read_event,
@@ -96,19 +97,21 @@ class ServerBackend:
             model.file()
 
     async def chat(self, task: ChatTask) -> Answer:
-        payload = chat_payload(task)
-        answer = await self._resent(task.model, task.params, "/v1/chat/completions", payload)
-        return answer_of(answer)
+        path, payload = generation(task)
+        return answer_of(await self._resent(task.model, task.params, path, payload))
 
     async def vision(self, task: ChatTask) -> Answer:
         return await self.chat(task)
 
     async def count_tokens(self, task: ChatTask) -> int:
         """The prompt as the model's llama-server renders it (`/apply-template`), counted by
-        its tokenizer as a chat's prompt is (`/tokenize`, special tokens added and parsed)."""
-        payload = chat_payload(task)
-        rendered = await self._send(task.model, task.params, "/apply-template", payload)
-        tokenize = {"content": rendered.prompt, "add_special": True, "parse_special": True}
+        its tokenizer as a chat's prompt is (`/tokenize`, special tokens added and parsed); a
+        raw prompt as it is."""
+        prompt = task.request.prompt
+        if not task.request.raw:
+            payload = chat_payload(task)
+            prompt = (await self._send(task.model, task.params, "/apply-template", payload)).prompt
+        tokenize = {"content": prompt, "add_special": True, "parse_special": True}
         counted = await self._send(task.model, task.params, "/tokenize", tokenize)
         return len(counted.tokens)  # its projector: checked by the Job
 
@@ -207,16 +210,17 @@ class ServerBackend:
     async def _sse(self, task: ChatTask) -> AsyncGenerator[bytes, None]:
         """llama-server's own SSE events. A routed stream that fails before its first event
         is retried once on another instance; never after."""
-        payload = chat_payload(task) | {"stream": True, "stream_options": {"include_usage": True}}
+        path, payload = generation(task)
+        payload |= {"stream": True, "stream_options": {"include_usage": True}}
         if not self._router.routes(task.model):
-            async with aclosing(self._local_sse(task, payload)) as events:
+            async with aclosing(self._local_sse(task, path, payload)) as events:
                 async for event in events:
                     yield event
             return
         tried: frozenset[str] = frozenset()
         while True:
             target = self._pick(task.model, task.params, tried)
-            events = self._stream(target, payload)
+            events = self._stream(target, path, payload)
             try:
                 with self._router.watch(target) as scope:
                     first = await anext(events, None)
@@ -243,12 +247,12 @@ class ServerBackend:
             return
 
     async def _local_sse(
-        self, task: ChatTask, payload: dict[str, Any]
+        self, task: ChatTask, path: str, payload: dict[str, Any]
     ) -> AsyncGenerator[bytes, None]:
         """The model's only llama-server's events; sent once more to its successor if it
         died before the first event (the client has received nothing yet), never after."""
         spec = self._spec(task.model, task.params)
-        events = self._stream(spec, payload)
+        events = self._stream(spec, path, payload)
         try:
             first = await anext(events, None)
         except _ConnectionLost as lost:
@@ -256,7 +260,7 @@ class ServerBackend:
             if lost.pid is None:
                 raise
             log.warning("backend.retry stream after: %s", lost.message)
-            events = self._stream(spec, payload, replacing=lost.pid)
+            events = self._stream(spec, path, payload, replacing=lost.pid)
             first = await anext(events, None)
         async with aclosing(events):
             if first is not None:
@@ -265,7 +269,7 @@ class ServerBackend:
                     yield event
 
     async def _stream(
-        self, target: Target, payload: dict[str, Any], replacing: int | None = None
+        self, target: Target, path: str, payload: dict[str, Any], replacing: int | None = None
     ) -> AsyncGenerator[bytes, None]:
         async with self._router.lease(target, replacing) as upstream, AsyncExitStack() as stack:
             with self._upstream_errors(target, upstream.pid):
@@ -273,7 +277,7 @@ class ServerBackend:
                 # and the next request sent on it fails: a stream gets a connection of its own.
                 resp = await stack.enter_async_context(
                     self._supervisor.http.post(
-                        upstream.url + "/v1/chat/completions",
+                        upstream.url + path,
                         data=json_body(payload),
                         headers=JSON | upstream.headers | {"Connection": "close"},
                     )

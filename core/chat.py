@@ -129,6 +129,16 @@ class ChatRequest(_Value, frozen=True):
     json_schema: dict[str, Any] | None = None  # the answer is JSON following it
     grammar: str | None = None  # GBNF for the answer (our own routes, e.g. image tags)
     stream: bool = False
+    # A completion rather than a chat (Ollama's generate): `messages` is one user turn whose
+    # text is the whole prompt, sent as it is, without the model's chat template; with a
+    # `suffix`, the model fills in the middle between that prompt and the suffix.
+    raw: bool = False
+    suffix: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        """A raw request's prompt (the text of its one message)."""
+        return "".join(message.text for message in self.messages)
 
     @property
     def images(self) -> list[ImagePart]:

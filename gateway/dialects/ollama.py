@@ -288,25 +288,28 @@ class GenerateBody(_Common, kw_only=True):
         return not self.prompt and not self.images
 
     def decode(self) -> chat.ChatRequest:
-        self.check_supported()
+        """`raw`: the prompt as it is; `suffix`: the middle between the prompt and it, by
+        the model's fill-in-the-middle tokens; otherwise the model's chat template on the
+        system prompt and the prompt (with its images)."""
+        if self.raw and (self.template or self.system or self.context):
+            raise BadRequest("raw mode does not support template, system, or context", param="raw")
+        if self.context:
+            raise BadRequest(
+                "context: this server does not return or take one: send the conversation"
+                " to /api/chat",
+                param="context",
+            )
+        if self.template:
+            raise BadRequest("template: not supported by this server", param="template")
+        if (self.raw or self.suffix) and self.images:
+            what = "raw" if self.raw else "suffix"
+            raise BadRequest(f"images need the model's template: not with {what}", param="images")
+        if self.raw or self.suffix:
+            prompt = (chat.Message.of("user", self.prompt or ""),)
+            return self._request(prompt, raw=True, suffix=self.suffix or None)
         system = (chat.Message.of("system", self.system),) if self.system else ()
         parts = (*images_of(self.images, "images"), chat.TextPart(text=self.prompt or ""))
         return self._request((*system, chat.Message(role="user", content=parts)))
-
-    def check_supported(self) -> None:
-        """The fields whose meaning we can't give: a 400 naming them, not a silent change."""
-        if self.raw and (self.template or self.system or self.context):
-            raise BadRequest("raw mode does not support template, system, or context", param="raw")
-        refused = {
-            "raw": "a prompt without the model's chat template",
-            "template": "Go templates (the model's own chat template applies)",
-            "context": "`context` (it never returns one: send the conversation to /api/chat)",
-        }
-        for field, what in refused.items():
-            if getattr(self, field):
-                raise BadRequest(f"{field}: this server does not support {what}", param=field)
-        if self.suffix:
-            raise BadRequest(f'"{self.model}" does not support insert', param="suffix")
 
 
 class EmbedBody(msgspec.Struct, kw_only=True):

@@ -4,7 +4,8 @@ with `done: true`, `done_reason` and the counts and durations in nanoseconds. A 
 fails after it started ends with an `{"error": "..."}` line, as Ollama's does.
 
 The durations come from llama.cpp's own timings (llama-server's `timings`; in cli mode the
-generation speed llama-completion prints, where its prompt time is not known: 0).
+perf lines llama-completion prints as it exits, which a run stopped at a stop string never
+gets to: its prompt and generation durations are then 0, never made up).
 `total_duration` is the gateway's own clock from the request's arrival, and `load_duration`
 what is left of it after the prompt and the generation (waiting for a slot, loading)."""
 

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ExceptionHandler
 
 from backends.catalog import Catalog, ModelDef
+from backends.gguf_meta import NotGguf, read_meta
 from core.errors import AiServerError, BadRequest, ModelNotFound
 from gateway.errors import headers_of, status_of
 
@@ -123,8 +124,13 @@ def keep_alive_seconds(value: object, field: str = "keep_alive") -> float | None
     return math.inf if seconds < 0 else seconds
 
 
-# GGUF keys of the fill-in-the-middle tokens (llama.cpp's names, old and new).
-_FIM_KEYS = ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id")
+def fills_in(model: ModelDef) -> bool:
+    """Whether `model` can fill in the middle (`suffix`): its vocabulary has the tokens.
+    Reads its GGUF header (once per file version): call it off the event loop."""
+    try:
+        return model.path is not None and read_meta(model.path).fim is not None
+    except NotGguf:
+        return False
 
 
 def capabilities(model: ModelDef, info: Mapping[str, object]) -> list[str]:
@@ -137,7 +143,7 @@ def capabilities(model: ModelDef, info: Mapping[str, object]) -> list[str]:
         found.append("vision")
     if model.embeddings:
         found.append("embedding")
-    if any(info.get(key) is not None for key in _FIM_KEYS):
+    if fills_in(model):
         found.append("insert")
     template = info.get("tokenizer.chat_template")
     if isinstance(template, str) and "<think>" in template:

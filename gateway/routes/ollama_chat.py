@@ -8,12 +8,15 @@ from __future__ import annotations
 import time
 from functools import partial
 
+import anyio
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from backends.catalog import ModelDef
 from core.chat import ChatRequest
+from core.errors import BadRequest
 from gateway.bodies import decode_json, json_response
 from gateway.dialects.ollama import (
     ChatBody,
@@ -23,18 +26,17 @@ from gateway.dialects.ollama import (
     KeepAlive,
 )
 from gateway.dialects.ollama_answers import MEDIA_TYPE, Writer, embed_answer, lines, replayed
-from gateway.dialects.ollama_common import keep_alive_seconds, resolve
+from gateway.dialects.ollama_common import fills_in, keep_alive_seconds, resolve
 from gateway.responses import event_stream
 from gateway.routes.job import Job
 
 
-async def use(job: Job, given: str, role: str, keep_alive: KeepAlive) -> float | None:
+async def use(job: Job, given: str, role: str, keep_alive: KeepAlive) -> ModelDef:
     """The model named `given` (`x` or `x:latest`; Ollama's 400 or 404 for none), kept
-    loaded as `keep_alive` says; its seconds."""
-    job.use(resolve(job.svc.dispatcher.catalog, given).name, role)
-    seconds = keep_alive_seconds(keep_alive)
-    await job.keep_alive(seconds)
-    return seconds
+    loaded as `keep_alive` says."""
+    model = job.use(resolve(job.svc.dispatcher.catalog, given).name, role)
+    await job.keep_alive(keep_alive_seconds(keep_alive))
+    return model
 
 
 async def answer(job: Job, request: ChatRequest, writer: Writer, keep_alive: KeepAlive) -> Response:
@@ -46,7 +48,9 @@ async def answer(job: Job, request: ChatRequest, writer: Writer, keep_alive: Kee
         if request.stream:
             return await event_stream(replayed(whole, writer), MEDIA_TYPE)
         return json_response(writer.whole(whole))
-    await use(job, writer.model, "chat", keep_alive)
+    model = await use(job, writer.model, "chat", keep_alive)
+    if request.suffix is not None and not await anyio.to_thread.run_sync(fills_in, model):
+        raise BadRequest(f'"{writer.model}" does not support insert', param="suffix")
     task = job.chat_task(request)
     if request.stream:
         return await job.chat_stream(task, partial(lines, writer=writer), MEDIA_TYPE)

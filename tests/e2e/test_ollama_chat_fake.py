@@ -129,7 +129,7 @@ BAD: list[tuple[str, dict[str, Any], int, str]] = [
         400,
         "does not support insert",
     ),
-    ("/api/generate", {"model": "stub", "prompt": "x", "raw": True}, 400, "raw"),
+    ("/api/generate", {"model": "stub", "prompt": "x", "raw": True, "system": "y"}, 400, "raw"),
     ("/api/generate", {"model": "stub", "prompt": "x", "format": "xml"}, 400, "format"),
     ("/api/embed", {"model": "stub", "input": "x", "dimensions": 2}, 400, "dimensions"),
     ("/api/embed", {"model": "stub", "input": 3}, 400, "$.input"),

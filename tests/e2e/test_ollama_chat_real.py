@@ -101,6 +101,44 @@ async def test_ollama_client_chat_generate_and_embed(tmp_path: Path, backend: st
         assert caught.value.error == 'option "temperature" must be of type float32'
 
 
+# SmolLM2's chat template on a system prompt and a question, opening the model's turn.
+CHATML = (
+    "<|im_start|>system\nAnswer in one word.<|im_end|>\n"
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+@pytest.mark.parametrize("backend", ["server", "cli"])
+async def test_raw_generate_is_the_prompt_as_it_is(tmp_path: Path, backend: str) -> None:
+    """`raw`: the prompt reaches the model without its template; written out by hand, the
+    template's own text gives the chat's answer, token for token, in both modes."""
+    async with serving(real_settings(tmp_path, backend=backend)) as client:
+        c = ollama_client(client)
+        ask = [
+            {"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ]
+        chatted = await c.chat(model=SMOLLM2, messages=ask, options=FEW)
+        raw = await c.generate(model=SMOLLM2, prompt=CHATML, raw=True, options=FEW)
+        assert raw.response == chatted.message.content, (raw, chatted)
+        assert raw.prompt_eval_count == chatted.prompt_eval_count
+        assert_counted(raw)
+        assert raw.prompt_eval_duration and raw.prompt_eval_duration > 0  # cli mode too
+
+        streamed = [p async for p in await c.generate(model=SMOLLM2, prompt=CHATML, raw=True,
+                                                      options=FEW, stream=True)]  # fmt: skip
+        assert "".join(p.response or "" for p in streamed) == raw.response
+        assert_counted(streamed[-1])
+
+        # Without its template the base model just goes on with the text.
+        plain = await c.generate(model=GEMMA, prompt="1, 2, 3, 4,", raw=True, options=FEW)
+        assert (plain.response or "").startswith(" 5, 6") and plain.prompt_eval_count == 12, plain
+        with pytest.raises(ollama.ResponseError) as caught:
+            await c.generate(model=SMOLLM2, prompt="x", raw=True, system="be brief")
+        assert caught.value.status_code == 400
+        assert caught.value.error == "raw mode does not support template, system, or context"
+
+
 @pytest.mark.parametrize("backend", ["server", "cli"])
 async def test_ollama_client_tool_loop(tmp_path: Path, backend: str) -> None:
     """A Python function as the tool: the model calls it with arguments as an object, its

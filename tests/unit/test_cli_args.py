@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.cli import RunTail, completion_result, exit_error, token_counts
+from backends.cli import RunTail, completion_result, exit_error, timings_of, token_counts
 from backends.cli_args import completion_argv, embedding_argv, padded_ctx
 from core.config import LlmParams
 from supervisor.logtail import LogTail
@@ -66,6 +66,9 @@ def test_token_counts_reads_llama_completion_perf_lines() -> None:
     )
     assert token_counts(log) == (15, 8)
     assert token_counts("no perf lines") == (0, 0)
+    # and the durations Ollama's answers report, under llama-server's names
+    assert timings_of(log) == {"prompt_ms": 57.23, "predicted_ms": 688.62}
+    assert timings_of("no perf lines") is None
 
 
 def test_a_failed_runs_error_never_carries_the_inputs_text(

@@ -74,7 +74,8 @@ def test_capabilities_follow_the_model_and_its_header() -> None:
     plain = ModelDef(name="a", path="/a.gguf", embeddings=False)
     assert capabilities(plain, {}) == ["completion", "tools"]
     seeing = ModelDef(name="b", path="/b.gguf", mmproj="/p.gguf")
-    fim = {"tokenizer.ggml.fim_pre_token_id": 5, "tokenizer.chat_template": "<think>{{x}}"}
-    assert capabilities(seeing, fim) == [
-        "completion", "tools", "vision", "embedding", "insert", "thinking"
+    thinking = {"tokenizer.chat_template": "<think>{{x}}"}
+    assert capabilities(seeing, thinking) == [
+        "completion", "tools", "vision", "embedding", "thinking"
     ]  # fmt: skip
+    # `insert` is read from the file's vocabulary: tests/e2e/test_ollama_fim_real.py

@@ -99,12 +99,12 @@ def test_format(fmt: Any, schema: Any) -> None:
 @pytest.mark.parametrize(
     ("fields", "param", "message"),
     [
-        # /api/generate's fields whose meaning we can't give
-        ({"prompt": "x", "raw": True}, "raw", "without the model's chat template"),
+        # /api/generate's
         ({"prompt": "x", "raw": True, "system": "x"}, "raw", "raw mode does not support template"),
-        ({"prompt": "x", "template": "{{ .Prompt }}"}, "template", "Go templates"),
-        ({"prompt": "x", "context": [1, 2, 3]}, "context", "never returns one"),
-        ({"prompt": "x", "suffix": "return x"}, "suffix", '"m" does not support insert'),
+        ({"prompt": "x", "raw": True, "context": [1]}, "raw", "raw mode does not support template"),
+        ({"prompt": "x", "context": [1, 2, 3]}, "context", "does not return or take one"),
+        ({"prompt": "x", "raw": True, "images": [PIXEL]}, "images", "not with raw"),
+        ({"prompt": "x", "suffix": "y", "images": [PIXEL]}, "images", "not with suffix"),
         ({"prompt": "x", "images": ["not base64!"]}, "images[0]", "not base64"),
         # /api/chat's
         ({"format": "yaml"}, "format", 'format must be "json" or a JSON schema'),
@@ -190,6 +190,15 @@ def test_generate_prompt_system_and_images() -> None:
     assert system == chat.Message.of("system", "be brief")
     assert [type(p) for p in user.content] == [chat.ImagePart, chat.TextPart]
     assert user.text == "hi" and request.max_tokens == 3
+
+
+def test_generate_raw_and_suffix_are_completions_of_the_prompt_as_it_is() -> None:
+    raw = generate_body(prompt="<|im_start|>user\nhi", raw=True, stream=False)
+    assert (raw.raw, raw.suffix, raw.prompt) == (True, None, "<|im_start|>user\nhi")
+    assert raw.messages == (chat.Message.of("user", "<|im_start|>user\nhi"),)
+    fill = generate_body(prompt="def add(a, b):\n", suffix="\n    return c\n", system="ignored")
+    assert (fill.raw, fill.suffix, fill.prompt) == (True, "\n    return c\n", "def add(a, b):\n")
+    assert not generate_body().raw and generate_body().suffix is None
 
 
 def test_think_is_accepted() -> None:
