@@ -133,6 +133,9 @@ async def test_raw_generate_is_the_prompt_as_it_is(tmp_path: Path, backend: str)
         # Without its template the base model just goes on with the text.
         plain = await c.generate(model=GEMMA, prompt="1, 2, 3, 4,", raw=True, options=FEW)
         assert (plain.response or "").startswith(" 5, 6") and plain.prompt_eval_count == 12, plain
+        cut = await c.generate(model=GEMMA, prompt="1, 2, 3, 4,", raw=True,
+                               options=FEW | {"stop": [" 6"]})  # fmt: skip
+        assert (cut.response, cut.done_reason) == (" 5,", "stop"), cut
         with pytest.raises(ollama.ResponseError) as caught:
             await c.generate(model=SMOLLM2, prompt="x", raw=True, system="be brief")
         assert caught.value.status_code == 400
