@@ -105,8 +105,10 @@ class _Embeddings(msgspec.Struct):
     data: list[dict[str, Any]]
 
 
-# What llama-completion prints on stdout after the model's end of generation: not the answer.
+# What llama-completion prints on stdout after the model's end of generation, and after the
+# text whenever it exits: not the answer.
 END_OF_TEXT = " [end of text]"
+TRAILER = "\n\n"
 
 
 class RunTail(LogTail):
@@ -238,7 +240,7 @@ class CliBackend:
         """llama-completion's text as it writes it, cut before the first stop string: the
         process group is stopped there, and nothing of the stop is ever yielded."""
         run.prompt = await self._render(task)
-        watch = StopWatch([*task.request.stop, END_OF_TEXT])
+        watch = StopWatch([*task.request.stop, END_OF_TEXT], trailer=TRAILER)
         failure: AiServerError | None = None
         code = 0
         with self._prompt_file(task, run.prompt) as argv:

@@ -49,6 +49,8 @@ def completion_argv(
         *_sampling(params),
         "--no-conversation",
         "--no-display-prompt",
+        # The prompt as it is: by default llama.cpp turns a "\\n" in it into a newline.
+        "--no-escape",
     ]  # fmt: skip
     if seed is not None:
         argv += ["--seed", str(seed)]
@@ -83,6 +85,7 @@ def mtmd_argv(
         "--n-predict", str(max_tokens),
         *_sizes(params),
         *_sampling(params),
+        "--no-escape",
         # As llama-server runs it; llama-mtmd-cli's Jinja is off by default.
         *(template_argv(chat_template) or ["--jinja"]),
     ]  # fmt: skip
@@ -110,6 +113,7 @@ def embedding_argv(
         "--pooling", "mean",
         "--embd-normalize", "2",
         "--embd-output-format", "json",
+        "--no-escape",
         # Its token counts ("number of tokens in prompt = N", on stderr) for `usage`; it
         # also lists the tokens on stdout, before the JSON.
         "--verbose-prompt",

@@ -24,6 +24,7 @@ def test_completion_argv_golden_with_the_seed_defaults() -> None:
         "--mirostat", "0",
         "--no-conversation",
         "--no-display-prompt",
+        "--no-escape",
     ]  # fmt: skip
 
 
@@ -39,6 +40,7 @@ def test_embedding_argv_golden_without_sampling_params() -> None:
         "--pooling", "mean",
         "--embd-normalize", "2",
         "--embd-output-format", "json",
+        "--no-escape",
         "--verbose-prompt",
     ]  # fmt: skip
 

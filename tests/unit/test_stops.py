@@ -37,3 +37,20 @@ def test_after_a_stop_nothing_more_is_sent() -> None:
     watch = StopWatch(["x"])
     assert watch.feed("ax") == "a"
     assert watch.feed("more") == "" and watch.flush() == ""
+
+
+@pytest.mark.parametrize(
+    ("pieces", "text"),
+    [
+        (["1, 2", ",\n", "\n"], "1, 2,"),  # cut at the length: the trailer is not text
+        (["a\n\n", "\n\n"], "a\n\n"),  # the model's own blank line stays
+        (["a [end of text]\n", "\n\n"], "a"),  # ended by the model: a stop
+        (["a\n"], "a\n"),  # no trailer: nothing left off
+        (["\n"], "\n"),  # shorter than the trailer
+    ],
+)
+def test_a_trailer_is_held_back_and_left_off_at_the_end(pieces: list[str], text: str) -> None:
+    """llama-completion writes "\n\n" after the text whenever it exits."""
+    watch = StopWatch([" [end of text]"], trailer="\n\n")
+    sent = [watch.feed(piece) for piece in pieces]
+    assert "".join(sent) + watch.flush() == text
