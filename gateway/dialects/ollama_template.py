@@ -106,21 +106,45 @@ def _legacy(tree: list[_Node], messages: list[_Message], think: dict[str, Value]
 
 
 def _cut(nodes: list[_Node]) -> tuple[list[_Node], bool]:
-    """`nodes` up to the first action with a `.Response` field (Ollama's deleteNode: branch
-    conditions are not looked at; what follows, later branches too, is dropped)."""
+    """`nodes` up to the first `.Response` field, as Ollama's deleteNode cuts them: whatever
+    follows it goes, even the rest of its action, and an action left with an empty command
+    goes whole. Branch conditions are not looked at. (Where Ollama panics, an {{else}} after a
+    cut in its {{if}}, the {{else}} goes too.)"""
     out: list[_Node] = []
     for node in nodes:
-        if isinstance(node, _Action) and "Response" in _names([node], variables=False):
-            return [*out, node], True
-        if isinstance(node, _Branch):
+        if isinstance(node, _Action):
+            pipe, found = _cut_pipe(node.pipe)
+            out += [_Action(pipe)] if pipe else []
+        elif isinstance(node, _Branch):
             body, found = _cut(node.body)
-            orelse, found_else = ([], False) if found else _cut(node.orelse)
+            orelse, found = ([], True) if found else _cut(node.orelse)
             out.append(replace(node, body=body, orelse=orelse))
-            if found or found_else:
-                return out, True
         else:
             out.append(node)
+            found = False
+        if found:
+            return out, True
     return out, False
+
+
+def _cut_pipe(pipe: _Pipe) -> tuple[_Pipe | None, bool]:
+    cmds: list[tuple[_Arg, ...]] = []
+    found = False
+    for cmd in pipe.cmds:
+        args: list[_Arg] = []
+        for arg in cmd:
+            if isinstance(arg, _Ref) and arg.var is None and "Response" in arg.names:
+                found = True  # deleteNode keeps every .Response field
+                args.append(arg)
+            elif isinstance(arg, _Pipe) and not found:
+                inner, found = _cut_pipe(arg)
+                args += [inner] if inner else []
+            elif not found:
+                args.append(arg)
+        if not args:
+            return None, found
+        cmds.append(tuple(args))
+    return replace(pipe, cmds=tuple(cmds)), found
 
 
 # -- the tree -------------------------------------------------------------------------------
@@ -240,7 +264,7 @@ def _lex(source: str) -> Iterator[str | tuple[int, list[_Token]]]:
             continue
         tokens: list[_Token] = []
         while (m := _TOKEN.match(source, pos)) and m.lastgroup != "close":
-            if m.lastgroup == "field" and tokens[-1:] == [("punct", ")")]:
+            if m.lastgroup == "field" and source[pos - 1] == ")":
                 raise _error(f"line {line}: a field of a (pipeline) is not supported")
             if m.lastgroup != "space":
                 tokens.append((m.lastgroup or "", m.group()))
@@ -467,7 +491,8 @@ class _State:
                 del self.vars[mark:]
 
     def loop(self, node: _Branch, dot: Value) -> None:
-        value = self.pipe(replace(node.pipe, decl=()), dot)
+        """Go's range: its variables hold the whole value, then each index and element."""
+        value, decl, top = self.pipe(node.pipe, dot), node.pipe.decl, len(self.vars)
         if isinstance(value, list):
             items: list[tuple[Value, Value]] = list(enumerate(value))
         elif isinstance(value, dict | _NilSlice) or value is None:
@@ -475,9 +500,11 @@ class _State:
         else:
             raise _error(f"range can't iterate over a {_kind(value)}")
         for key, item in items:
-            mark = len(self.vars)
-            bound = [key, item] if len(node.pipe.decl) == 2 else [item]
-            self.vars.extend(zip(node.pipe.decl, bound, strict=False))
+            if node.pipe.assign:
+                self.vars[self.find(decl[0])] = (decl[0], item)
+            elif decl:
+                bound = [key, item] if len(decl) == 2 else [item]
+                self.vars[top - len(decl) : top] = list(zip(decl, bound, strict=True))
             try:
                 self.walk(node.body, item)
             except _Continue:
@@ -485,7 +512,7 @@ class _State:
             except _Break:
                 break
             finally:
-                del self.vars[mark:]
+                del self.vars[top:]
         if not items:
             self.walk(node.orelse, dot)
 
@@ -495,8 +522,8 @@ class _State:
             value = self.command(cmd, dot, [value] if i else [])
         if pipe.decl and pipe.assign:
             self.vars[self.find(pipe.decl[0])] = (pipe.decl[0], value)
-        elif pipe.decl:
-            self.vars.append((pipe.decl[0], value))
+        else:
+            self.vars += [(name, value) for name in pipe.decl]
         return value
 
     def find(self, var: str) -> int:
@@ -583,12 +610,24 @@ def _json(values: list[Value]) -> str:
 
 
 def _equal(a: Value, b: Value) -> bool:
-    """Go's eq on two values: basic values of one kind, or <no value> (never equal)."""
-    if a is None or b is None:
-        return False
-    if _kind(a) != _kind(b) or isinstance(a, list | dict | _NilSlice):
-        raise _error(f"eq: can't compare a {_kind(a)} with a {_kind(b)}")
-    return a is b if isinstance(a, _Message) else a == b
+    """Go's eq of two values: basic ones (string, int, bool) of one kind; <no value> and nil
+    lists equal each other and nothing else; a message only itself."""
+    basic = ("string", "int", "bool")
+    if _kind(a) != _kind(b) and (_kind(a) in basic or _kind(b) in basic):
+        if a is None or b is None:
+            return False
+        raise _error(f"eq: incompatible types for comparison: a {_kind(a)} and a {_kind(b)}")
+    if _kind(a) in basic:
+        return a == b
+    if a is None or b is None or isinstance(a, _NilSlice) or isinstance(b, _NilSlice):
+        comparable = a is None or b is None or _kind(a) == _kind(b)
+        if comparable:
+            return (a is None or isinstance(a, _NilSlice)) and (
+                b is None or isinstance(b, _NilSlice)
+            )
+    elif isinstance(a, _Message) and isinstance(b, _Message):
+        return a is b
+    raise _error(f"eq: non-comparable types: a {_kind(a)} and a {_kind(b)}")
 
 
 def _order(name: str, a: Value, b: Value) -> int:
@@ -606,29 +645,40 @@ def _len(v: Value) -> int:
     raise _error(f"len of a {_kind(v)}")
 
 
+def _int(v: Value) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _error(f"cannot index with a {_kind(v)}")
+    return v
+
+
 def _index(values: list[Value]) -> Value:
-    if not values:
-        raise _error("wrong number of args for index: want at least 1 got 0")
-    v = values[0]
-    for key in values[1:]:
-        if isinstance(v, list) and isinstance(key, int) and 0 <= key < len(v):
-            v = v[key]
-        elif isinstance(v, dict) and isinstance(key, str):
+    """Go's `index x 1 2`: x[1][2], of lists, the top-level map and strings (a byte)."""
+    v, *keys = values or [None]
+    if v is None:
+        raise _error("index of untyped nil")
+    for key in keys:
+        if isinstance(v, dict) and isinstance(key, str):
             v = v.get(key)
+        elif isinstance(v, list | str | _NilSlice):
+            seq = v.encode() if isinstance(v, str) else [] if isinstance(v, _NilSlice) else v
+            if not 0 <= _int(key) < len(seq):
+                raise _error(f"index out of range: {key}")
+            v = seq[_int(key)]
         else:
             raise _error(f"can't index a {_kind(v)} with {key!r}")
     return v
 
 
 def _slice(values: list[Value]) -> Value:
-    """`slice x i` and `slice x i j`: x[i:], x[i:j], a string by its UTF-8 bytes, as Go's."""
+    """Go's `slice x 1 2`: x[1:2], of a list or of a string by its UTF-8 bytes."""
     v, *bounds = values or [None]
-    if not isinstance(v, str | list) or len(bounds) > 2:
+    if isinstance(v, _NilSlice) and all(_int(b) == 0 for b in bounds):
+        return v
+    if not isinstance(v, str | list) or len(bounds) > (2 if isinstance(v, str) else 3):
         raise _error(f"can't slice a {_kind(v)} with {len(bounds)} indexes")
     seq: bytes | list[Value] = v.encode() if isinstance(v, str) else v
-    lo = bounds[0] if bounds else 0
-    hi = bounds[1] if len(bounds) > 1 else len(seq)
-    if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi <= len(seq)):
+    lo, hi, cap = [*map(_int, bounds), *(0, len(seq), len(seq))[len(bounds) :]]
+    if not 0 <= lo <= hi <= cap <= len(seq):
         raise _error(f"slice index out of range: {bounds}")
     return seq[lo:hi].decode(errors="replace") if isinstance(seq, bytes) else seq[lo:hi]
 
