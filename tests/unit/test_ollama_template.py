@@ -144,6 +144,15 @@ def test_the_last_turn_is_cut_after_its_response() -> None:
     assert render(source, TemplateValues(messages=turns)) == "|u1|a1|tail|u2|"
 
 
+def test_the_cut_drops_the_rest_of_the_action_as_ollamas_deletenode() -> None:
+    source = '{{ .Prompt }}:{{ .Response | printf "<%s>" }}:tail'
+    assert render(source, TemplateValues(prompt="P")) == "P:"
+    turns = (("user", "u1"), ("assistant", "a1"), ("user", "u2"))
+    assert render(source, TemplateValues(messages=turns)) == "u1:<a1>:tailu2:"
+    source = '{{ .Prompt }}:{{ printf "%s|%s" .Response .Prompt }}:tail'
+    assert render(source, GENERATE) == "Why is the sky blue?:|%!s(MISSING)"
+
+
 def test_a_template_without_response_gets_one_appended() -> None:
     source = "{{ if .System }}<<SYS>>{{ .System }}<</SYS>>\n{{ end }}[INST] {{ .Prompt }} [/INST]"
     expected = "<<SYS>>You are terse.<</SYS>>\n[INST] Why is the sky blue? [/INST]"
@@ -247,6 +256,28 @@ def test_functions() -> None:
     assert render(source, GENERATE) == expected
 
 
+def test_eq_of_nothing_and_of_nil_lists_as_go() -> None:
+    fim = TemplateValues(prompt="p", suffix="s")
+    source = '{{ eq .System .Tools }}|{{ eq .System "" }}|{{ ne .Messages .Tools }}'
+    assert render(source, fim) == "true|false|false"
+    source = "{{ range .Messages }}{{ end }}{{ eq .Tools .Prompt }}|{{ eq .Messages .Tools }}"
+    assert render(source, TemplateValues(prompt="p")) == "true|false"
+
+
+def test_range_variables_hold_the_ranged_value_in_else() -> None:
+    source = (
+        '{{ range .Messages }}{{ end }}{{ $i := "outer" }}'
+        "{{ range $i, $m := .Tools }}{{ else }}{{ $i }}{{ end }}{{ $i }}"
+    )
+    assert render(source, TemplateValues(prompt="p")) == "nullouter"
+
+
+def test_index_and_slice_of_strings_and_nil_lists() -> None:
+    source = "{{ range .Messages }}{{ end }}"
+    source += '{{ len (slice .Tools) }}|{{ index "abc" 1 }}|{{ slice "abc" 1 }}'
+    assert render(source, TemplateValues(prompt="p")) == "0|98|bc"
+
+
 def test_printf_marks_wrong_missing_and_extra_arguments_as_go_does() -> None:
     source = '{{ printf "%d|%s|%v|%%" "a" 1 true }}{{ printf "%s" }}{{ printf "%s" "x" "y" 2 }}'
     expected = "%!d(string=a)|%!s(int=1)|true|%%!s(MISSING)x%!(EXTRA string=y, int=2)"
@@ -305,6 +336,8 @@ def test_string_literals() -> None:
         ("{{ slice .Prompt 1 100 }}", "slice index out of range"),
         ("{{ index .Messages 5 }}", "index out of range: 5"),
         ("{{ index .Messages 0 | len }}", "len of a message"),
+        ("{{ index .Suffix }}", "index of untyped nil"),
+        ("{{ slice .Prompt true }}", "cannot index with a bool"),
         ("{{ currentDate }}", "function 'currentDate' is not supported"),
         ("{{ print .Prompt }}", "function 'print' is not supported"),
         ('{{ printf "%q" .Prompt }}', "printf verb '%q' is not supported"),
