@@ -13,11 +13,13 @@ of Go's text/template in `go_template`:
 
 `.Think` is false, `.ThinkLevel` "" and `.IsThinkSet` false (Ollama's values when the client
 sends no `think` to a model that cannot think); a message's `.Thinking`, `.ToolName` and
-`.ToolCallID` are "", its `.Images` and `.ToolCalls` empty. One of these top-level fields that
-the case at hand does not set prints `<no value>`, as in Go; a field Ollama does not have is
-refused (Go would print `<no value>`). Ollama's functions: `json` of a string, number, boolean
-or nothing; `currentDate`, `yesterdayDate` and `toTypeScriptType` are refused if they run
-(they sit in the tool branches of model templates, which a request without tools never runs).
+`.ToolCallID` are "", its `.Images` and `.ToolCalls` empty. A top-level field that the case
+at hand does not set, or that Ollama never sets, is nothing: false, and printed `<no value>`,
+as Go prints a missing key (qwen3's template asks for `.Thinking` there). A message has only
+the fields of Ollama's; another is an error, as in Go. Ollama's functions: `json` of a string,
+number, boolean or nothing; `currentDate`, `yesterdayDate` and `toTypeScriptType` are refused
+if they run (they sit in the tool branches of model templates, which a request without tools
+never runs).
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ class _Message(Struct):
 
 
 class _Values(Struct):
-    """The map Ollama's Execute gives a template."""
+    """The map Ollama's Execute gives a template (with missingkey=zero: a missing key is a nil
+    interface, which Go prints `<no value>`)."""
 
     kind = "map"
 
@@ -103,13 +106,7 @@ class _Values(Struct):
         self.values |= values
 
     def field(self, name: str) -> Value:
-        if name not in _FIELDS:
-            raise template_error(f"unknown field .{name}")
-        return self.values.get(name)  # not set in this case: Go prints <no value>
-
-
-_FIELDS = {"System", "Prompt", "Response", "Suffix", "Messages", "Tools", "Think", "ThinkLevel"}
-_FIELDS |= {"IsThinkSet"}  # every field Ollama's Execute sets in one case or another
+        return self.values.get(name)
 
 
 def _json(values: list[Value]) -> str:
