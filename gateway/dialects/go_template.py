@@ -126,9 +126,9 @@ def _unquote(token: str) -> str:
 def _lex(source: str) -> Iterator[str | tuple[int, list[_Token]]]:
     """The text between actions (trimmed as their markers say) and each action as (line,
     tokens); comments are dropped."""
-    pos, trim_next = 0, False
+    pos, trim_next, line = 0, False, 1
     while (start := source.find("{{", pos)) >= 0:
-        line = source.count("\n", 0, start) + 1
+        line += source.count("\n", pos, start)  # the line where the action starts
         trim = source[start + 2 : start + 3] == "-" and source[start + 3 : start + 4] in (*_SPACE,)
         text = source[pos:start].lstrip(_SPACE) if trim_next else source[pos:start]
         yield text.rstrip(_SPACE) if trim else text
@@ -139,6 +139,7 @@ def _lex(source: str) -> Iterator[str | tuple[int, list[_Token]]]:
                 raise template_error(f"line {line}: unclosed comment")
             if not (m := _TOKEN.match(source, end + 2)) or m.lastgroup != "close":
                 raise template_error(f"line {line}: comment ends before closing delimiter")
+            line += source.count("\n", start, m.end())
             trim_next, pos = m.group() != "}}", m.end()
             continue
         tokens: list[_Token] = []
@@ -151,8 +152,9 @@ def _lex(source: str) -> Iterator[str | tuple[int, list[_Token]]]:
         if not m:
             what = f"{source[pos]!r} in action" if pos < len(source) else "unclosed action"
             raise template_error(f"line {line}: {what}")
-        trim_next, pos = m.group() != "}}", m.end()
         yield line, tokens
+        line += source.count("\n", start, m.end())
+        trim_next, pos = m.group() != "}}", m.end()
     yield source[pos:].lstrip(_SPACE) if trim_next else source[pos:]
 
 
@@ -165,6 +167,7 @@ class _Parser:
     def __init__(self, source: str, funcs: set[str]) -> None:
         self.items = [item for item in _lex(source) if item != ""]
         self.pos, self.line, self.ranges, self.vars, self.funcs = 0, 0, 0, ["$"], funcs
+        self.depth = 0  # of branches and parentheses: Python's stack is not Go's
 
     def parse(self) -> list[Node]:
         nodes, stop = self.body()
@@ -200,7 +203,13 @@ class _Parser:
                 nodes.append(Action(self.pipe(tokens, "command")))
         return nodes, []
 
+    def nest(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(f"nested deeper than {MAX_DEPTH}")
+
     def branch(self, kind: str, tokens: list[_Token]) -> Branch:
+        self.nest()
         mark = len(self.vars)
         pipe = self.pipe(tokens, kind)
         self.ranges += kind == "range"
@@ -216,6 +225,7 @@ class _Parser:
         if stop != [("word", "end")]:
             raise self.error(f"unclosed {{{{{kind}}}}}" if not stop else "bad {{end}}")
         del self.vars[mark:]
+        self.depth -= 1
         return Branch(kind, pipe, body, orelse)
 
     def pipe(self, tokens: list[_Token], context: str) -> Pipe:
@@ -266,7 +276,10 @@ class _Parser:
                 raise self.error(f"undefined variable {var}")
             return Ref(var, tuple(names))
         if (kind, text) == ("punct", "("):
-            return self.commands(it, "(")
+            self.nest()
+            pipe = self.commands(it, "(")
+            self.depth -= 1
+            return pipe
         if text in ("true", "false"):
             return Lit(text == "true")
         if text in self.funcs:
@@ -296,6 +309,9 @@ class NilSlice:
 
 
 Value: TypeAlias = "str | int | bool | list[Value] | Struct | NilSlice | None"
+MAX_DEPTH = 64  # nested branches and parentheses
+MAX_STEPS = 1_000_000  # nodes walked in one execution
+MAX_OUTPUT = 16 * 2**20  # characters printed by one execution
 Function: TypeAlias = Callable[[list["Value"]], "Value"]
 _ARITY = {"ne": 2, "lt": 2, "le": 2, "gt": 2, "ge": 2, "not": 1, "len": 1}
 
@@ -348,14 +364,19 @@ class _State:
     vars: list[tuple[str, Value]]  # a stack, popped at the end of a branch or an iteration
     funcs: Mapping[str, Function | None]
     out: list[str] = field(default_factory=list)
+    steps: int = 0  # nodes walked, for MAX_STEPS: nested ranges multiply
+    size: int = 0  # characters printed
 
     def walk(self, nodes: list[Node], dot: Value) -> None:
+        self.steps += len(nodes)
+        if self.steps > MAX_STEPS or self.size > MAX_OUTPUT:
+            what = f"{MAX_STEPS} steps" if self.steps > MAX_STEPS else f"{MAX_OUTPUT} characters"
+            raise template_error(f"the template runs past {what}")
         for node in nodes:
-            if isinstance(node, Text):
-                self.out.append(node.text)
-            elif isinstance(node, Action):
-                value = self.pipe(node.pipe, dot)
-                self.out.append("" if node.pipe.decl else _print(value))
+            if isinstance(node, Text | Action):
+                text = node.text if isinstance(node, Text) else self.action(node.pipe, dot)
+                self.out.append(text)
+                self.size += len(text)
             elif isinstance(node, Jump):
                 raise _Break() if node.kind == "break" else _Continue()
             else:
@@ -367,6 +388,10 @@ class _State:
                 else:
                     self.walk(node.orelse, dot)
                 del self.vars[mark:]
+
+    def action(self, pipe: Pipe, dot: Value) -> str:
+        value = self.pipe(pipe, dot)
+        return "" if pipe.decl else _print(value)
 
     def loop(self, node: Branch, dot: Value) -> None:
         """Go's range: its variables hold the whole value, then each index and element."""

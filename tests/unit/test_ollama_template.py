@@ -346,6 +346,9 @@ def test_string_literals() -> None:
         ("{{ .Prompt.Length }}", "can't evaluate field Length in a string"),
         ("{{ end }}", "unexpected {{end}}"),
         ("x\n{{ else }}", "line 2: unexpected {{else}}"),
+        ("{{ if\n.Prompt }}\n{{ end }}{{ end }}", "line 3: unexpected {{end}}"),
+        ("{{ if 1 }}" * 65 + "{{ end }}" * 65, "nested deeper than 64"),
+        ("{{ " + "(" * 65 + "1" + ")" * 65 + " }}", "nested deeper than 64"),
         ("{{ $x }}", "undefined variable $x"),
         ("{{ $x = 1 }}", "undefined variable $x"),
         ("{{ if .System }}{{ $y := 1 }}{{ end }}{{ $y }}", "undefined variable $y"),
@@ -393,6 +396,16 @@ def test_what_is_not_in_the_subset_is_a_bad_request_naming_it(source: str, messa
     assert caught.value.param == "template"
     assert caught.value.message.startswith("template: ")
     assert message in caught.value.message
+
+
+def test_a_template_that_runs_away_is_stopped() -> None:
+    ten = TemplateValues(messages=(("user", "u"), ("assistant", "a")) * 5)
+    nested = "{{ range $.Messages }}" * 7 + "x" + "{{ end }}" * 7  # 10**7 iterations
+    with pytest.raises(BadRequest, match="runs past 1000000 steps"):
+        render(nested, ten)
+    wide = "{{ range .Messages }}" + "x" * 2**21 + "{{ end }}"  # 20 MiB of output
+    with pytest.raises(BadRequest, match="runs past 16777216 characters"):
+        render(wide, ten)
 
 
 TEMPLATE_BITS = st.sampled_from(
