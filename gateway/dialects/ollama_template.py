@@ -52,7 +52,8 @@ from gateway.dialects.go_template import (
 class TemplateValues(msgspec.Struct, frozen=True, kw_only=True):
     """The request's side. `messages`, when not empty, is the conversation; else it is
     `system` (when not empty), the user's `prompt` and `response` (when not empty), which is
-    what Ollama's generate builds from its body."""
+    what Ollama's generate builds from its body. A `prompt` with a `suffix` is filled in the
+    middle, and then `system` is not seen, as in Ollama."""
 
     system: str = ""
     prompt: str = ""
@@ -62,7 +63,8 @@ class TemplateValues(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def render(source: str, values: TemplateValues) -> str:
-    """The prompt Ollama would build from the template `source` and `values`."""
+    """The prompt Ollama would build from the template `source` and `values`. A template
+    outside the subset, or one that fails as it runs, is a BadRequest with param "template"."""
     tree = parse(source, _FUNCS)
     named = {name.lower() for name in names(tree)}
     if "messages" not in named and "response" not in named:
