@@ -1,0 +1,3 @@
+module tplharness
+
+go 1.19
