@@ -1,3 +1,0 @@
-module tplharness
-
-go 1.19
