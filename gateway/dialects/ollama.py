@@ -15,6 +15,9 @@ Where Ollama and we differ, the table is:
   assistant's `tool_calls` have `arguments` as an object, and a `tool` message answers a call
   by `tool_call_id`, else by `tool_name`, else the oldest call not yet answered.
 - `think` is accepted: the models here don't reason, so they answer without thinking.
+- `/api/generate`'s `raw` prompt goes to the model as it is; a `template` (Go's text/template,
+  `gateway.dialects.ollama_template`) builds it instead of the model's chat template; a
+  `suffix` is filled in the middle by the model's own FIM tokens (a 400 for a model without).
 - Errors are `{"error": "text"}` (`gateway.dialects.ollama_common.render`): 400 for a bad
   field or image, 404 for an unknown model (the route resolves names: `x:latest` is `x`).
 """
@@ -31,8 +34,12 @@ from backends.vision import decode_base64_image
 from core import chat
 from core.config import Mirostat, PresencePenalty, Temp, TopK, TopP
 from core.errors import BadRequest
+from gateway.dialects.ollama_template import TemplateValues, render
 from gateway.dialects.openai import Seed, Stop, checked_schema
 from gateway.dialects.openai_tools import ToolDef, check_results, tools_of
+
+# The longest `template` taken: model templates are a few KB; rendering is bounded anyway.
+TEMPLATE_MAX = 64 * 1024
 
 # Ollama's own options and the JSON type each takes (ollama's api.Options and api.Runner,
 # with the ones older clients still send): a value of another type is a 400, as in Ollama.
@@ -278,7 +285,7 @@ class GenerateBody(_Common, kw_only=True):
     prompt: str | None = ""  # null is "", as Go decodes it
     suffix: str = ""
     system: str = ""
-    template: str = ""
+    template: Annotated[str, Meta(max_length=TEMPLATE_MAX)] = ""
     context: list[int] | None = None
     raw: bool = False
     images: list[str] | None = None
@@ -288,9 +295,11 @@ class GenerateBody(_Common, kw_only=True):
         return not self.prompt and not self.images
 
     def decode(self) -> chat.ChatRequest:
-        """`raw`: the prompt as it is; `suffix`: the middle between the prompt and it, by
-        the model's fill-in-the-middle tokens; otherwise the model's chat template on the
-        system prompt and the prompt (with its images)."""
+        """`raw`: the prompt as it is; `template`: the prompt that Go template builds
+        (`gateway.dialects.ollama_template`), then as it is; `suffix`: the middle between the
+        prompt and it, by the model's fill-in-the-middle tokens; otherwise the model's chat
+        template on the system prompt and the prompt (with its images). Rendering a template
+        takes up to a few hundred ms: the route calls this in a worker thread then."""
         if self.raw and (self.template or self.system or self.context):
             raise BadRequest("raw mode does not support template, system, or context", param="raw")
         if self.context:
@@ -299,11 +308,16 @@ class GenerateBody(_Common, kw_only=True):
                 " to /api/chat",
                 param="context",
             )
-        if self.template:
-            raise BadRequest("template: not supported by this server", param="template")
-        if (self.raw or self.suffix) and self.images:
-            what = "raw" if self.raw else "suffix"
+        if self.images and (self.raw or self.suffix or self.template):
+            what = "raw" if self.raw else "template" if self.template else "suffix"
             raise BadRequest(f"images need the model's template: not with {what}", param="images")
+        if self.template:
+            # Ollama's template builds the whole prompt: the suffix too, when it takes one.
+            values = TemplateValues(
+                system=self.system, prompt=self.prompt or "", suffix=self.suffix
+            )
+            prompt = (chat.Message.of("user", render(self.template, values)),)
+            return self._request(prompt, raw=True)
         if self.raw or self.suffix:
             prompt = (chat.Message.of("user", self.prompt or ""),)
             return self._request(prompt, raw=True, suffix=self.suffix or None)

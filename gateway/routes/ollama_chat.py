@@ -63,7 +63,8 @@ async def _answering(request: Request, kind: type[ChatBody | GenerateBody]) -> R
     started = time.monotonic_ns()
     job = Job(request)
     body = await decode_json(request, kind, job.max_body)
-    decoded = body.decode()
+    templated = isinstance(body, GenerateBody) and body.template
+    decoded = await anyio.to_thread.run_sync(body.decode) if templated else body.decode()
     writer = Writer(body.model, started, generate=kind is GenerateBody)
     if body.no_prompt:
         job.use(resolve(job.svc.dispatcher.catalog, body.model).name, "chat")

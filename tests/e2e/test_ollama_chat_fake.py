@@ -131,6 +131,13 @@ BAD: list[tuple[str, dict[str, Any], int, str]] = [
     ),
     ("/api/generate", {"model": "stub", "prompt": "x", "raw": True, "system": "y"}, 400, "raw"),
     ("/api/generate", {"model": "stub", "prompt": "x", "format": "xml"}, 400, "format"),
+    (
+        "/api/generate",
+        {"model": "stub", "prompt": "x", "template": "{{ .Prompt }}" * 6000},
+        400,
+        "$.template",
+    ),
+    ("/api/generate", {"model": "stub", "prompt": "x", "template": "{{ end }}"}, 400, "template"),
     ("/api/embed", {"model": "stub", "input": "x", "dimensions": 2}, 400, "dimensions"),
     ("/api/embed", {"model": "stub", "input": 3}, 400, "$.input"),
     ("/api/embed", {"input": "x"}, 400, "model is required"),

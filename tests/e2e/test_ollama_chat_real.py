@@ -110,11 +110,17 @@ CHATML = (
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 )
 
+GO_CHATML = (
+    "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+    "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"
+)
+
 
 @pytest.mark.parametrize("backend", ["server", "cli"])
 async def test_raw_generate_is_the_prompt_as_it_is(tmp_path: Path, backend: str) -> None:
-    """`raw`: the prompt reaches the model without its template; written out by hand, the
-    template's own text gives the chat's answer, token for token, in both modes."""
+    """`raw`: the prompt reaches the model without its template; written out by hand, or
+    built by a Go `template`, the template's own text gives the chat's answer, token for
+    token, in both modes."""
     async with serving(real_settings(tmp_path, backend=backend)) as client:
         c = ollama_client(client)
         ask = [
@@ -127,6 +133,12 @@ async def test_raw_generate_is_the_prompt_as_it_is(tmp_path: Path, backend: str)
         assert raw.prompt_eval_count == chatted.prompt_eval_count
         assert_counted(raw)
         assert raw.prompt_eval_duration and raw.prompt_eval_duration > 0  # cli mode too
+
+        # The same template as Go's, from Ollama's `template` field.
+        system, question = (m["content"] for m in ask)
+        templated = await c.generate(model=SMOLLM2, prompt=question, system=system,
+                                     template=GO_CHATML, options=FEW)  # fmt: skip
+        assert templated.response == chatted.message.content, templated
 
         streamed = [p async for p in await c.generate(model=SMOLLM2, prompt=CHATML, raw=True,
                                                       options=FEW, stream=True)]  # fmt: skip

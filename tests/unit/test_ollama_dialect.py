@@ -105,6 +105,9 @@ def test_format(fmt: Any, schema: Any) -> None:
         ({"prompt": "x", "context": [1, 2, 3]}, "context", "does not return or take one"),
         ({"prompt": "x", "raw": True, "images": [PIXEL]}, "images", "not with raw"),
         ({"prompt": "x", "suffix": "y", "images": [PIXEL]}, "images", "not with suffix"),
+        ({"prompt": "x", "template": "{{ .P", "images": [PIXEL]}, "images", "not with template"),
+        ({"prompt": "x", "template": "{{ .Prompt"}, "template", "template:"),
+        ({"prompt": "x", "template": '{{ template "t" }}'}, "template", "template:"),
         ({"prompt": "x", "images": ["not base64!"]}, "images[0]", "not base64"),
         # /api/chat's
         ({"format": "yaml"}, "format", 'format must be "json" or a JSON schema'),
@@ -199,6 +202,23 @@ def test_generate_raw_and_suffix_are_completions_of_the_prompt_as_it_is() -> Non
     fill = generate_body(prompt="def add(a, b):\n", suffix="\n    return c\n", system="ignored")
     assert (fill.raw, fill.suffix, fill.prompt) == (True, "\n    return c\n", "def add(a, b):\n")
     assert not generate_body().raw and generate_body().suffix is None
+
+
+def test_generate_template_builds_the_raw_prompt() -> None:
+    """Ollama's `template` in place of the model's: the rendered text is the prompt."""
+    chatml = (
+        "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+        "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    request = generate_body(template=chatml, system="Answer in one word.")
+    assert request.raw and request.suffix is None
+    assert request.prompt == (
+        "<|im_start|>system\nAnswer in one word.<|im_end|>\n"
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # A fill-in-the-middle template takes the suffix itself: no /infill then.
+    fim = generate_body(template="<PRE> {{ .Prompt }} <SUF>{{ .Suffix }} <MID>", suffix="end")
+    assert (fim.raw, fim.suffix, fim.prompt) == (True, None, "<PRE> hi <SUF>end <MID>")
 
 
 def test_think_is_accepted() -> None:
