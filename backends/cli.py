@@ -24,10 +24,11 @@ import anyio
 import anyio.abc
 import msgspec
 
-from backends import hermes, toolchain
+from backends import hermes, infill, toolchain
 from backends.base import ChatTask, Embedded
 from backends.catalog import ModelDef
-from backends.cli_args import completion_argv, embedding_argv, mtmd_argv
+from backends.cli_args import completion_argv, embedding_argv, mtmd_argv, padded_ctx
+from backends.gguf_meta import read_meta
 from backends.prompt import render_chat
 from backends.stops import StopWatch
 from core.chat import Answer, Event, Finish, FinishReason, TextDelta, Usage
@@ -43,6 +44,8 @@ _SAMPLED_TOKENS = re.compile(r"samplers time =.*?/\s*(\d+) tokens")
 _EMBED_TOKENS = re.compile(r"number of tokens in prompt = (\d+)")
 _N_CTX = re.compile(r"generate: n_ctx = (\d+)")
 _SPEED = re.compile(r"(?<!prompt )eval time =[^\n]*?([\d.]+) tokens per second")
+# llama-tokenize's line for a token: its id and its text (which may hold a newline).
+_PIECE = re.compile(rb" *(\d+) -> '(.*?)'\n(?= *\d+ -> '|\Z)", re.S)
 _PROMPT_MS = re.compile(r"prompt eval time =\s*([\d.]+) ms")
 _EVAL_MS = re.compile(r"(?<!prompt )eval time =\s*([\d.]+) ms")
 
@@ -197,6 +200,8 @@ class CliBackend:
     async def _render(self, task: ChatTask) -> str:
         """The prompt, in a worker thread: a model's first render reads its GGUF. A raw
         request's is its own."""
+        if task.request.suffix is not None:
+            return await self._infill(task, task.request.suffix)
         if task.request.raw:
             return task.request.prompt
         model = task.model.file()
@@ -204,6 +209,44 @@ class CliBackend:
         messages = task.request.messages
         tools = hermes.tools_json(task.request.tools)
         return await anyio.to_thread.run_sync(render_chat, template, messages, model, tools)
+
+    async def _infill(self, task: ChatTask, suffix: str) -> str:
+        """The prompt llama-server's /infill builds (backends.infill), each part cut to the
+        tokens it keeps: counted by llama-tokenize only when its bytes could exceed them."""
+        path = str(task.model.file())
+        meta = await anyio.to_thread.run_sync(read_meta, path)
+        if meta.fim is None:
+            raise BadRequest(f"{task.model.name} does not support insert", param="suffix")
+        params = _sized(task.model, task.params)
+        n_ctx = padded_ctx(params.ctx_size)
+        # llama-server serving embeddings too runs with n_batch = n_ubatch (server.cpp).
+        n_batch = (
+            min(params.batch_size, params.ubatch_size)
+            if task.model.embeddings
+            else params.batch_size
+        )
+        take = infill.budget(n_batch, min(n_ctx, meta.context_length or n_ctx))
+        prefix, preamble = task.request.prompt, infill.preamble(meta.fim)
+        if len(prefix.encode()) > take.prefix:
+            prefix = _text(await self._pieces(path, prefix, special=False), -take.prefix)
+        if len(suffix.encode()) > take.suffix:
+            suffix = _text(await self._pieces(path, suffix, special=False), take.suffix)
+        if len(preamble.encode()) > take.preamble:
+            preamble = _text(await self._pieces(path, preamble, special=True), -take.preamble)
+        return infill.prompt(meta.fim, prefix, suffix, preamble)
+
+    async def _pieces(self, model: str, text: str, *, special: bool) -> list[bytes]:
+        """`text`'s tokens (each token's bytes) by llama-tokenize, without a BOS; its
+        special tokens' text parsed into them only if `special`."""
+        with private_dir() as tmp:
+            argv = [
+                self._binary("llama-tokenize"), "--model", model,
+                "--file", write_private(tmp / "text.txt", _text_bytes(text)),
+                "--no-bos", "--no-escape", "--log-disable",
+                *([] if special else ["--no-parse-special"]),
+            ]  # fmt: skip
+            stdout, _ = await self._run(argv)
+        return [match[2] for match in _PIECE.finditer(stdout)]
 
     async def chat(self, task: ChatTask) -> Answer:
         """With `tools` (a template that calls them natively, backends.hermes), its calls
@@ -299,7 +342,7 @@ class CliBackend:
             argv = [
                 self._binary("llama-tokenize"), "--model", model,
                 "--file", write_private(tmp / "text.txt", _text_bytes(text)),
-                "--ids", "--log-disable", *([] if bos else ["--no-bos"]),
+                "--ids", "--no-escape", "--log-disable", *([] if bos else ["--no-bos"]),
             ]  # fmt: skip
             stdout, _ = await self._run(argv)
         ids = stdout.decode().strip().removeprefix("[").removesuffix("]")
@@ -438,6 +481,12 @@ def _sized(model: ModelDef, params: LlmParams) -> LlmParams:
         if (value := getattr(model, name)) is not None
     }
     return msgspec.structs.replace(params, **overrides) if overrides else params
+
+
+def _text(pieces: list[bytes], count: int) -> str:
+    """The text of the first `count` tokens, or of the last `-count`."""
+    kept = pieces[:count] if count >= 0 else pieces[max(0, len(pieces) + count) :]
+    return b"".join(kept).decode(errors="replace")
 
 
 def _text_bytes(text: str) -> bytes:

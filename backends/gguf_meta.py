@@ -96,17 +96,44 @@ class GgufMeta(msgspec.Struct, frozen=True, kw_only=True):
     feed_forward_length: int | None = None  # the largest, for per-layer values
     sliding_window: int | None = None  # cells a sliding-window layer attends to
     sliding_window_pattern: int | None = None  # N: each group of N layers ends with a full one
-    # The fill-in-the-middle tokens (prefix, suffix, middle) as text, where the file has them.
-    fim: tuple[str, str, str] | None = None
+    fim: Fim | None = None  # where its vocabulary can fill in the middle
 
 
-# The GGUF keys of the fill-in-the-middle tokens' ids, llama.cpp's current names and the
-# older ones it still reads.
-FIM_KEYS = (
-    ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"),
-    ("tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"),
-    ("tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"),
-)
+class Fim(msgspec.Struct, frozen=True, kw_only=True):
+    """A vocabulary's fill-in-the-middle tokens, as text: prefix, suffix and middle, and the
+    repository and file separator tokens where it has them."""
+
+    pre: str
+    suf: str
+    mid: str
+    rep: str | None = None
+    sep: str | None = None
+
+
+# How llama.cpp finds each FIM token (src/llama-vocab.cpp, load): by the GGUF key of its id
+# (the deprecated key, read last, wins), else by its text in the vocabulary.
+FIM_TOKENS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "pre": (
+        ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"),
+        ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uff5cfim▁begin\uff5c>", "<PRE>",
+         "▁<PRE>", "<|code_prefix|>", "<|prefix|>"),
+    ),
+    "suf": (
+        ("tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"),
+        ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\uff5cfim▁hole\uff5c>", "<SUF>",
+         "▁<SUF>", "<|code_suffix|>", "<|suffix|>"),
+    ),
+    "mid": (
+        ("tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"),
+        ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\uff5cfim▁end\uff5c>", "<MID>",
+         "▁<MID>", "<|code_middle|>", "<|middle|>"),
+    ),
+    "rep": (
+        ("tokenizer.ggml.fim_rep_token_id",),
+        ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    ),
+    "sep": (("tokenizer.ggml.fim_sep_token_id",), ("<|file_sep|>",)),
+}  # fmt: skip
 
 
 class NotGguf(ValueError):
@@ -247,10 +274,24 @@ def _meta(reader: GGUFReader) -> GgufMeta:
     )
 
 
-def _fim(reader: GGUFReader) -> tuple[str, str, str] | None:
-    """The texts of the fill-in-the-middle tokens the file names, all three or none."""
-    pre, suf, mid = (_token(reader, new) or _token(reader, old) for new, old in FIM_KEYS)
-    return (pre, suf, mid) if pre and suf and mid else None
+def _fim(reader: GGUFReader) -> Fim | None:
+    """The file's FIM tokens, as llama.cpp finds them; None without all of pre, suf, mid."""
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    if tokens is None or tokens.data:
+        return None
+    start, _ = _array(tokens)
+    end = min((f.offset for f in reader.fields.values() if f.offset > start), default=None)
+    vocabulary = bytes(reader.data[start:end])
+    entry = struct.Struct(_order(reader) + "Q").pack
+    found: dict[str, str] = {}
+    for name, (keys, texts) in FIM_TOKENS.items():
+        by_key = [token for key in keys if (token := _token(reader, key))]
+        by_text = (t for t in texts if entry(len(t.encode())) + t.encode() in vocabulary)
+        if token := (by_key[-1] if by_key else next(by_text, None)):
+            found[name] = token
+    if not all(name in found for name in ("pre", "suf", "mid")):
+        return None
+    return msgspec.convert(found, Fim)
 
 
 # Model info by file version, as `_CACHE` (for Ollama's /api/show and /api/tags).

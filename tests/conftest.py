@@ -50,6 +50,15 @@ def default_model(cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2(cache: Path) -> Path:
+    """SmolLM2-135M-Instruct's GGUF, the instruction-tuned built-in model."""
+    path = toolchain.smollm2_model_path(cache)
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `make model`")
+    return path
+
+
+@pytest.fixture(scope="session")
 def llama_bin(cache: Path) -> Path:
     """The directory of the real, built llama.cpp binaries."""
     return toolchain.resolve_binary("llama-server", None, cache).parent

@@ -10,9 +10,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from backends import toolchain
 from backends.cli import END_OF_TEXT
 from backends.cli_args import completion_argv
+from backends.gguf_meta import read_meta
 from core.config import LlmParams
 from tests.fim_model import FimModel, Way, write_fim_model
 from tests.integration.conftest import running_llama_server
@@ -41,22 +41,14 @@ INFILL = {
 
 
 @pytest.fixture(scope="session")
-def smollm2(cache: Path) -> Path:
-    path = toolchain.smollm2_model_path(cache)
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: run `make model`")
-    return path
-
-
-@pytest.fixture(scope="session")
 def fim_models(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[Way, FimModel]:
     tmp = tmp_path_factory.mktemp("fim")
     return {way: write_fim_model(smollm2, tmp, way) for way in ("names", "keys", "legacy_keys")}
 
 
 async def complete(llama_bin: Path, model: Path, prompt: str, tmp: Path) -> str:
-    """The text llama-completion generates on `prompt`, run as cli mode runs it (its argv),
-    plus --no-escape: a prompt file is otherwise unescaped (a `\\n` in code becomes a
+    """The text llama-completion generates on `prompt`, run as cli mode runs it (its argv,
+    with --no-escape: a prompt file is otherwise unescaped, a `\\n` in code becomes a
     newline). After the text it prints " [end of text]\\n" at an end of generation, then
     "\\n\\n" in every case."""
     prompt_file = tmp / "prompt.txt"
@@ -65,7 +57,7 @@ async def complete(llama_bin: Path, model: Path, prompt: str, tmp: Path) -> str:
         str(llama_bin / "llama-completion"), str(model), str(prompt_file), PARAMS, N_PREDICT,
         seed=SEED,
     )  # fmt: skip
-    done = await anyio.run_process([*argv, "--no-escape"])
+    done = await anyio.run_process(argv)
     return done.stdout.decode().removesuffix("\n\n").removesuffix(END_OF_TEXT + "\n")
 
 
@@ -89,6 +81,20 @@ async def test_infill_of_a_fim_model_answers_as_llama_completion_on_its_text(
     assert answer["prompt"] == expected_prompt
     assert answer["tokens_evaluated"] == len(tokens["tokens"])  # type: ignore[arg-type]
     assert await complete(llama_bin, model.path, expected_prompt, tmp_path) == content
+
+
+@pytest.mark.parametrize("way", ["names", "keys", "legacy_keys"])
+def test_read_meta_finds_the_fim_tokens_as_llama_cpp_does(
+    way: Way, fim_models: dict[Way, FimModel], smollm2: Path
+) -> None:
+    """By key or by text, as llama.cpp: what cli mode writes and `insert` goes by."""
+    model = fim_models[way]
+    fim = read_meta(model.path).fim
+    assert fim is not None
+    assert (fim.pre, fim.suf, fim.mid, fim.rep, fim.sep) == (
+        model.prefix, model.suffix, model.middle, model.repo, None
+    )  # fmt: skip
+    assert read_meta(smollm2).fim is None  # its <reponame> alone is not enough
 
 
 async def test_infill_of_smollm2_is_not_supported(smollm2: Path, llama_bin: Path) -> None:

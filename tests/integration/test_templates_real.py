@@ -11,7 +11,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from backends import toolchain
 from backends.gguf_meta import read_meta
 from backends.prompt import render_chat
 from core.chat import Message
@@ -69,14 +68,6 @@ async def llama_server(
         llama_bin, model, embeddings=False, chat_template=template, params=params
     ) as server:
         yield server
-
-
-@pytest.fixture(scope="session")
-def smollm2(cache: Path) -> Path:
-    path = toolchain.smollm2_model_path(cache)
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: run `make model`")
-    return path
 
 
 async def assert_renders_alike(server: RunningServer, template: str | None, model: Path) -> None:
