@@ -33,7 +33,13 @@ from backends.prompt import render_chat
 from backends.stops import StopWatch
 from core.chat import Answer, Event, Finish, FinishReason, TextDelta, Usage
 from core.config import LlmParams, Settings
-from core.errors import AiServerError, BackendTimeout, BadRequest, UpstreamError
+from core.errors import (
+    AiServerError,
+    BackendTimeout,
+    BadRequest,
+    ContextExceeded,
+    UpstreamError,
+)
 from supervisor.logtail import LogTail
 from supervisor.process import spawn
 
@@ -466,8 +472,8 @@ def exit_error(name: str, code: int, tail: LogTail) -> AiServerError:
                 param="response_format.json_schema.schema",
             )
         if match := _TOO_LONG.search(line):
-            tokens, limit = (group for group in match.groups() if group)
-            return BadRequest(f"the input is too long: {tokens} tokens, the context takes {limit}")
+            tokens, limit = (int(group) for group in match.groups() if group)
+            return ContextExceeded(tokens, limit)
     errors = [line for line in lines if " E " in line] or lines
     log.warning("backend.cli_failed %s exited with status %d: %s", name, code, errors[-5:])
     return UpstreamError(f"{name} exited with status {code}")

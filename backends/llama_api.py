@@ -28,7 +28,7 @@ from core.chat import (
     Usage,
 )
 from core.config import LlmParams
-from core.errors import UpstreamError
+from core.errors import ContextExceeded, UpstreamError
 
 
 def sampling(p: LlmParams) -> dict[str, Any]:
@@ -294,6 +294,20 @@ def llama_error(body: bytes) -> str | None:
         return None
     message = error.get("message") if isinstance(error, dict) else None
     return message if isinstance(message, str) else None
+
+
+def context_exceeded(body: bytes) -> ContextExceeded | None:
+    """llama-server's error for a prompt over a slot's context, as ours (None: not that)."""
+    try:
+        error = msgspec.json.decode(body).get("error")
+    except (msgspec.DecodeError, AttributeError):
+        return None
+    if not isinstance(error, dict) or error.get("type") != "exceed_context_size_error":
+        return None
+    tokens, limit = error.get("n_prompt_tokens"), error.get("n_ctx")
+    if not isinstance(tokens, int) or not isinstance(limit, int):
+        return None
+    return ContextExceeded(tokens, limit)
 
 
 def upstream_message(body: bytes) -> str:

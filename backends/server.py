@@ -18,6 +18,7 @@ from backends.llama_api import (
     Upstream,
     answer_of,
     chat_payload,
+    context_exceeded,
     decode,
     events_of,
     generation,
@@ -324,6 +325,8 @@ class ServerBackend:
             # error: whatever answers at a vanished host's address (issue 29), or a request
             # it could not read. A failure of the instance, never the client's fault.
             raise self._not_llama(target, status, message)
+        if (exceeded := context_exceeded(body)) is not None:
+            raise exceeded
         raise BadRequest(f"llama-server rejected the request: {message}")
 
     def _not_llama(self, target: Target, status: int, message: str) -> UpstreamError:

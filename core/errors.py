@@ -2,6 +2,7 @@
 
     AiServerError               base; never raised bare
     ├── BadRequest              malformed or out-of-range input (names the field)
+    │   └── ContextExceeded     the prompt does not fit the model's context
     ├── NotFound
     │   └── ModelNotFound       no model has the requested name or alias
     ├── PayloadTooLarge
@@ -40,6 +41,17 @@ class AiServerError(Exception):
 
 class BadRequest(AiServerError):
     type = "invalid_request"
+
+
+class ContextExceeded(BadRequest):
+    """In the words Anthropic's API uses (Claude Code recognises them and offers to compact
+    the conversation), with OpenAI's code (Codex's cue to compact)."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(f"prompt is too long: {tokens} tokens > {limit} maximum")
+        self.tokens, self.limit = tokens, limit
 
 
 class NotFound(AiServerError):

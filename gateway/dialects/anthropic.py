@@ -361,8 +361,11 @@ _TOO_LONG = ("too long", "exceeds the available context")
 
 def too_long(message: str) -> str:
     """A prompt over the context in Anthropic's words, by which Claude Code recognises it
-    (and tells its user to compact the conversation)."""
-    return f"prompt is too long: {message}" if any(w in message for w in _TOO_LONG) else message
+    (and tells its user to compact the conversation): core.errors.ContextExceeded's, or
+    llama.cpp's other ones (an embedding input over its batch...)."""
+    if message.startswith("prompt is too long") or not any(w in message for w in _TOO_LONG):
+        return message
+    return f"prompt is too long: {message}"
 
 
 def error_body(type_: str, message: str) -> dict[str, Any]:

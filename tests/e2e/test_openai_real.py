@@ -13,6 +13,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from backends.catalog import GEMMA, SMOLLM2
+from core.config import ModelConfig
 from tests.conftest import wait_until
 from tests.e2e.conftest import Client, real_settings, serving
 from tests.helpers import alive, processes_named, sdk
@@ -152,3 +153,24 @@ async def test_cli_logs_show_the_runs_but_never_the_input(tmp_path: Path) -> Non
                     seen.append(json.loads(await resp.content.readline())["line"])
     assert all(line.startswith("llama-embedding#") for line in seen)
     assert not [line for line in seen if "secret" in line]
+
+
+@pytest.mark.parametrize("backend", ["server", "cli"])
+async def test_a_prompt_over_the_context_is_context_length_exceeded(
+    tmp_path: Path, backend: str
+) -> None:
+    """OpenAI's code for it, which Codex compacts a conversation on, streamed or not; in
+    Anthropic's words (core.errors.ContextExceeded)."""
+    small = {SMOLLM2: ModelConfig(ctx_size=256)}
+    settings = real_settings(tmp_path, backend=backend, models=small)
+    long: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "one two three four " * 100}  # 400+ tokens
+    ]
+    async with serving(settings), sdk(settings) as client:
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as caught:
+                await client.chat.completions.create(
+                    model=SMOLLM2, messages=long, max_tokens=4, stream=stream
+                )
+            assert caught.value.code == "context_length_exceeded", caught.value.body
+            assert "prompt is too long: " in caught.value.message, caught.value.message

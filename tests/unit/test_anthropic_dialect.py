@@ -18,6 +18,7 @@ from core.errors import (
     BackendTimeout,
     BackendUnavailable,
     BadRequest,
+    ContextExceeded,
     ModelExceedsBudget,
     ModelNotFound,
     Overloaded,
@@ -149,9 +150,14 @@ def test_error_statuses_and_types(exc: AiServerError, status: int, type_: str) -
 
 
 def test_prompt_over_the_context_in_anthropics_words() -> None:
-    too_long = BadRequest("the input is too long: 9000 tokens, the context takes 8192")
-    body = json.loads(bytes(anthropic.render(too_long).body))
-    assert body["error"]["message"].startswith("prompt is too long: ")
+    body = json.loads(bytes(anthropic.render(ContextExceeded(9000, 8192)).body))
+    assert body["error"] == {
+        "type": "invalid_request_error",
+        "message": "prompt is too long: 9000 tokens > 8192 maximum",
+    }
+    # llama.cpp's own words, where they come as text (a stream's late error)
+    late = "llama-server: request (9000 tokens) exceeds the available context size"
+    assert anthropic.too_long(late) == "prompt is too long: " + late
 
 
 async def _events(*items: chat.Event | Ping | AiServerError) -> AsyncGenerator[Any, None]:

@@ -27,6 +27,7 @@ from core.errors import (
     BackendTimeout,
     BackendUnavailable,
     BadRequest,
+    ContextExceeded,
     UpstreamError,
 )
 from gateway.errors import headers_of, status_of
@@ -217,6 +218,26 @@ async def test_server_errors_llama_servers_4xx_is_400_with_its_message(
     with pytest.raises(BadRequest, match=f"rejected the request: {message}") as caught:
         await _backend(supervisor, _Router(supervisor)).chat(TASK)
     assert status_of(caught.value) == 400 and supervisor.failures == []
+
+
+async def test_server_errors_a_prompt_over_the_context_is_context_exceeded(
+    mocked: aioresponses, supervisor: _Supervisor
+) -> None:
+    """llama-server's exceed_context_size_error, with its counts: OpenAI's code, Anthropic's
+    words (what Codex and Claude Code compact a conversation on)."""
+    error = {
+        "code": 400,
+        "message": "request (9000 tokens) exceeds the available context size (8192 tokens)",
+        "type": "exceed_context_size_error",
+        "n_prompt_tokens": 9000,
+        "n_ctx": 8192,
+    }
+    _post(mocked, f"{LOCAL}/v1/chat/completions", status=400, payload={"error": error})
+    with pytest.raises(ContextExceeded) as caught:
+        await _backend(supervisor, _Router(supervisor)).chat(TASK)
+    assert caught.value.message == "prompt is too long: 9000 tokens > 8192 maximum"
+    assert (status_of(caught.value), caught.value.code) == (400, "context_length_exceeded")
+    assert supervisor.failures == []
 
 
 @pytest.mark.parametrize(
