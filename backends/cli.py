@@ -27,7 +27,7 @@ import msgspec
 from backends import hermes, infill, toolchain
 from backends.base import ChatTask, Embedded
 from backends.catalog import ModelDef
-from backends.cli_args import completion_argv, embedding_argv, mtmd_argv, padded_ctx
+from backends.cli_args import completion_argv, embedding_argv, mtmd_argv
 from backends.gguf_meta import read_meta
 from backends.prompt import render_chat
 from backends.stops import StopWatch
@@ -224,14 +224,7 @@ class CliBackend:
         if meta.fim is None:
             raise BadRequest(f"{task.model.name} does not support insert", param="suffix")
         params = _sized(task.model, task.params)
-        n_ctx = padded_ctx(params.ctx_size)
-        # llama-server serving embeddings too runs with n_batch = n_ubatch (server.cpp).
-        n_batch = (
-            min(params.batch_size, params.ubatch_size)
-            if task.model.embeddings
-            else params.batch_size
-        )
-        take = infill.budget(n_batch, min(n_ctx, meta.context_length or n_ctx))
+        take = infill.budget(params, task.model.embeddings, meta.context_length)
         prefix, preamble = task.request.prompt, infill.preamble(meta.fim)
         if len(prefix.encode()) > take.prefix:
             prefix = _text(await self._pieces(path, prefix, special=False), -take.prefix)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from backends.cli_args import padded_ctx
 from backends.gguf_meta import Fim
+from core.config import LlmParams
 
 REPO, FILE = "myproject\n", "filename\n"
 
@@ -29,7 +31,13 @@ class Budget(NamedTuple):
     preamble: int  # the last ones
 
 
-def budget(n_batch: int, n_ctx_slot: int) -> Budget:
+def budget(params: LlmParams, embeddings: bool, n_ctx_train: int | None) -> Budget:
+    """What llama-server keeps with these startup parameters: its batch is the ubatch when
+    it serves embeddings too (tools/server/server.cpp), and a slot's context is capped at
+    the model's training context."""
+    n_batch = min(params.batch_size, params.ubatch_size) if embeddings else params.batch_size
+    n_ctx = padded_ctx(params.ctx_size)
+    n_ctx_slot = min(n_ctx, n_ctx_train or n_ctx)
     return Budget(
         prefix=3 * (n_batch // 4),
         suffix=max(0, n_batch // 4 - 2),
