@@ -4,12 +4,18 @@ them): server mode sends it to llama-server's /infill, cli mode gives llama-comp
 prompt /infill builds (backends.infill). The same prompt, token for token: greedy, both modes
 answer the same text from the same count of prompt tokens, with llama-server's cuts (its
 preamble cut to its last 2 tokens without embeddings at the default sizes; a long prefix
-and suffix cut at a small batch)."""
+and suffix cut at a small batch). And Continue's autocomplete, replayed from its source
+(core/llm/llms/Ollama.ts): `POST /api/show {"name"}` (its `parameters` parsed line by line,
+`template` searched for `.Suffix`), then `POST /api/generate` NDJSON, raw with its own FIM
+template or with `suffix`, read line by line (`error` thrown, `response` yielded)."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
+import aiohttp
 import ollama
 import pytest
 
@@ -58,7 +64,37 @@ async def fill(tmp_path: Path, backend: str, model: Path) -> list[ollama.Generat
             model="fim-small", prompt=LONG_PREFIX, suffix=LONG_SUFFIX, options=GREEDY
         )
         plain = await c.generate(model="fim-plain", prompt=PREFIX, suffix=SUFFIX, options=GREEDY)
+        assert client.ollama is not None
+        await continue_autocompletes(client.ollama.http)
         return [whole, streamed[-1], cut, plain]
+
+
+# Continue's parameter line (Ollama.ts): name, then a quoted or bare value.
+PARAMETER = re.compile(r"^(\S+)\s+((?:\".*\")|\S+)$")
+
+
+async def continue_autocompletes(http: aiohttp.ClientSession) -> None:
+    async with http.post("/api/show", json={"name": "fim"}) as resp:
+        shown = await resp.json()
+    matches = [PARAMETER.match(line) for line in shown["parameters"].split("\n")]
+    params = {m[1]: m[2] for m in matches if m is not None}
+    assert ".Suffix" not in shown["template"]  # so Continue writes its own FIM prompt, raw
+    options = {"temperature": 0.01, "num_predict": 12, "stop": ["\n\n", "<fim_prefix>"],
+               "num_ctx": int(params["num_ctx"])}  # fmt: skip
+    raw = f"<fim_prefix>{PREFIX}<fim_suffix>{SUFFIX}<fim_middle>"
+    for body in (
+        {"model": "fim", "prompt": raw, "raw": True, "options": options, "keep_alive": 1800,
+         "stream": True},
+        {"model": "fim", "prompt": PREFIX, "suffix": SUFFIX, "options": options,
+         "keep_alive": 1800, "stream": True},
+    ):  # fmt: skip
+        async with http.post("/api/generate", json=body) as resp:
+            assert resp.content_type == "application/x-ndjson"
+            text = (await resp.read()).decode()
+        lines = [json.loads(chunk) for chunk in text.split("\n") if chunk.strip()]
+        assert all("error" not in line for line in lines), lines
+        assert all(isinstance(line["response"], str) for line in lines), lines
+        assert lines[-1]["done"] is True and lines[-1]["eval_count"] >= 1, lines
 
 
 async def test_suffix_is_filled_in_the_same_in_both_modes(fim_model: Path, tmp_path: Path) -> None:
