@@ -50,6 +50,8 @@ sys.path.insert(0, str(ROOT))
 from backends import toolchain  # noqa: E402 - the checkout's own, before it is installed
 
 UNITS = ("ai-server.service", "ai-server-worker.service")
+# Prometheus' config and rules and the blackbox exporter's modules (docs/operations.md).
+MONITORING = ("prometheus.yml", "ai-server.rules.yml", "blackbox.yml")
 STATE_FILE = ".install-state"
 CREATED_USER = ".created-user"
 
@@ -338,10 +340,18 @@ KEYS_ENV = """\
 
 
 def install_files(lay: Layout) -> tuple[bool, bool]:
-    """Config, keys and units; (anything changed, a unit changed)."""
+    """Config, keys, the monitoring files (PREFIX/share/monitoring, for this install's port)
+    and units; (anything changed, a unit changed)."""
     etc = lay.at(lay.sysconfdir)
     changed = write(etc / "config.toml", example_config(lay), 0o644, keep=True)
     changed |= write(etc / "keys.env", KEYS_ENV, 0o600, keep=True)
+    for name in MONITORING:
+        text = (
+            (HERE / "monitoring" / name)
+            .read_text()
+            .replace("localhost:8000", f"localhost:{lay.port}")
+        )
+        changed |= write(lay.at(lay.prefix) / "share/monitoring" / name, text, 0o644)
     units = False
     for unit in UNITS:
         text = lay.substitute((HERE / unit).read_text())

@@ -80,6 +80,12 @@ def test_install_into_a_destdir_writes_every_file_once(tmp_path: Path) -> None:
         path = dest / "etc/systemd/system" / unit
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
         assert unit_field(path, "ExecStart")[0].startswith("/opt/ai-server/bin/ai-server ")
+    # Prometheus' files, for this install's port (the rules and the modules as they are).
+    monitoring = prefix / "share/monitoring"
+    prometheus = (monitoring / "prometheus.yml").read_text()
+    assert "localhost:8123" in prometheus and "localhost:8000" not in prometheus
+    for name in ("ai-server.rules.yml", "blackbox.yml"):
+        assert (monitoring / name).read_text() == (ROOT / "deploy/monitoring" / name).read_text()
     state = dest / "var/lib/ai-server"
     assert stat.S_IMODE(state.stat().st_mode) == 0o750
     # An operator's edit survives; a second install changes nothing at all.
