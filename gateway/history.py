@@ -56,7 +56,7 @@ def read_totals(samples: Iterable[Sample]) -> Totals:
         if s.name == "ai_server_requests_total":
             requests += s.value
             errors += s.value if s.labels.get("status", "").startswith("5") else 0
-        elif s.name == "ai_server_llama_server_restarts":
+        elif s.name == "ai_server_llama_server_restarts_total":
             restarts += s.value
         elif s.name == "ai_server_request_duration_seconds_bucket":
             if s.labels.get("route") != "other":

@@ -211,7 +211,7 @@ def _pool(supervisor: Supervisor) -> Iterator[Metric]:
         labels=["port", "model", "state"],
     )  # fmt: skip
     families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
-        "restarts": GaugeMetricFamily(
+        "restarts": CounterMetricFamily(
             "ai_server_llama_server_restarts", "Restarts after failures", labels=["port", "model"]
         ),
         "memory_mb": GaugeMetricFamily(

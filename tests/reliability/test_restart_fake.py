@@ -107,6 +107,10 @@ async def test_a_llama_server_killed_under_load_fails_no_request(
         assert all(s.body[-1] == "[DONE]" for s in streams)
         assert (await process(client))["pid"] != first
         assert (await process(client))["restarts"] == 1
+        async with client.http.get("/metrics") as resp:  # a counter for Prometheus
+            exposition = await resp.text()
+        restarts = r'^ai_server_llama_server_restarts_total\{[^}]*model="stub"[^}]*\} 1\.0$'
+        assert re.search(restarts, exposition, re.M), exposition
         # The four in flight were sent again, to the new process.
         assert caplog.text.count("backend.retry") >= 4
 
