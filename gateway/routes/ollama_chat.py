@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from backends.catalog import ModelDef
 from core.chat import ChatRequest
 from core.errors import BadRequest
 from gateway.bodies import decode_json, json_response
@@ -31,12 +30,11 @@ from gateway.responses import event_stream
 from gateway.routes.job import Job
 
 
-async def use(job: Job, given: str, role: str, keep_alive: KeepAlive) -> ModelDef:
+async def use(job: Job, given: str, role: str, keep_alive: KeepAlive) -> None:
     """The model named `given` (`x` or `x:latest`; Ollama's 400 or 404 for none), kept
     loaded as `keep_alive` says."""
-    model = job.use(resolve(job.svc.dispatcher.catalog, given).name, role)
+    job.use(resolve(job.svc.dispatcher.catalog, given).name, role)
     await job.keep_alive(keep_alive_seconds(keep_alive))
-    return model
 
 
 async def answer(job: Job, request: ChatRequest, writer: Writer, keep_alive: KeepAlive) -> Response:
@@ -48,9 +46,11 @@ async def answer(job: Job, request: ChatRequest, writer: Writer, keep_alive: Kee
         if request.stream:
             return await event_stream(replayed(whole, writer), MEDIA_TYPE)
         return json_response(writer.whole(whole))
-    model = await use(job, writer.model, "chat", keep_alive)
-    if request.suffix is not None and not await anyio.to_thread.run_sync(fills_in, model):
-        raise BadRequest(f'"{writer.model}" does not support insert', param="suffix")
+    if request.suffix is not None:  # refused before anything is loaded for it
+        model = resolve(job.svc.dispatcher.catalog, writer.model)
+        if not await anyio.to_thread.run_sync(fills_in, model):
+            raise BadRequest(f'"{writer.model}" does not support insert', param="suffix")
+    await use(job, writer.model, "chat", keep_alive)
     task = job.chat_task(request)
     if request.stream:
         return await job.chat_stream(task, partial(lines, writer=writer), MEDIA_TYPE)
