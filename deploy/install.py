@@ -340,17 +340,15 @@ KEYS_ENV = """\
 
 
 def install_files(lay: Layout) -> tuple[bool, bool]:
-    """Config, keys, the monitoring files (PREFIX/share/monitoring, for this install's port)
-    and units; (anything changed, a unit changed)."""
+    """Config, keys, the monitoring files (PREFIX/share/monitoring, for the configured
+    port: an operator's, else this install's) and units; (anything changed, a unit
+    changed)."""
     etc = lay.at(lay.sysconfdir)
     changed = write(etc / "config.toml", example_config(lay), 0o644, keep=True)
     changed |= write(etc / "keys.env", KEYS_ENV, 0o600, keep=True)
+    gateway = f"localhost:{configured_port(lay)}"
     for name in MONITORING:
-        text = (
-            (HERE / "monitoring" / name)
-            .read_text()
-            .replace("localhost:8000", f"localhost:{lay.port}")
-        )
+        text = (HERE / "monitoring" / name).read_text().replace("localhost:8000", gateway)
         changed |= write(lay.at(lay.prefix) / "share/monitoring" / name, text, 0o644)
     units = False
     for unit in UNITS:
@@ -392,9 +390,9 @@ def wait_ready(port: int, within: float = 300) -> bool:
 
 def configured_port(lay: Layout) -> int:
     """The gateway's port in the installed config (an operator may have changed it since
-    the install that wrote it), else --port."""
+    the install that wrote it, or a later install without --port left it), else --port."""
     try:
-        port = tomllib.loads((lay.sysconfdir / "config.toml").read_text()).get("port")
+        port = tomllib.loads((lay.at(lay.sysconfdir) / "config.toml").read_text()).get("port")
     except (OSError, tomllib.TOMLDecodeError):
         return int(lay.port)
     return port if isinstance(port, int) else int(lay.port)

@@ -38,7 +38,8 @@ async def test_a_1mb_hostile_prompt_is_a_400_in_both_modes(
         chat = {"messages": [{"role": "user", "content": HOSTILE}], "max_tokens": 4}
         status, body = await post_big(client, "/api/chat", chat)
         assert status == 400, body
-        assert "tokens" in body["error"]["message"] and "context" in body["error"]["message"]
+        assert body["error"]["code"] == "context_length_exceeded", body
+        assert body["error"]["message"].startswith("prompt is too long: "), body
         status, body = await post_big(client, "/api/generate-embeddings", {"input": HOSTILE})
         assert 400 <= status < 500, body
         # A normal request still works after both.
