@@ -12,13 +12,20 @@ import pytest
 from backends import toolchain
 from core.config import cache_dir
 
+_GIVEN: set[int] = set()  # ports free_port returned: never twice in one run
+
 
 def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port that was free a moment ago on 127.0.0.1, and not given out before by this
+    run: the kernel may hand the same ephemeral port to two binds in a row (it did: one
+    settings' main and Ollama ports, a ConfigError in CI)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def stop(process: subprocess.Popen[bytes], grace: float) -> None:
