@@ -237,14 +237,8 @@ class CliBackend:
     async def _pieces(self, model: str, text: str, *, special: bool) -> list[bytes]:
         """`text`'s tokens (each token's bytes) by llama-tokenize, without a BOS; its
         special tokens' text parsed into them only if `special`."""
-        with private_dir() as tmp:
-            argv = [
-                self._binary("llama-tokenize"), "--model", model,
-                "--file", write_private(tmp / "text.txt", _text_bytes(text)),
-                "--no-bos", "--no-escape", "--log-disable",
-                *([] if special else ["--no-parse-special"]),
-            ]  # fmt: skip
-            stdout, _ = await self._run(argv)
+        flags = ["--no-bos", *([] if special else ["--no-parse-special"])]
+        stdout = await self._tokenize(model, text, flags)
         return [match[2] for match in _PIECE.finditer(stdout)]
 
     async def chat(self, task: ChatTask) -> Answer:
@@ -337,15 +331,20 @@ class CliBackend:
         does (a rendered prompt's template markers are one token each)."""
         if not text:
             return 0
+        stdout = await self._tokenize(model, text, ["--ids", *([] if bos else ["--no-bos"])])
+        ids = stdout.decode().strip().removeprefix("[").removesuffix("]")
+        return len([i for i in ids.split(",") if i.strip()])
+
+    async def _tokenize(self, model: str, text: str, flags: list[str]) -> bytes:
+        """llama-tokenize's output for `text` (from a private file, as it is) with `flags`."""
         with private_dir() as tmp:
             argv = [
                 self._binary("llama-tokenize"), "--model", model,
                 "--file", write_private(tmp / "text.txt", _text_bytes(text)),
-                "--ids", "--no-escape", "--log-disable", *([] if bos else ["--no-bos"]),
+                "--no-escape", "--log-disable", *flags,
             ]  # fmt: skip
             stdout, _ = await self._run(argv)
-        ids = stdout.decode().strip().removeprefix("[").removesuffix("]")
-        return len([i for i in ids.split(",") if i.strip()])
+        return stdout
 
     async def _read(self, stream: anyio.abc.ByteReceiveStream) -> bytes | None:
         """The next piece of output; None at its end; TimeoutError after a silent timeout."""

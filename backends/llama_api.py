@@ -283,26 +283,28 @@ def decode(body: bytes) -> Upstream:
         raise UpstreamError(f"llama-server answered invalid JSON: {exc}") from None
 
 
+def _error_object(body: bytes) -> dict[str, Any] | None:
+    """The `error` object of llama-server's own error answer; None for any other body."""
+    try:
+        error = msgspec.json.decode(body).get("error")
+    except (msgspec.DecodeError, AttributeError):
+        return None
+    return error if isinstance(error, dict) else None
+
+
 def llama_error(body: bytes) -> str | None:
     """The message of llama-server's own error answer (`{"error": {"message": ...}}`), or
     None when the body is not one: then something other than llama-server's handlers
     answered (a proxy or another server at its address, or cpp-httplib refusing a request
     it could not read, with an empty body)."""
-    try:
-        error = msgspec.json.decode(body).get("error")
-    except (msgspec.DecodeError, AttributeError):
-        return None
-    message = error.get("message") if isinstance(error, dict) else None
+    message = (_error_object(body) or {}).get("message")
     return message if isinstance(message, str) else None
 
 
 def context_exceeded(body: bytes) -> ContextExceeded | None:
     """llama-server's error for a prompt over a slot's context, as ours (None: not that)."""
-    try:
-        error = msgspec.json.decode(body).get("error")
-    except (msgspec.DecodeError, AttributeError):
-        return None
-    if not isinstance(error, dict) or error.get("type") != "exceed_context_size_error":
+    error = _error_object(body) or {}
+    if error.get("type") != "exceed_context_size_error":
         return None
     tokens, limit = error.get("n_prompt_tokens"), error.get("n_ctx")
     if not isinstance(tokens, int) or not isinstance(limit, int):
